@@ -1,0 +1,5 @@
+import sys
+
+from namprune.cli import main
+
+sys.exit(main())

@@ -1,0 +1,77 @@
+"""The ``namprune`` command: the typer app, its shared options, and the error boundary.
+
+Commands only parse flags, call the library, and print. Errors a user can cause are
+``NampruneError``s; ``main`` prints them as one line on stderr with exit code 2 (``--debug``
+shows the traceback).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+try:  # typer >= 0.29 carries its own copy of click
+    from typer._click.exceptions import UsageError
+except ImportError:  # older typer runs on click itself
+    from click.exceptions import UsageError
+
+from ..errors import NampruneError
+
+app = typer.Typer(
+    name="namprune",
+    help="Train CNNs with NAM attention and a sparsity penalty, prune the channels the NAM weights "
+         "rank lowest, fine-tune, measure and export. Add --debug anywhere to see tracebacks.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+# Options shared by several commands, declared once.
+DataDir = Annotated[Optional[Path], typer.Option(
+    "--data-dir", help="Folder holding the dataset (torchvision layout, or DIR/train + DIR/val|test image folders).")]
+Device = Annotated[str, typer.Option("--device", help="auto (CUDA if present, else CPU), cpu, cuda or cuda:N.")]
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output folder (only once the new run succeeds).")]
+JsonOut = Annotated[Optional[Path], typer.Option("--json", help="Also write the result as JSON to this file.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+Workers = Annotated[int, typer.Option("--workers", min=0, help="DataLoader worker processes (image folders that stream from disk).")]
+
+
+def fail(message: str, code: int = 2) -> int:
+    sys.stderr.write(f"error: {message}\n")
+    sys.stderr.flush()
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the console script (and of ``python -m namprune`` / ``python cli.py``)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args or bool(os.environ.get("NAMPRUNE_DEBUG"))
+    args = [a for a in args if a != "--debug"]
+    from . import commands  # noqa: F401  (registers the commands)
+
+    try:
+        result = app(args=args, prog_name="namprune", standalone_mode=False)
+    except typer.Exit as exc:
+        return exc.exit_code
+    except UsageError as exc:
+        if debug:
+            raise
+        where = f"namprune {exc.ctx.command_path.split(' ', 1)[1]}" if exc.ctx and " " in exc.ctx.command_path else "namprune"
+        return fail(f"{exc.format_message()} (see `{where} --help`)")
+    except NampruneError as exc:
+        if debug:
+            raise
+        return fail(str(exc).replace("\n", " "))
+    except (KeyboardInterrupt, typer.Abort):
+        return fail("interrupted", 130)
+    except Exception as exc:  # a bug, not a user error: say so briefly, traceback with --debug
+        if debug:
+            raise
+        return fail(f"internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
+                    "(run again with --debug for the traceback)", 1)
+    return result if isinstance(result, int) else 0

@@ -1,0 +1,147 @@
+"""``namprune train``, ``namprune eval`` and ``namprune info``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from .. import checkpoint, models
+from ..console import console
+from ..data import DATASETS, load_data
+from ..engine import TrainConfig, evaluate, fit, resolve_device
+from ..errors import NampruneError
+from ..files import check_out_dir, run_dir, write_json
+from ..measure import count_macs, count_params
+from ..nam import ATTENTIONS
+from ..sparsity import DEFAULT_STRENGTH, TARGETS
+from .app import DataDir, Device, JsonOut, Overwrite, Quiet, Workers, app
+
+
+def _choice(value: str, choices, what: str) -> str:
+    if value not in choices:
+        raise NampruneError(f"unknown {what} {value!r}; choose one of {', '.join(choices)}")
+    return value
+
+
+def _milestones(text: Optional[str]) -> Optional[list[int]]:
+    if not text:
+        return None
+    try:
+        return sorted(int(v) for v in text.split(","))
+    except ValueError:
+        raise NampruneError(f"--milestones takes comma-separated epochs such as 60,120,160, got {text!r}") from None
+
+
+@app.command()
+def train(
+    model: Annotated[str, typer.Option("--model", "-m", help="Registry name (resnet20, resnet56, resnet18/34/50, mobilenetv2) or tv:<torchvision name>.")] = "resnet20",
+    dataset: Annotated[str, typer.Option("--dataset", "-d", help=f"One of {', '.join(DATASETS)}.")] = "digits",
+    data_dir: DataDir = None,
+    image_size: Annotated[Optional[int], typer.Option("--image-size", min=8, help="Input side in pixels (default: the dataset's own; 16 for digits, 224 for large image folders).")] = None,
+    attention: Annotated[str, typer.Option("--attention", help=f"One of {', '.join(ATTENTIONS)}; nam = channel then spatial NAM.")] = "nam",
+    epochs: Annotated[int, typer.Option("--epochs", "-e", min=1, help="Training epochs.")] = 30,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Images per step (per process under torchrun).")] = 128,
+    lr: Annotated[float, typer.Option("--lr", help="Peak learning rate.")] = 0.1,
+    optimizer: Annotated[str, typer.Option("--optimizer", help="sgd (momentum) or adamw.")] = "sgd",
+    momentum: Annotated[float, typer.Option("--momentum", help="SGD momentum.")] = 0.9,
+    weight_decay: Annotated[float, typer.Option("--weight-decay", "--wd", help="Weight decay.")] = 5e-4,
+    schedule: Annotated[str, typer.Option("--schedule", help="multistep (the NAM paper's), cosine or constant.")] = "multistep",
+    milestones: Annotated[Optional[str], typer.Option("--milestones", help="Epochs where multistep multiplies the lr by --lr-decay, e.g. 60,120,160 (default 30/60/80 % of the run).")] = None,
+    lr_decay: Annotated[float, typer.Option("--lr-decay", help="Multistep factor (the NAM paper uses 0.2).")] = 0.2,
+    warmup_epochs: Annotated[int, typer.Option("--warmup-epochs", min=0, help="Linear lr warmup epochs.")] = 0,
+    sparsity: Annotated[float, typer.Option("--sparsity", "-p", min=0.0, help="Strength p of the L1 penalty on the scale factors (0 turns it off).")] = DEFAULT_STRENGTH,
+    sparsity_targets: Annotated[str, typer.Option("--sparsity-targets", help="nam: NAM BatchNorms only (the paper); bn: every BatchNorm (Network Slimming).")] = "nam",
+    seed: Annotated[int, typer.Option("--seed", help="Random seed (weights, data order, augmentation).")] = 0,
+    device: Device = "auto",
+    amp: Annotated[str, typer.Option("--amp", help="auto (bf16 on CUDA, off on CPU), bf16, fp16 or off.")] = "auto",
+    workers: Workers = 2,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder: model.pt, metrics.jsonl, summary.json.")] = Path("runs/train"),
+    overwrite: Overwrite = False,
+    quiet: Quiet = False,
+) -> None:
+    """Train a model with NAM attention and the sparsity penalty; checkpoint every epoch."""
+    _choice(dataset, DATASETS, "dataset")
+    _choice(attention, ATTENTIONS, "attention")
+    _choice(sparsity_targets, TARGETS, "sparsity targets")
+    cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, momentum=momentum,
+                      weight_decay=weight_decay, schedule=schedule, milestones=_milestones(milestones),
+                      lr_decay=lr_decay, warmup_epochs=warmup_epochs, sparsity=sparsity,
+                      sparsity_targets=sparsity_targets, seed=seed, device=device, amp=amp)
+    device_ = resolve_device(device)
+    check_out_dir(out, overwrite)
+    data = load_data(dataset, data_dir, image_size, batch_size, device_, workers, seed)
+    net = models.create(model, data.info.num_classes, attention, data.info.image_size, data.info.in_channels)
+    cfg.extra = {"model": model, "dataset": dataset, "attention": attention}
+    with run_dir(out, overwrite=overwrite) as stage:
+        summary = fit(net, data, cfg, stage, progress=not quiet)
+    final = summary["final"]
+    console.print(f"trained {model} ({attention}) on {dataset}: top-1 {final['test_top1']:.2f}%, "
+                  f"top-5 {final['test_top5']:.2f}% after {cfg.epochs} epochs ({summary['train_time_s']:.0f} s)")
+    console.print(f"checkpoint: {out / 'model.pt'}")
+
+
+@app.command("eval")
+def eval_(
+    ckpt: Annotated[Path, typer.Argument(help="A run folder or its model.pt.")],
+    data_dir: DataDir = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Images per step.")] = 256,
+    device: Device = "auto",
+    json_out: JsonOut = None,
+) -> None:
+    """Evaluate a checkpoint on the test split of the dataset it was trained on."""
+    payload = checkpoint.read(ckpt)
+    net = checkpoint.build(payload)
+    info = payload["data"]
+    device_ = resolve_device(device)
+    data = load_data(info["name"], data_dir, info["image_size"], batch_size, device_, augment=False)
+    check_compatible(info, data.info.as_dict(), ckpt)
+    result = evaluate(net.to(device_), data.test, device_)
+    table = Table(title=f"{ckpt} on {info['name']} (test split)")
+    for column in ("top-1 %", "top-5 %", "loss", "images"):
+        table.add_column(column, justify="right")
+    table.add_row(f"{result['top1']:.2f}", f"{result['top5']:.2f}", f"{result['loss']:.4f}", str(result["samples"]))
+    console.print(table)
+    if json_out:
+        write_json(json_out, result)
+
+
+def check_compatible(trained: dict, loaded: dict, ckpt) -> None:
+    """The data a checkpoint is evaluated on must have the classes and channels it was trained on."""
+    if trained["num_classes"] != loaded["num_classes"] or list(trained["classes"]) != list(loaded["classes"]):
+        raise NampruneError(f"{ckpt} was trained on {trained['num_classes']} classes but the data has "
+                            f"{loaded['num_classes']} ({', '.join(map(str, loaded['classes'][:5]))}, ...)")
+    if trained["in_channels"] != loaded["in_channels"]:
+        raise NampruneError(f"{ckpt} expects {trained['in_channels']}-channel images but the data has "
+                            f"{loaded['in_channels']} channels")
+
+
+@app.command()
+def info(
+    ckpt: Annotated[Path, typer.Argument(help="A run folder or its model.pt.")],
+    json_out: JsonOut = None,
+) -> None:
+    """Show a checkpoint's architecture, size, cost and metrics."""
+    payload = checkpoint.read(ckpt)
+    net = checkpoint.build(payload)
+    arch, data = payload["arch"], payload["data"]
+    summary = {
+        "model": arch["name"], "attention": arch["attention"], "input": f"{arch['in_channels']}x{arch['input_size']}x{arch['input_size']}",
+        "classes": arch["num_classes"], "dataset": data["name"], "params": count_params(net), "macs": count_macs(net),
+        "pruning_steps": len(payload.get("pruning_history") or []), "metrics": payload.get("metrics", {}),
+        "namprune_version": payload.get("namprune_version"),
+    }
+    table = Table(title=str(checkpoint.model_file(ckpt)), show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    for key, value in summary.items():
+        if key == "metrics":
+            value = ", ".join(f"{k} {v}" for k, v in value.items()) or "-"
+        elif key in ("params", "macs"):
+            value = f"{value:,} ({value / 1e6:.3f} M)"
+        table.add_row(key, str(value))
+    console.print(table)
+    if json_out:
+        write_json(json_out, summary)

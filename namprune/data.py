@@ -1,0 +1,380 @@
+"""Datasets by name, and the loaders that feed them to the training engine.
+
+Small datasets (digits, MNIST, Fashion-MNIST, CIFAR, small image folders, fake) are
+decoded once into a uint8 tensor that stays in memory (on the GPU when training there);
+each batch is cropped, flipped and normalized on tensors in one go. Large image folders
+stream through a DataLoader with worker processes and pinned memory.
+
+Every source is read through torchvision (or scikit-learn for the embedded ``digits``),
+so a user's files take the same path as the test data.
+"""
+
+from __future__ import annotations
+
+import socket
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch.utils.data import DataLoader, DistributedSampler
+from torchvision.transforms import v2
+
+from .errors import NampruneError
+
+DATASETS = ("digits", "mnist", "fashionmnist", "cifar10", "cifar100", "imagefolder", "fake")
+DEFAULT_DATA_DIR = Path.home() / ".cache" / "namprune" / "data"
+# Image folders whose images are at most this big are decoded into memory.
+IN_MEMORY_MAX_SIDE = 64
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class DataInfo:
+    """What a model needs to know about its data; stored in every checkpoint."""
+
+    name: str
+    num_classes: int
+    in_channels: int
+    image_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    classes: tuple[str, ...]
+    train_size: int
+    test_size: int
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Augment:
+    """Random crop after zero padding by ``pad`` pixels, and optional horizontal flip."""
+
+    pad: int = 0
+    flip: bool = False
+
+
+@dataclass
+class DataBundle:
+    train: "TensorLoader | StreamLoader"
+    test: "TensorLoader | StreamLoader"
+    info: DataInfo
+
+
+# --------------------------------------------------------------------------- in-memory path
+
+
+def random_crop_flip(images: torch.Tensor, augment: Augment, generator: torch.Generator) -> torch.Tensor:
+    """Per-sample random crop (zero padding) and flip of a batch, as one gather.
+
+    torchvision's v2 transforms draw one set of parameters per call, i.e. per batch, so
+    per-sample parameters are drawn here and applied with a single indexing operation.
+    """
+    n, _, h, w = images.shape
+    if augment.pad:
+        p = augment.pad
+        padded = F.pad(images, (p, p, p, p))
+        dy = torch.randint(0, 2 * p + 1, (n, 1), generator=generator).to(images.device)
+        dx = torch.randint(0, 2 * p + 1, (n, 1), generator=generator).to(images.device)
+        rows = (dy + torch.arange(h, device=images.device))[:, None, :, None]
+        cols = (dx + torch.arange(w, device=images.device))[:, None, None, :]
+        batch = torch.arange(n, device=images.device)[:, None, None, None]
+        channel = torch.arange(images.shape[1], device=images.device)[None, :, None, None]
+        images = padded[batch, channel, rows, cols]
+    if augment.flip:
+        flip = (torch.rand(n, generator=generator) < 0.5).to(images.device)
+        images = torch.where(flip[:, None, None, None], images.flip(3), images)
+    return images
+
+
+class TensorLoader:
+    """Batches from uint8 images held in memory; the order and the augmentation of an epoch
+    depend only on (seed, epoch), so a resumed run sees exactly the batches it would have."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, mean, std,
+                 augment: Augment | None = None, shuffle: bool = False, drop_last: bool = False,
+                 device: str | torch.device = "cpu", seed: int = 0, rank: int = 0, world_size: int = 1):
+        device = torch.device(device)
+        self.images = images.to(device)
+        self.labels = labels.to(device)
+        self.batch_size = max(1, min(batch_size, len(images) // world_size))
+        self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1) * 255
+        self.std = torch.tensor(std, device=device).view(1, -1, 1, 1) * 255
+        self.augment = augment
+        self.drop_last = drop_last
+        self.seed = seed
+        self.rank = rank
+        self.epoch = 0
+        self.sampler = DistributedSampler(range(len(images)), num_replicas=world_size, rank=rank,
+                                          shuffle=shuffle, seed=seed)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        n = len(self.sampler)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    @property
+    def num_samples(self) -> int:
+        return len(self) * self.batch_size if self.drop_last else len(self.sampler)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order = torch.tensor(list(iter(self.sampler)), device=self.images.device)
+        generator = torch.Generator().manual_seed(hash((self.seed, self.epoch, self.rank)) % 2**63)
+        for start in range(0, len(self) * self.batch_size, self.batch_size):
+            idx = order[start:start + self.batch_size]
+            batch = self.images[idx]
+            if self.augment is not None:
+                batch = random_crop_flip(batch, self.augment, generator)
+            yield (batch.float() - self.mean) / self.std, self.labels[idx]
+
+
+# --------------------------------------------------------------------------- streaming path
+
+
+class StreamLoader:
+    """A DataLoader over an image folder (worker processes, pinned memory), epoch-seeded."""
+
+    def __init__(self, dataset, batch_size: int, shuffle: bool, drop_last: bool, workers: int, device,
+                 seed: int = 0, rank: int = 0, world_size: int = 1):
+        self.sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed)
+        self.loader = DataLoader(dataset, batch_size=batch_size, sampler=self.sampler, drop_last=drop_last,
+                                 num_workers=workers, pin_memory=torch.device(device).type == "cuda",
+                                 persistent_workers=workers > 0)
+        self.device = torch.device(device)
+        self.batch_size = batch_size
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self):
+        for images, labels in self.loader:
+            yield images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
+
+
+# --------------------------------------------------------------------------- sources
+
+
+@dataclass
+class Source:
+    """One dataset decoded: uint8 images (N, C, H, W) and int64 labels per split."""
+
+    train_images: torch.Tensor
+    train_labels: torch.Tensor
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+    classes: tuple[str, ...]
+    augment: Augment
+
+
+def _digits(data_dir, image_size) -> Source:
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    images = torch.from_numpy(digits.images * (255.0 / 16.0)).round().to(torch.uint8)[:, None]
+    labels = torch.from_numpy(digits.target).long()
+    idx_train, idx_test = train_test_split(range(len(labels)), test_size=0.2, random_state=0, stratify=labels)
+    pad = max(1, image_size // 8)
+    return Source(images[idx_train], labels[idx_train], images[idx_test], labels[idx_test],
+                  tuple(str(d) for d in range(10)), Augment(pad=pad))
+
+
+def _torchvision_split(cls, root: Path, train: bool, label: str):
+    try:
+        return cls(str(root), train=train, download=False)
+    except (RuntimeError, FileNotFoundError):
+        pass
+    old = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(15)
+    try:
+        return cls(str(root), train=train, download=True)
+    except Exception as exc:  # any network failure: report it in one line
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise NampruneError(
+            f"{label} was not found in {root} and could not be downloaded ({reason}); "
+            f"put the files there or pass --data-dir pointing to a copy"
+        ) from None
+    finally:
+        socket.setdefaulttimeout(old)
+
+
+def _mnist_like(cls, label: str, flip: bool):
+    def load(data_dir, image_size) -> Source:
+        root = Path(data_dir or DEFAULT_DATA_DIR)
+        train, test = (_torchvision_split(cls, root, t, label) for t in (True, False))
+        return Source(train.data[:, None], train.targets.long(), test.data[:, None], test.targets.long(),
+                      tuple(train.classes), Augment(pad=2, flip=flip))
+    return load
+
+
+def _cifar(cls, label: str):
+    def load(data_dir, image_size) -> Source:
+        root = Path(data_dir or DEFAULT_DATA_DIR)
+        if (root / "train").is_dir():  # an image-folder copy, such as the JPEG one
+            return _folder_in_memory(root)
+        train, test = (_torchvision_split(cls, root, t, label) for t in (True, False))
+
+        def to_tensor(split):
+            return torch.from_numpy(split.data).permute(0, 3, 1, 2).contiguous(), torch.tensor(split.targets)
+        return Source(*to_tensor(train), *to_tensor(test), tuple(train.classes), Augment(pad=4, flip=True))
+    return load
+
+
+def _fake(data_dir, image_size) -> Source:
+    def split(size, offset):
+        ds = torchvision.datasets.FakeData(size, (3, image_size, image_size), 10, random_offset=offset)
+        images = torch.stack([v2.functional.pil_to_tensor(img) for img, _ in ds])
+        return images, torch.tensor([int(label) for _, label in ds])
+    return Source(*split(256, 0), *split(64, 10_000), tuple(str(i) for i in range(10)), Augment())
+
+
+def _folder_root(data_dir) -> tuple[Path, Path]:
+    if data_dir is None:
+        raise NampruneError("the imagefolder dataset needs --data-dir DIR with DIR/train and DIR/val (or DIR/test)")
+    root = Path(data_dir)
+    if not root.is_dir():
+        raise NampruneError(f"data folder {root} does not exist")
+    test = next((root / n for n in ("val", "test") if (root / n).is_dir()), None)
+    if not (root / "train").is_dir() or test is None:
+        raise NampruneError(f"{root} must contain train/ and val/ (or test/) folders of class sub-folders")
+    return root / "train", test
+
+
+def _image_folder(path: Path) -> torchvision.datasets.ImageFolder:
+    try:
+        return torchvision.datasets.ImageFolder(str(path))
+    except (FileNotFoundError, RuntimeError) as exc:
+        raise NampruneError(f"{path}: {str(exc).splitlines()[0]}") from None
+
+
+def _decode(folder: torchvision.datasets.ImageFolder, path: str) -> torch.Tensor:
+    """One image through the folder's own loader (PIL, RGB), as a uint8 (C, H, W) tensor."""
+    try:
+        return v2.functional.pil_to_tensor(folder.loader(path))
+    except Exception as exc:
+        raise NampruneError(f"cannot read image {path}: {str(exc).splitlines()[0]}") from None
+
+
+def _decode_folder(folder: torchvision.datasets.ImageFolder, classes: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    if folder.classes != classes:
+        raise NampruneError(f"{folder.root} has classes {folder.classes}, but train/ has {classes}")
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        images = list(pool.map(lambda sample: _decode(folder, sample[0]), folder.samples))
+    sizes = {tuple(im.shape) for im in images}
+    if len(sizes) != 1:
+        raise NampruneError(f"{folder.root}: images of different sizes {sorted(sizes)[:3]}; resize them or use larger images")
+    return torch.stack(images), torch.tensor(folder.targets)
+
+
+def _folder_in_memory(root: Path) -> Source:
+    train_dir, test_dir = _folder_root(root)
+    train = _image_folder(train_dir)
+    train_images, train_labels = _decode_folder(train, train.classes)
+    test_images, test_labels = _decode_folder(_image_folder(test_dir), train.classes)
+    pad = max(1, train_images.shape[-1] // 8)
+    return Source(train_images, train_labels, test_images, test_labels, tuple(train.classes), Augment(pad=pad, flip=True))
+
+
+def _any_checksum(cls):
+    """torchvision's CIFAR class, accepting files in the real format whatever their checksum
+    (a re-packed or subset copy); a download still checks the archive's published MD5."""
+    return type(cls.__name__, (cls,), {
+        "train_list": [[name, None] for name, _ in cls.train_list],
+        "test_list": [[name, None] for name, _ in cls.test_list],
+        "meta": {**cls.meta, "md5": None},
+    })
+
+
+SOURCES = {
+    "digits": _digits,
+    "mnist": _mnist_like(torchvision.datasets.MNIST, "MNIST", flip=False),
+    "fashionmnist": _mnist_like(torchvision.datasets.FashionMNIST, "Fashion-MNIST", flip=True),
+    "cifar10": _cifar(_any_checksum(torchvision.datasets.CIFAR10), "CIFAR-10"),
+    "cifar100": _cifar(_any_checksum(torchvision.datasets.CIFAR100), "CIFAR-100"),
+    "fake": _fake,
+}
+NATIVE_SIZE = {"digits": 16, "mnist": 28, "fashionmnist": 28, "cifar10": 32, "cifar100": 32, "fake": 32}
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def load_data(name: str, data_dir: str | Path | None = None, image_size: int | None = None, batch_size: int = 128,
+              device: str | torch.device = "cpu", workers: int = 2, seed: int = 0, rank: int = 0,
+              world_size: int = 1, augment: bool = True, eval_batch_size: int | None = None) -> DataBundle:
+    """Load a dataset by name and return its train and test loaders and its ``DataInfo``."""
+    if name not in DATASETS:
+        raise NampruneError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    if batch_size < 1:
+        raise NampruneError(f"batch size must be at least 1, got {batch_size}")
+    if name == "imagefolder" and not _is_small_folder(data_dir):
+        return _stream_folder(data_dir, image_size or 224, batch_size, device, workers, seed, rank, world_size,
+                              augment, eval_batch_size)
+    source = _folder_in_memory(Path(data_dir)) if name == "imagefolder" else \
+        SOURCES[name](data_dir, image_size or NATIVE_SIZE[name])
+    size = image_size or (NATIVE_SIZE.get(name) or source.train_images.shape[-1])
+    train_images, test_images = (_resize(x, size) for x in (source.train_images, source.test_images))
+    if len(train_images) == 0 or len(test_images) == 0:
+        raise NampruneError(f"dataset {name} has an empty train or test split")
+    mean, std = _channel_stats(train_images)
+    info = DataInfo(name, len(source.classes), train_images.shape[1], size, mean, std, source.classes,
+                    len(train_images), len(test_images))
+    common = dict(mean=mean, std=std, device=device, seed=seed)
+    train = TensorLoader(train_images, source.train_labels, batch_size, augment=source.augment if augment else None,
+                         shuffle=True, drop_last=True, rank=rank, world_size=world_size, **common)
+    test = TensorLoader(test_images, source.test_labels, eval_batch_size or 2 * batch_size, **common)
+    return DataBundle(train, test, info)
+
+
+def _is_small_folder(data_dir) -> bool:
+    train_dir, _ = _folder_root(data_dir)
+    folder = _image_folder(train_dir)
+    _, h, w = _decode(folder, folder.samples[0][0]).shape
+    return max(h, w) <= IN_MEMORY_MAX_SIDE
+
+
+def _resize(images: torch.Tensor, size: int) -> torch.Tensor:
+    if images.shape[-2:] == (size, size):
+        return images
+    return v2.functional.resize(images, [size, size], antialias=True)
+
+
+def _channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    sample = images[:10_000].float() / 255
+    mean = sample.mean(dim=(0, 2, 3))
+    std = sample.std(dim=(0, 2, 3)).clamp_min(1e-3)
+    return tuple(round(v, 4) for v in mean.tolist()), tuple(round(v, 4) for v in std.tolist())
+
+
+def _stream_folder(data_dir, size, batch_size, device, workers, seed, rank, world_size, augment, eval_batch_size):
+    train_dir, test_dir = _folder_root(data_dir)
+    normalize = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    train_tf = [v2.RandomResizedCrop(size, antialias=True), v2.RandomHorizontalFlip()] if augment else \
+        [v2.Resize(size * 8 // 7, antialias=True), v2.CenterCrop(size)]
+    test_tf = [v2.Resize(size * 8 // 7, antialias=True), v2.CenterCrop(size)]
+    train_set = _image_folder(train_dir)
+    train_set.transform = v2.Compose([v2.RGB()] + train_tf + normalize)
+    test_set = _image_folder(test_dir)
+    test_set.transform = v2.Compose([v2.RGB()] + test_tf + normalize)
+    if test_set.classes != train_set.classes:
+        raise NampruneError(f"{test_dir} has classes {test_set.classes}, but train/ has {train_set.classes}")
+    info = DataInfo("imagefolder", len(train_set.classes), 3, size, IMAGENET_MEAN, IMAGENET_STD,
+                    tuple(train_set.classes), len(train_set), len(test_set))
+    common = dict(workers=workers, device=device, seed=seed)
+    train = StreamLoader(train_set, min(batch_size, len(train_set)), True, True, rank=rank, world_size=world_size, **common)
+    test = StreamLoader(test_set, eval_batch_size or 2 * batch_size, False, False, **common)
+    return DataBundle(train, test, info)

@@ -1,0 +1,266 @@
+"""The training loop: task loss + NAM sparsity penalty, SGD or AdamW, multistep or cosine
+schedule, bf16 autocast on CUDA, a progress bar, per-epoch metrics and checkpoints.
+
+One function, ``fit``, is used for sparse training and for fine-tuning after pruning;
+``evaluate`` gives top-1 / top-5. Read ``fit`` top to bottom: set up, then one loop over
+epochs, each a training pass, an evaluation, and a checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from . import checkpoint
+from .console import err_console, is_main_process, note
+from .data import DataBundle
+from .errors import NampruneError
+from .files import write_json, write_jsonl
+from .sparsity import SparsityPenalty
+
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("multistep", "cosine", "constant")
+AMP_MODES = ("auto", "bf16", "fp16", "off")
+
+
+@dataclass
+class TrainConfig:
+    """Everything that decides how a model is trained; saved with every checkpoint."""
+
+    epochs: int = 30
+    batch_size: int = 128
+    lr: float = 0.1
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "multistep"
+    milestones: list[int] | None = None  # epochs; default 30 %, 60 % and 80 % of the run (the NAM paper's 60/120/160 of 200)
+    lr_decay: float = 0.2
+    warmup_epochs: int = 0
+    label_smoothing: float = 0.0
+    sparsity: float = 1e-4
+    sparsity_targets: str = "nam"
+    seed: int = 0
+    device: str = "auto"
+    amp: str = "auto"
+    channels_last: bool = True
+    extra: dict = field(default_factory=dict)  # free-form notes kept with the run
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        checks = [
+            (self.epochs >= 1, f"epochs must be at least 1, got {self.epochs}"),
+            (self.batch_size >= 1, f"batch size must be at least 1, got {self.batch_size}"),
+            (self.lr > 0, f"learning rate must be positive, got {self.lr}"),
+            (self.optimizer in OPTIMIZERS, f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}"),
+            (self.schedule in SCHEDULES, f"unknown schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}"),
+            (self.amp in AMP_MODES, f"unknown amp mode {self.amp!r}; choose one of {', '.join(AMP_MODES)}"),
+            (self.weight_decay >= 0, f"weight decay must be >= 0, got {self.weight_decay}"),
+            (self.sparsity >= 0, f"sparsity must be >= 0, got {self.sparsity}"),
+            (0 < self.lr_decay <= 1, f"lr decay must be in (0, 1], got {self.lr_decay}"),
+            (0 <= self.warmup_epochs < self.epochs, f"warmup epochs must be in [0, epochs), got {self.warmup_epochs}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise NampruneError(message)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise NampruneError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise NampruneError("--device cuda was asked for but no CUDA GPU is available")
+    return device
+
+
+def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """bf16 by default on CUDA; CPU runs in fp32 unless bf16 is asked for."""
+    if amp == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[amp]
+
+
+def lr_factor(cfg: TrainConfig, epoch: int) -> float:
+    """Learning-rate multiplier for an epoch: linear warmup, then the schedule."""
+    if epoch < cfg.warmup_epochs:
+        return (epoch + 1) / (cfg.warmup_epochs + 1)
+    if cfg.schedule == "multistep":
+        milestones = cfg.milestones or [round(cfg.epochs * f) for f in (0.3, 0.6, 0.8)]
+        return cfg.lr_decay ** sum(epoch >= m for m in milestones)
+    if cfg.schedule == "cosine":
+        span = max(1, cfg.epochs - cfg.warmup_epochs)
+        return 0.5 * (1 + math.cos(math.pi * (epoch - cfg.warmup_epochs) / span))
+    return 1.0
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=False)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, device: torch.device | str | None = None, amp: str = "auto") -> dict:
+    """Top-1, top-5 (in %) and mean cross-entropy over a loader."""
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    dtype = autocast_dtype(amp, device)
+    was_training = model.training
+    model.eval()
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros(2, device=device)
+    seen = 0
+    for images, labels in loader:
+        images, labels = images.to(device), labels.to(device)
+        with _autocast(device, dtype):
+            logits = model(images)
+        loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum")
+        k = min(5, logits.shape[1])
+        top = logits.topk(k, dim=1).indices
+        hits = top == labels[:, None]
+        correct += torch.stack([hits[:, 0].sum(), hits.any(dim=1).sum()])
+        seen += len(labels)
+    model.train(was_training)
+    if seen == 0:
+        raise NampruneError("the evaluation set is empty")
+    top1, top5 = (100.0 * correct / seen).tolist()
+    return {"top1": round(top1, 4), "top5": round(top5, 4), "loss": round(loss_sum.item() / seen, 6), "samples": seen}
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+class Divergence(NampruneError):
+    """The loss became NaN or infinite."""
+
+
+def fit(model: nn.Module, data: DataBundle, cfg: TrainConfig, out_dir: str | Path | None = None,
+        progress: bool = True, stage: str = "train") -> dict:
+    """Train ``model`` in place; with ``out_dir``, write a checkpoint and metrics every epoch.
+
+    Returns the summary (also written to ``out_dir/summary.json``).
+    """
+    cfg.validate()
+    device = resolve_device(cfg.device)
+    dtype = autocast_dtype(cfg.amp, device)
+    torch.manual_seed(cfg.seed)
+    model.to(device)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    penalty = SparsityPenalty(model, cfg.sparsity, cfg.sparsity_targets)
+    if cfg.sparsity > 0 and not penalty.active:
+        note(f"[yellow]note:[/] the model has no {cfg.sparsity_targets.upper()} scale factors; "
+             "the sparsity penalty is off (use --sparsity-targets bn for Network Slimming)")
+    optimizer = build_optimizer(model, cfg)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: lr_factor(cfg, e))
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    out_dir = Path(out_dir) if out_dir is not None else None
+    history: list[dict] = []
+    start = time.perf_counter()
+
+    for epoch in range(cfg.epochs):
+        data.train.set_epoch(epoch)
+        train_stats = train_one_epoch(model, data.train, optimizer, scaler, penalty, cfg, device, dtype,
+                                      epoch, progress and is_main_process())
+        test_stats = evaluate(model, data.test, device, cfg.amp)
+        row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], **train_stats,
+               "test_top1": test_stats["top1"], "test_top5": test_stats["top5"], "test_loss": test_stats["loss"]}
+        scheduler.step()
+        history.append(row)
+        _report_epoch(row, cfg.epochs, stage)
+        if out_dir is not None and is_main_process():
+            _save_epoch(model, data, cfg, out_dir, history)
+
+    summary = {"stage": stage, "epochs": cfg.epochs, "final": history[-1], "best_top1": max(r["test_top1"] for r in history),
+               "train_time_s": round(time.perf_counter() - start, 2), "device": str(device)}
+    if out_dir is not None and is_main_process():
+        write_json(out_dir / "summary.json", summary)
+    model.to(memory_format=torch.contiguous_format)
+    return summary
+
+
+def train_one_epoch(model, loader, optimizer, scaler, penalty, cfg, device, dtype, epoch, show_progress) -> dict:
+    model.train()
+    loss_sum = torch.zeros((), device=device)
+    penalty_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device)
+    seen, start = 0, time.perf_counter()
+    bar = _progress_bar(show_progress)
+    task = bar.add_task(f"epoch {epoch + 1}/{cfg.epochs}", total=len(loader), loss=0.0, acc=0.0, ips=0.0)
+    last_refresh = 0.0
+    with bar:
+        for step, (images, labels) in enumerate(loader):
+            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            if cfg.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            with _autocast(device, dtype):
+                logits = model(images)
+                loss = F.cross_entropy(logits, labels, label_smoothing=cfg.label_smoothing)
+            reg = penalty()
+            total = loss if reg is None else loss + reg
+            if not torch.isfinite(total.detach()):
+                raise Divergence(f"training diverged: the loss is {total.item()} at epoch {epoch + 1}, step {step + 1}; "
+                                 "lower the learning rate (the last good checkpoint is kept)")
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(total).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            loss_sum += loss.detach() * len(labels)
+            if reg is not None:
+                penalty_sum += reg.detach() * len(labels)
+            correct += (logits.detach().argmax(1) == labels).sum()
+            seen += len(labels)
+            now = time.perf_counter()
+            if show_progress and (now - last_refresh > 0.5 or step + 1 == len(loader)):
+                last_refresh = now
+                bar.update(task, completed=step + 1, loss=loss_sum.item() / seen, acc=100 * correct.item() / seen,
+                           ips=seen / (now - start))
+    elapsed = time.perf_counter() - start
+    return {"train_loss": round(loss_sum.item() / max(seen, 1), 6), "train_top1": round(100 * correct.item() / max(seen, 1), 4),
+            "penalty": round(penalty_sum.item() / max(seen, 1), 8), "images_per_s": round(seen / elapsed, 1),
+            "epoch_time_s": round(elapsed, 2)}
+
+
+def _progress_bar(enabled: bool) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.3f}  acc {task.fields[acc]:.1f}%  {task.fields[ips]:.0f} img/s"),
+        TimeRemainingColumn(), console=err_console, transient=True, disable=not enabled,
+    )
+
+
+def _report_epoch(row: dict, epochs: int, stage: str) -> None:
+    note(f"{stage} epoch {row['epoch']:>3}/{epochs}  loss {row['train_loss']:.4f}  train {row['train_top1']:.2f}%  "
+         f"test top-1 {row['test_top1']:.2f}%  top-5 {row['test_top5']:.2f}%  {row['images_per_s']:.0f} img/s")
+
+
+def _save_epoch(model, data: DataBundle, cfg: TrainConfig, out_dir: Path, history: list[dict]) -> None:
+    last = history[-1]
+    metrics = {"epoch": last["epoch"], "top1": last["test_top1"], "top5": last["test_top5"], "loss": last["test_loss"]}
+    checkpoint.save(out_dir / "model.pt", model, data.info.as_dict(), metrics=metrics, config=cfg.to_dict())
+    write_jsonl(out_dir / "metrics.jsonl", history)

@@ -1,0 +1,9 @@
+"""The one exception type for mistakes a user can make (bad flags, bad files, bad data).
+
+The CLI turns it into a single line on stderr and exit code 2; Python callers can catch
+it as a ``ValueError``.
+"""
+
+
+class NampruneError(ValueError):
+    """A problem with the user's input, reported in one line without a traceback."""

@@ -1,0 +1,116 @@
+"""Atomic outputs: every file is written to a temporary sibling and renamed into place,
+and a run's folder appears only when the run is complete.
+
+A crash or a failed run therefore never leaves a half-written file behind and never
+destroys an earlier result.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable, Iterator
+
+from .errors import NampruneError
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success it is renamed to ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_atomic(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+    """Call ``write(tmp_path)`` and move the result to ``path`` only if it succeeded."""
+    with atomic_path(path) as tmp:
+        write(tmp)
+    return Path(path)
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    return write_atomic(path, lambda tmp: tmp.write_text(text))
+
+
+def write_json(path: str | os.PathLike, obj) -> Path:
+    return write_text(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
+
+
+def write_jsonl(path: str | os.PathLike, rows: list[dict]) -> Path:
+    return write_text(path, "".join(json.dumps(r, default=_json_default) + "\n" for r in rows))
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    path = Path(path)
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _json_default(obj):
+    if hasattr(obj, "item"):  # numpy / torch scalars
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, (set, tuple)):
+        return list(obj)
+    raise TypeError(f"cannot write {type(obj).__name__} as JSON")
+
+
+def staging_dir(out: str | os.PathLike) -> Path:
+    """Where a run writes until it completes: ``OUT.partial`` beside ``OUT``."""
+    out = Path(out)
+    return out.with_name(out.name + ".partial")
+
+
+def check_out_dir(out: str | os.PathLike, overwrite: bool = False) -> None:
+    """Refuse to start a run whose output folder already holds a result."""
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise NampruneError(f"{out} already exists; pass --overwrite to replace it")
+    if out.exists() and not out.is_dir():
+        raise NampruneError(f"{out} exists and is not a folder")
+
+
+@contextlib.contextmanager
+def run_dir(out: str | os.PathLike, overwrite: bool = False, resume: bool = False) -> Iterator[Path]:
+    """Yield the staging folder for a run that will become ``out`` when it succeeds.
+
+    With ``resume`` an interrupted run's staging folder is reused; otherwise a stale one
+    is cleared. On success an existing ``out`` (allowed by ``overwrite``) is swapped out
+    and removed only after the new result is in place; on failure ``out`` is untouched.
+    """
+    out = Path(out)
+    if not resume:
+        check_out_dir(out, overwrite)
+    stage = staging_dir(out)
+    if stage.exists() and not resume:
+        shutil.rmtree(stage)
+    stage.mkdir(parents=True, exist_ok=True)
+    yield stage
+    commit_dir(stage, out)
+
+
+def commit_dir(stage: Path, out: Path) -> None:
+    """Move a finished staging folder to its final name, replacing an older result."""
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+    os.replace(stage, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

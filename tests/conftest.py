@@ -1,0 +1,53 @@
+import os
+import tarfile
+from pathlib import Path
+
+import pytest
+import torch
+
+import namprune  # noqa: F401  (quiets torch's CUDA-toolkit warning before anything imports torch_pruning)
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("NAMPRUNE_SHARED_DATA", ROOT.parent / "shared" / "data"))
+CIFAR_ARCHIVE = SHARED_DATA / "cifar10-jpeg.tar.gz"
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not (SHARED_DATA / "MNIST" / "raw").is_dir():
+        pytest.skip(f"the shared data folder {SHARED_DATA} is not on this machine")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def cifar_slice(tmp_path_factory) -> Path:
+    """An image folder (train/ and test/, 3 classes) cut from the CIFAR-10 JPEG archive."""
+    if not CIFAR_ARCHIVE.exists():
+        pytest.skip(f"{CIFAR_ARCHIVE} is not on this machine")
+    root = tmp_path_factory.mktemp("cifar_slice")
+    keep = {"train": 40, "test": 10}
+    classes = ("airplane", "automobile", "bird")
+    counts: dict[tuple[str, str], int] = {}
+    with tarfile.open(CIFAR_ARCHIVE) as archive:
+        for member in archive:
+            parts = Path(member.name).parts
+            if not member.isfile() or len(parts) < 3:
+                continue
+            split, cls = parts[-3], parts[-2]
+            if split in keep and cls in classes and counts.get((split, cls), 0) < keep[split]:
+                counts[(split, cls)] = counts.get((split, cls), 0) + 1
+                target = root / split / cls / parts[-1]
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(archive.extractfile(member).read())
+            if len(counts) == 6 and all(counts[k] >= keep[k[0]] for k in counts):
+                break
+    return root
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    """Point every HTTP(S) request at a closed local port, so a download attempt fails for sure."""
+    for key in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
+        monkeypatch.setenv(key, "http://127.0.0.1:9")

@@ -1,0 +1,68 @@
+import json
+
+import pytest
+
+from cli_helpers import assert_one_line_error, run_cli, run_subprocess
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "run"
+    proc = run_subprocess("train", "--epochs", "2", "-b", "32", "--schedule", "cosine", "--out", out, "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    assert "top-1" in proc.stdout
+    return out
+
+
+def test_train_writes_the_run_folder(trained):
+    assert sorted(p.name for p in trained.iterdir()) == ["metrics.jsonl", "model.pt", "summary.json"]
+    summary = json.loads((trained / "summary.json").read_text())
+    assert summary["epochs"] == 2 and 0 <= summary["final"]["test_top1"] <= 100
+    assert not trained.with_name("run.partial").exists()
+
+
+def test_eval_and_info(trained, capsys, tmp_path):
+    code, out, _ = run_cli(capsys, "eval", trained, "--json", tmp_path / "e.json")
+    assert code == 0 and "top-1" in out
+    result = json.loads((tmp_path / "e.json").read_text())
+    summary = json.loads((trained / "summary.json").read_text())
+    assert result["top1"] == pytest.approx(summary["final"]["test_top1"], abs=1e-6)
+    code, out, _ = run_cli(capsys, "info", trained, "--json", tmp_path / "i.json")
+    info = json.loads((tmp_path / "i.json").read_text())
+    assert code == 0 and info["model"] == "resnet20" and info["attention"] == "nam" and info["params"] > 200_000
+    assert info["macs"] > 1_000_000 and "resnet20" in out
+
+
+def test_existing_output_is_kept_without_overwrite(trained, capsys):
+    before = (trained / "model.pt").read_bytes()
+    code, _, err = run_cli(capsys, "train", "--epochs", "1", "--out", trained)
+    assert_one_line_error(code, err, "already exists", "--overwrite")
+    assert (trained / "model.pt").read_bytes() == before
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["train", "--dataset", "svhn"], "unknown dataset 'svhn'"),
+    (["train", "--model", "resnet21"], "unknown model 'resnet21'"),
+    (["train", "--attention", "cbam"], "unknown attention"),
+    (["train", "--optimizer", "lamb"], "unknown optimizer"),
+    (["train", "--epochs", "0"], "--epochs"),
+    (["train", "--bogus"], "No such option"),
+    (["eval", "/nonexistent/model.pt"], "no checkpoint"),
+    (["train", "--dataset", "imagefolder"], "needs --data-dir"),
+])
+def test_bad_input_is_one_line_and_exit_2(capsys, tmp_path, args, fragment):
+    code, _, err = run_cli(capsys, *args, "--out", tmp_path / "x") if args[0] == "train" else run_cli(capsys, *args)
+    assert_one_line_error(code, err, fragment)
+    assert not (tmp_path / "x").exists() and not (tmp_path / "x.partial").exists()
+
+
+def test_debug_shows_the_traceback(capsys):
+    with pytest.raises(Exception, match="unknown model"):
+        run_cli(capsys, "train", "--model", "resnet21", "--debug")
+
+
+def test_every_command_documents_every_flag(capsys):
+    code, out, _ = run_cli(capsys, "train", "--help")
+    assert code == 0
+    for flag in ("--model", "--dataset", "--data-dir", "--epochs", "--batch-size", "--lr", "--sparsity", "--attention", "--out"):
+        assert flag in out

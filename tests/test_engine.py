@@ -1,0 +1,58 @@
+import json
+
+import pytest
+import torch
+
+import namprune
+from namprune import NampruneError, TrainConfig, fit, load_data, models
+from namprune.engine import lr_factor
+
+FAST = dict(batch_size=32, lr=0.1, schedule="cosine", weight_decay=5e-4)
+
+
+def test_digits_training_reaches_90_percent_and_writes_every_epoch(tmp_path):
+    data = load_data("digits", batch_size=32)
+    model = models.create("resnet20", num_classes=10, attention="nam", input_size=16, in_channels=1)
+    summary = fit(model, data, TrainConfig(epochs=4, **FAST), tmp_path, progress=False)
+    assert summary["final"]["test_top1"] >= 90.0
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
+    assert all(r["penalty"] > 0 for r in rows)  # the NAM penalty was in the loss
+    saved = json.loads((tmp_path / "summary.json").read_text())
+    assert saved["final"]["test_top1"] == summary["final"]["test_top1"]
+    reloaded = namprune.load(tmp_path)
+    assert torch.equal(reloaded.state_dict()["fc.weight"], model.state_dict()["fc.weight"])
+
+
+def test_image_folder_slice_trains(cifar_slice, tmp_path):
+    data = load_data("imagefolder", cifar_slice, batch_size=16)
+    model = models.create("resnet20", num_classes=3, attention="nam", input_size=32)
+    before = model.fc.weight.detach().clone()
+    fit(model, data, TrainConfig(epochs=4, batch_size=16, lr=0.05, schedule="cosine"), tmp_path, progress=False)
+    assert not torch.equal(before, model.fc.weight.detach())
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["train_loss"] < rows[0]["train_loss"]
+    assert namprune.load(tmp_path).namprune_spec["num_classes"] == 3
+
+
+def test_schedules():
+    multistep = TrainConfig(epochs=200, schedule="multistep", milestones=[60, 120, 160], lr_decay=0.2)
+    assert [lr_factor(multistep, e) for e in (0, 59, 60, 120, 199)] == pytest.approx([1, 1, 0.2, 0.04, 0.008])
+    cosine = TrainConfig(epochs=10, schedule="cosine", warmup_epochs=1)
+    assert lr_factor(cosine, 0) == 0.5 and lr_factor(cosine, 1) == 1.0 and lr_factor(cosine, 9) < 0.05
+
+
+@pytest.mark.parametrize("bad,match", [
+    (dict(optimizer="lamb"), "unknown optimizer"), (dict(epochs=0), "epochs"), (dict(lr=0), "learning rate"),
+    (dict(schedule="step"), "unknown schedule"), (dict(amp="fp8"), "amp"), (dict(warmup_epochs=5, epochs=5), "warmup"),
+])
+def test_config_validation(bad, match):
+    with pytest.raises(NampruneError, match=match):
+        TrainConfig(**bad)
+
+
+def test_divergence_stops_with_epoch_and_step(tmp_path):
+    data = load_data("digits", batch_size=32)
+    model = models.create("resnet20", num_classes=10, attention="none", input_size=16, in_channels=1)
+    with pytest.raises(NampruneError, match=r"diverged.*epoch 1, step \d+"):
+        fit(model, data, TrainConfig(epochs=2, batch_size=32, lr=1e12, momentum=0.0, sparsity=0), tmp_path, progress=False)

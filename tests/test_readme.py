@@ -1,0 +1,18 @@
+import re
+
+from cli_helpers import ROOT
+
+
+def _quickstart_commands() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    block = re.search(r"<!-- quickstart -->\s*```bash\n(.*?)```", text, re.S).group(1)
+    return [line.strip() for line in block.splitlines() if line.strip()]
+
+
+def test_readme_quick_start_is_two_commands_and_ci_runs_exactly_them():
+    commands = _quickstart_commands()
+    assert len(commands) == 2
+    ci = (ROOT / ".ci" / "run").read_text().splitlines()
+    position = [ci.index(c) for c in commands]  # each appears verbatim as a line of .ci/run
+    assert position == sorted(position)
+    assert "python3 -m venv" in "\n".join(ci[: position[0]])  # in a fresh virtual environment
