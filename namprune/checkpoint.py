@@ -78,7 +78,7 @@ def read(path: str | Path) -> dict:
 def build(payload: dict) -> nn.Module:
     """Rebuild the architecture, replay its pruning history and load the weights."""
     from .models import from_spec
-    from .pruning import replay_history
+    from .graph import replay_history
 
     model = from_spec(payload["arch"])
     history = payload.get("pruning_history") or []

@@ -1,14 +1,22 @@
 """Where output goes: results (tables, summaries) to stdout, progress and notes to stderr.
 
-Only the process of rank 0 prints when training runs under torchrun.
+Only the process of rank 0 prints when training runs under torchrun. When the output is
+not a terminal (a log file, a pipe) tables are laid out 120 columns wide instead of 80,
+so layer names are not cut.
 """
 
 import os
+import sys
 
 from rich.console import Console
 
-console = Console(highlight=False, soft_wrap=True)
-err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+def _width(stream) -> int | None:
+    return None if stream.isatty() or "COLUMNS" in os.environ else 120
+
+
+console = Console(highlight=False, soft_wrap=True, width=_width(sys.stdout))
+err_console = Console(stderr=True, highlight=False, soft_wrap=True, width=_width(sys.stderr))
 
 
 def is_main_process() -> bool:

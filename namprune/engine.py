@@ -83,6 +83,11 @@ class TrainConfig:
         return cls(**{k: v for k, v in values.items() if k in known})
 
 
+def seed_everything(seed: int) -> None:
+    """Seed torch (weights, dropout); data order and augmentation are seeded per epoch by the loaders."""
+    torch.manual_seed(seed)
+
+
 def resolve_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -168,7 +173,7 @@ def fit(model: nn.Module, data: DataBundle, cfg: TrainConfig, out_dir: str | Pat
     cfg.validate()
     device = resolve_device(cfg.device)
     dtype = autocast_dtype(cfg.amp, device)
-    torch.manual_seed(cfg.seed)
+    seed_everything(cfg.seed)
     model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)

@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
-from .pruning import example_input
+from .graph import example_input
 
 
 def count_params(model: nn.Module) -> int:

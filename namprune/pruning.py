@@ -1,75 +1,188 @@
-"""Structural pruning on torch-pruning's DependencyGraph.
+"""Pruning policy: how many channels each group loses, and which.
 
-The graph finds which layers are coupled (a residual stream, a depthwise conv and its
-neighbours) so whole channels are removed consistently. NAM needs two entries in it:
-``ChannelNAM`` is pruned like the BatchNorm it holds, and ``SpatialNAM`` (whose BatchNorm
-runs over pixels, not channels) passes channel pruning through untouched.
+The ranking comes from ``saliency``; torch-pruning's DependencyGraph (``graph``) removes
+the chosen channels together with every layer coupled to them. A group never loses more
+than ``max_layer_ratio`` of its channels, which torch-pruning does not enforce inside one
+global step, so the allocation here does it.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+import copy
+import math
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn as nn
-import torch_pruning as tp
 
-from .nam import ChannelNAM, SpatialNAM
+from .errors import NampruneError
+from .graph import dependency_graph
+from .saliency import GroupSaliency, make_importance, score_groups
 
+# --------------------------------------------------------------------------- policy
 
-class ChannelNAMPruner(tp.pruner.function.BasePruningFunc):
-    """Removing channel i of a ChannelNAM removes entry i of its BatchNorm."""
-
-    def prune_out_channels(self, layer: ChannelNAM, idxs: Sequence[int]) -> nn.Module:
-        tp.prune_batchnorm_out_channels(layer.bn, idxs)
-        return layer
-
-    prune_in_channels = prune_out_channels  # input and output channels are the same channels
-
-    def get_out_channels(self, layer: ChannelNAM) -> int:
-        return layer.channels
-
-    get_in_channels = get_out_channels
+SCOPES = ("global", "local")
 
 
-class PassThroughPruner(tp.pruner.function.BasePruningFunc):
-    """A layer that works on any number of channels (SpatialNAM): nothing to cut."""
+@dataclass
+class PruneConfig:
+    """How to prune: how much (ratio of channels, or fraction of MACs to keep), where to rank
+    (globally or per layer), by what, and the limits that keep every layer usable."""
 
-    def prune_out_channels(self, layer: nn.Module, idxs: Sequence[int]) -> nn.Module:
-        return layer
+    ratio: float | None = 0.3
+    target_macs: float | None = None
+    scope: str = "global"
+    importance: str = "nam"
+    normalization: str = "mean"
+    round_to: int | None = None
+    max_layer_ratio: float = 0.9
+    seed: int = 0
 
-    prune_in_channels = prune_out_channels
+    def __post_init__(self):
+        self.validate()
 
-    def get_out_channels(self, layer: nn.Module):
-        return None
+    def validate(self) -> None:
+        if (self.ratio is None) == (self.target_macs is None):
+            raise NampruneError("give exactly one of --ratio and --target-macs")
+        if self.ratio is not None and not 0 < self.ratio < 1:
+            raise NampruneError(f"--ratio must be in (0, 1) (the fraction of channels removed), got {self.ratio}")
+        if self.target_macs is not None and not 0 < self.target_macs < 1:
+            raise NampruneError(f"--target-macs must be in (0, 1) (the fraction of MACs kept), got {self.target_macs}")
+        if not 0 < self.max_layer_ratio < 1:
+            raise NampruneError(f"--max-layer-ratio must be in (0, 1), got {self.max_layer_ratio}")
+        if self.scope not in SCOPES:
+            raise NampruneError(f"unknown scope {self.scope!r}; choose global or local")
+        if self.round_to is not None and self.round_to < 1:
+            raise NampruneError(f"--round-to must be a positive channel count, got {self.round_to}")
+        make_importance(self.importance, self.normalization)  # validates both names
 
-    get_in_channels = get_out_channels
-
-
-CUSTOM_PRUNERS = {ChannelNAM: ChannelNAMPruner(), SpatialNAM: PassThroughPruner()}
-
-
-def example_input(model: nn.Module, batch: int = 1) -> torch.Tensor:
-    """A zero input of the shape the model was built for (from ``model.namprune_spec``)."""
-    spec = model.namprune_spec
-    device = next(model.parameters()).device
-    return torch.zeros(batch, spec["in_channels"], spec["input_size"], spec["input_size"], device=device)
-
-
-def dependency_graph(model: nn.Module) -> tp.DependencyGraph:
-    """Trace ``model`` into a torch-pruning DependencyGraph that knows the NAM layers."""
-    was_training = model.training
-    try:
-        with torch.enable_grad():
-            return tp.DependencyGraph().build_dependency(
-                model, example_input(model), customized_pruners=CUSTOM_PRUNERS, verbose=False)
-    finally:
-        model.train(was_training)
+    def to_dict(self) -> dict:
+        return asdict(self)
 
 
-def replay_history(model: nn.Module, history: list) -> nn.Module:
-    """Re-apply a saved pruning history to a freshly built model, in place."""
+@dataclass
+class PruneResult:
+    ratio: float  # fraction of prunable channels actually removed
+    channels_before: int
+    channels_after: int
+    layers: list[dict]  # name, before, after (output channels of every conv / linear layer)
+    groups: list[GroupSaliency]  # the ranking the decision was made from
+
+
+def allocate(saliencies: list[GroupSaliency], cfg: PruneConfig, ratio: float) -> list[int]:
+    """How many channels to remove from each group.
+
+    Global scope removes the lowest scores across all groups; local removes the same
+    fraction of every group. Either way a group keeps at least ``ceil(width * (1 -
+    max_layer_ratio))`` channels (and one), which torch-pruning does not enforce within
+    a single global step, and ``round_to`` rounds what is kept to a multiple.
+    """
+    widths = [g.width for g in saliencies]
+    floors = [_floor(w, cfg) for w in widths]
+    if cfg.scope == "local":
+        removed = [min(round(ratio * w), w - f) for w, f in zip(widths, floors)]
+    else:
+        target = round(ratio * sum(widths))
+        owner = torch.cat([torch.full((w,), i) for i, w in enumerate(widths)])
+        removed = [0] * len(widths)
+        taken = 0
+        for i in owner[_global_order(saliencies)].tolist():
+            if taken == target:
+                break
+            if removed[i] < widths[i] - floors[i]:
+                removed[i] += 1
+                taken += 1
+    if cfg.round_to:
+        removed = [w - max(f, _round(w - r, cfg.round_to, w)) for w, f, r in zip(widths, floors, removed)]
+    return removed
+
+
+def _global_order(saliencies: list[GroupSaliency]) -> torch.Tensor:
+    """All channels, lowest score first; equal scores are taken from every group in turn
+    (by their relative rank inside the group) rather than emptying the first group."""
+    scores = torch.cat([g.scores for g in saliencies])
+    relative_rank = torch.cat([torch.argsort(torch.argsort(g.scores, stable=True)).float() / g.width for g in saliencies])
+    by_rank = torch.argsort(relative_rank, stable=True)
+    return by_rank[torch.argsort(scores[by_rank], stable=True)]
+
+
+def _floor(width: int, cfg: PruneConfig) -> int:
+    floor = max(1, math.ceil(width * (1 - cfg.max_layer_ratio)))
+    if cfg.round_to:
+        floor = min(width, -(-floor // cfg.round_to) * cfg.round_to)
+    return floor
+
+
+def _round(kept: int, multiple: int, width: int) -> int:
+    return min(width, max(multiple, int(round(kept / multiple)) * multiple))
+
+
+def layer_widths(model: nn.Module) -> dict[str, int]:
+    return {n: (m.out_channels if isinstance(m, nn.Conv2d) else m.out_features)
+            for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+
+
+def prune_ratio(model: nn.Module, cfg: PruneConfig, ratio: float) -> PruneResult:
+    """Remove ``ratio`` of the prunable channels of ``model`` in place, lowest saliency first."""
+    before = layer_widths(model)
     graph = dependency_graph(model)
-    graph.load_pruning_history([(name, bool(is_out), list(idxs)) for name, is_out, idxs in history])
-    model.namprune_history = [list(step) for step in history]
-    return model
+    ranked = score_groups(model, graph, make_importance(cfg.importance, cfg.normalization, cfg.seed))
+    if not ranked:
+        raise NampruneError("the model has no channel group that can be pruned")
+    removed = allocate([s for _, s in ranked], cfg, ratio)
+    was_training = model.training
+    for (group, saliency), n in zip(ranked, removed):
+        if n > 0:
+            idxs = torch.argsort(saliency.scores, stable=True)[:n].tolist()
+            graph.get_pruning_group(group[0].dep.target.module, group[0].dep.handler, idxs).prune()
+    model.train(was_training)
+    model.namprune_history = list(getattr(model, "namprune_history", [])) + [list(s) for s in graph.pruning_history()]
+    after = layer_widths(model)
+    total = sum(s.width for _, s in ranked)
+    return PruneResult(sum(removed) / total, total, total - sum(removed),
+                       [{"name": n, "before": before[n], "after": after[n]} for n in before],
+                       [s for _, s in ranked])
+
+
+def prune(model: nn.Module, cfg: PruneConfig) -> PruneResult:
+    """Prune in place by ``cfg.ratio``, or to keep ``cfg.target_macs`` of the MACs (within 2 %)."""
+    cfg.validate()
+    if cfg.target_macs is None:
+        return prune_ratio(model, cfg, cfg.ratio)
+    return prune_ratio(model, cfg, ratio_for_macs(model, cfg))
+
+
+def ratio_for_macs(model: nn.Module, cfg: PruneConfig, tolerance: float = 0.02, steps: int = 20) -> float:
+    """Bisect the channel ratio whose pruned copy keeps ``cfg.target_macs`` of the MACs.
+
+    MACs fall monotonically as the ratio grows; each trial prunes a copy of the model.
+    Raises when the target lies beyond what the layer floors allow.
+    """
+    from .measure import count_macs
+
+    base = count_macs(model)
+    target = cfg.target_macs
+
+    def kept(ratio: float) -> float:
+        trial = copy.deepcopy(model)
+        prune_ratio(trial, cfg, ratio)
+        return count_macs(trial) / base
+
+    high = 0.999
+    least = kept(high)
+    if least > target * (1 + tolerance):
+        raise NampruneError(f"--target-macs {target} cannot be reached: pruning as far as --max-layer-ratio "
+                            f"{cfg.max_layer_ratio} allows keeps {least:.3f} of the MACs")
+    low, best = 0.0, (high, least)
+    for _ in range(steps):
+        mid = (low + high) / 2
+        fraction = kept(mid)
+        if abs(fraction / target - 1) < abs(best[1] / target - 1):
+            best = (mid, fraction)
+        if abs(fraction / target - 1) <= tolerance / 2:
+            break
+        low, high = (mid, high) if fraction > target else (low, mid)
+    if abs(best[1] / target - 1) > tolerance:
+        raise NampruneError(f"--target-macs {target} cannot be met within {tolerance:.0%}: the closest keeps "
+                            f"{best[1]:.3f} of the MACs (channel steps are too coarse; try --round-to 1)")
+    return best[0]

@@ -11,7 +11,9 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("NAMPRUNE_SHARED_DATA", ROOT.parent / "shared" / "data"))
 CIFAR_ARCHIVE = SHARED_DATA / "cifar10-jpeg.tar.gz"
 
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# Under pytest-xdist each worker gets one thread: two workers with two threads each on a
+# two-core machine spend most of their time waiting for each other.
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, torch.get_num_threads()))
 
 
 @pytest.fixture(scope="session")

@@ -11,11 +11,12 @@ from rich.table import Table
 from .. import checkpoint, models
 from ..console import console
 from ..data import DATASETS, load_data
-from ..engine import TrainConfig, evaluate, fit, resolve_device
+from ..engine import TrainConfig, evaluate, fit, resolve_device, seed_everything
 from ..errors import NampruneError
 from ..files import check_out_dir, run_dir, write_json
 from ..measure import count_macs, count_params
 from ..nam import ATTENTIONS
+from ..pipeline import compatible_data
 from ..sparsity import DEFAULT_STRENGTH, TARGETS
 from .app import DataDir, Device, JsonOut, Overwrite, Quiet, Workers, app
 
@@ -73,6 +74,7 @@ def train(
     device_ = resolve_device(device)
     check_out_dir(out, overwrite)
     data = load_data(dataset, data_dir, image_size, batch_size, device_, workers, seed)
+    seed_everything(seed)  # the initial weights depend on the seed alone
     net = models.create(model, data.info.num_classes, attention, data.info.image_size, data.info.in_channels)
     cfg.extra = {"model": model, "dataset": dataset, "attention": attention}
     with run_dir(out, overwrite=overwrite) as stage:
@@ -96,8 +98,7 @@ def eval_(
     net = checkpoint.build(payload)
     info = payload["data"]
     device_ = resolve_device(device)
-    data = load_data(info["name"], data_dir, info["image_size"], batch_size, device_, augment=False)
-    check_compatible(info, data.info.as_dict(), ckpt)
+    data = compatible_data(payload, data_dir, batch_size, device_)
     result = evaluate(net.to(device_), data.test, device_)
     table = Table(title=f"{ckpt} on {info['name']} (test split)")
     for column in ("top-1 %", "top-5 %", "loss", "images"):
@@ -106,16 +107,6 @@ def eval_(
     console.print(table)
     if json_out:
         write_json(json_out, result)
-
-
-def check_compatible(trained: dict, loaded: dict, ckpt) -> None:
-    """The data a checkpoint is evaluated on must have the classes and channels it was trained on."""
-    if trained["num_classes"] != loaded["num_classes"] or list(trained["classes"]) != list(loaded["classes"]):
-        raise NampruneError(f"{ckpt} was trained on {trained['num_classes']} classes but the data has "
-                            f"{loaded['num_classes']} ({', '.join(map(str, loaded['classes'][:5]))}, ...)")
-    if trained["in_channels"] != loaded["in_channels"]:
-        raise NampruneError(f"{ckpt} expects {trained['in_channels']}-channel images but the data has "
-                            f"{loaded['in_channels']} channels")
 
 
 @app.command()

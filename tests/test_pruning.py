@@ -1,0 +1,196 @@
+import copy
+import json
+import math
+
+import pytest
+import torch
+
+import namprune
+from namprune import TrainConfig, checkpoint, evaluate, fit, load_data, models
+from namprune.measure import count_macs, count_params
+from namprune.pruning import PruneConfig, layer_widths, prune
+from namprune.saliency import rank_model
+
+ARCHITECTURES = [("resnet20", "nam", "nam"), ("resnet56", "nam", "nam"), ("resnet18", "nam", "nam"),
+                 ("resnet34", "nam-channel", "nam"), ("resnet50", "nam", "nam"), ("mobilenetv2", "nam", "nam"),
+                 ("tv:resnet18", "nam", "nam"), ("tv:resnet50", "nam", "nam"), ("tv:mobilenet_v2", "nam", "nam"),
+                 ("tv:mobilenet_v3_small", "nam", "nam"), ("resnet20", "none", "slim"), ("mobilenetv2", "none", "l1"),
+                 ("tv:resnet18", "none", "slim"), ("resnet56", "none", "random")]
+
+
+def _scramble_scales(model, seed=0):
+    """Give every BatchNorm distinct scale factors, as training would, so rankings are not all ties."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.affine:
+                m.weight.copy_(torch.rand(m.weight.shape, generator=g) * 2)
+
+
+@pytest.mark.parametrize("name,attention,importance", ARCHITECTURES)
+def test_every_architecture_prunes_and_still_trains(name, attention, importance):
+    size = 64 if name.startswith("tv:") else 32
+    model = models.create(name, num_classes=10, attention=attention, input_size=size)
+    _scramble_scales(model)
+    params, macs = count_params(model), count_macs(model)
+    before = layer_widths(model)
+    result = prune(model, PruneConfig(ratio=0.3, importance=importance, max_layer_ratio=0.8))
+    assert result.ratio == pytest.approx(0.3, abs=0.01)
+    assert count_params(model) < params and count_macs(model) < macs
+    after = layer_widths(model)
+    assert all(after[n] >= math.ceil(before[n] * 0.2) for n in before)  # the per-layer floor
+    assert after[[n for n in after][-1]] == 10  # the classifier keeps every class
+    model.train()
+    out = model(torch.randn(2, 3, size, size))
+    out.sum().backward()
+    assert out.shape == (2, 10)
+
+
+@pytest.fixture(scope="module")
+def sparse_digits(tmp_path_factory):
+    """ResNet-20 with channel NAM, sparse-trained on digits (L1 on every BatchNorm scale)."""
+    torch.manual_seed(0)
+    data = load_data("digits", batch_size=32)
+    model = models.create("resnet20", num_classes=10, attention="nam-channel", input_size=16, in_channels=1)
+    out = tmp_path_factory.mktemp("sparse") / "run"
+    fit(model, data, TrainConfig(epochs=12, batch_size=32, lr=0.1, schedule="cosine", sparsity=0.01,
+                                 sparsity_targets="bn"), out, progress=False)
+    return model.eval(), data, out
+
+
+def test_nam_ranking_keeps_far_more_accuracy_than_random(sparse_digits):
+    model, data, _ = sparse_digits
+    base = evaluate(model, data.test)["top1"]
+    accuracy = {}
+    for importance in ("nam", "random"):
+        pruned = copy.deepcopy(model)
+        prune(pruned, PruneConfig(ratio=0.5, importance=importance))
+        accuracy[importance] = evaluate(pruned, data.test)["top1"]
+    assert base > 95
+    assert accuracy["random"] < 30, accuracy  # chance is 10 %
+    assert accuracy["nam"] > accuracy["random"] + 35, accuracy
+
+
+def test_sparse_model_is_ready_to_prune(sparse_digits):
+    ranking = rank_model(sparse_digits[0])
+    assert ranking.near_zero() > 0.3  # the penalty drove many scale factors to zero
+    assert 0.3 < ranking.largest_safe_ratio() < 1
+    assert {g.source for g in ranking.groups} == {"nam", "bn"}
+    lowest = ranking.lowest(5)
+    assert [score for *_, score in lowest] == sorted(score for *_, score in lowest)
+
+
+def test_floor_holds_when_the_ranking_would_empty_layers(sparse_digits):
+    model = copy.deepcopy(sparse_digits[0])
+    before = layer_widths(model)
+    prune(model, PruneConfig(ratio=0.6, max_layer_ratio=0.5))
+    after = layer_widths(model)
+    assert all(after[n] >= math.ceil(before[n] / 2) for n in before), {n: (before[n], after[n]) for n in before}
+
+
+@pytest.mark.parametrize("name", ["resnet20", "mobilenetv2"])
+@pytest.mark.parametrize("target", [0.5, 0.3])
+def test_target_macs_lands_within_two_percent(name, target):
+    model = models.create(name, num_classes=10, attention="nam", input_size=16)
+    _scramble_scales(model)
+    base = count_macs(model)
+    prune(model, PruneConfig(ratio=None, target_macs=target))
+    assert count_macs(model) / base == pytest.approx(target, rel=0.02)
+
+
+def test_unreachable_macs_target_is_refused():
+    model = models.create("resnet20", attention="nam", input_size=16)
+    with pytest.raises(namprune.NampruneError, match="cannot be reached"):
+        prune(model, PruneConfig(ratio=None, target_macs=0.01, max_layer_ratio=0.5))
+
+
+def test_round_to_and_local_scope():
+    model = models.create("resnet56", attention="nam", input_size=32)
+    _scramble_scales(model)
+    before = layer_widths(model)
+    prune(model, PruneConfig(ratio=0.4, round_to=8))
+    changed = {n: w for n, w in layer_widths(model).items() if w != before[n]}
+    assert changed and all(w % 8 == 0 for w in changed.values())
+
+    model = models.create("resnet20", attention="nam", input_size=32)
+    _scramble_scales(model)
+    prune(model, PruneConfig(ratio=0.25, scope="local"))
+    widths = layer_widths(model)
+    assert widths["layers.0.0.conv1"] == 12 and widths["layers.2.0.conv1"] == 48  # a quarter of 16 and of 64
+
+
+@pytest.mark.parametrize("name", ["resnet20", "mobilenetv2", "tv:mobilenet_v3_small"])
+def test_pruned_checkpoint_reloads_identically_and_prunes_again(tmp_path, name):
+    size = 64 if name.startswith("tv:") else 32
+    model = models.create(name, num_classes=10, attention="nam", input_size=size)
+    _scramble_scales(model)
+    x = torch.randn(3, 3, size, size)
+    info = {"name": "fake", "num_classes": 10, "in_channels": 3, "image_size": size, "mean": [0] * 3, "std": [1] * 3,
+            "classes": list(map(str, range(10))), "train_size": 1, "test_size": 1}
+    for round_ in (1, 2):
+        prune(model, PruneConfig(ratio=0.3, seed=round_))
+        model.eval()
+        path = checkpoint.save(tmp_path / f"round{round_}.pt", model, info)
+        payload = torch.load(path, weights_only=True)
+        assert len(payload["pruning_history"]) == len(model.namprune_history)
+        reloaded = namprune.load(path)
+        assert torch.equal(reloaded(x), model(x))
+        assert layer_widths(reloaded) == layer_widths(model)
+        model = reloaded  # the second round prunes the reloaded model
+
+
+def test_prune_cli_report_and_reload(sparse_digits, tmp_path, capsys):
+    from cli_helpers import run_cli
+
+    _, _, run = sparse_digits
+    out = tmp_path / "pruned"
+    code, stdout, err = run_cli(capsys, "prune", run, "--ratio", "0.5", "--finetune-epochs", "2", "--out", out, "-q")
+    assert code == 0, err
+    report = json.loads((out / "report.json").read_text())
+    for key in ("ratio", "params_before", "params_after", "macs_before", "macs_after", "top1_before", "top1_pruned",
+                "top1_finetuned", "layers"):
+        assert key in report
+    assert report["ratio"] == pytest.approx(0.5, abs=0.01)
+    assert report["params_after"] < report["params_before"] and report["macs_after"] < report["macs_before"]
+    assert report["top1_finetuned"] > 85
+    assert {"name", "before", "after"} <= set(report["layers"][0])
+    assert "before" in stdout and "fine-tuned" in stdout
+    reloaded = namprune.load(out)
+    assert count_params(reloaded) == report["params_after"]
+    data = load_data("digits", batch_size=64)
+    assert evaluate(reloaded, data.test)["top1"] == pytest.approx(report["top1_finetuned"], abs=1e-6)
+
+
+def test_rank_cli_json(sparse_digits, tmp_path, capsys):
+    from cli_helpers import run_cli
+
+    code, stdout, _ = run_cli(capsys, "rank", sparse_digits[2], "--top", "3", "--json", tmp_path / "rank.json")
+    assert code == 0 and "near zero" in stdout
+    ranking = json.loads((tmp_path / "rank.json").read_text())
+    assert ranking["channels"] == sum(g["width"] for g in ranking["groups"]) == 448
+    assert 0 < ranking["largest_safe_ratio"] < 1
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["--ratio", "1.5"], "--ratio must be in (0, 1)"),
+    (["--ratio", "0"], "--ratio must be in (0, 1)"),
+    (["--ratio", "0.3", "--target-macs", "0.5"], "exactly one"),
+    (["--target-macs", "0.01", "--max-layer-ratio", "0.5"], "cannot be reached"),
+    (["--importance", "taylor"], "unknown importance"),
+    (["--scope", "layer"], "unknown scope"),
+])
+def test_prune_bad_input_writes_nothing(sparse_digits, tmp_path, capsys, args, fragment):
+    from cli_helpers import assert_one_line_error, run_cli
+
+    code, _, err = run_cli(capsys, "prune", sparse_digits[2], *args, "--out", tmp_path / "p")
+    assert_one_line_error(code, err, fragment)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_prune_refuses_a_foreign_checkpoint(tmp_path, capsys):
+    from cli_helpers import assert_one_line_error, run_cli
+
+    torch.save(models.create("resnet20").state_dict(), tmp_path / "plain.pt")
+    code, _, err = run_cli(capsys, "prune", tmp_path / "plain.pt", "--ratio", "0.3", "--out", tmp_path / "p")
+    assert_one_line_error(code, err, "not a namprune checkpoint")
+    assert not (tmp_path / "p").exists()
