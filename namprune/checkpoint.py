@@ -10,7 +10,8 @@ Writes are atomic (temporary file + rename).
 from __future__ import annotations
 
 import pickle
-import zipfile
+import re
+import warnings
 from pathlib import Path
 
 import torch
@@ -24,8 +25,11 @@ VERSION = 1
 
 
 def save(path: str | Path, model: nn.Module, data_info: dict, metrics: dict | None = None,
-         config: dict | None = None) -> Path:
-    """Write ``model`` (built by ``namprune.models.create``, maybe pruned) to ``path`` atomically."""
+         config: dict | None = None, extra: dict | None = None) -> Path:
+    """Write ``model`` (built by ``namprune.models.create``, maybe pruned) to ``path`` atomically.
+
+    ``extra`` adds entries (such as a training state); they must be weights_only-safe too.
+    """
     spec = getattr(model, "namprune_spec", None)
     if spec is None:
         raise NampruneError("only models built by namprune.models.create can be saved as namprune checkpoints")
@@ -41,6 +45,7 @@ def save(path: str | Path, model: nn.Module, data_info: dict, metrics: dict | No
         "data": dict(data_info),
         "metrics": dict(metrics or {}),
         "config": dict(config or {}),
+        **(extra or {}),
     }
     return write_atomic(path, lambda tmp: torch.save(payload, tmp))
 
@@ -57,22 +62,53 @@ def read(path: str | Path) -> dict:
     if not file.exists():
         raise NampruneError(f"no checkpoint at {path} (expected a model.pt file or a run folder holding one)")
     try:
-        payload = torch.load(file, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols of foreign files
+            warnings.simplefilter("ignore", UserWarning)
+            payload = torch.load(file, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsupported content"
-        raise NampruneError(f"{file} was refused: it holds objects a safe load does not allow ({first[:160]})") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
+        blocked = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+        what = (f"the object {blocked.group(1)}, which could run code" if blocked
+                else "content a weights-only load cannot read (damaged, or another tool's pickle)")
+        raise NampruneError(f"{file} was refused: it holds {what}; nothing in it was run") from None
+    except Exception as exc:  # zip, EOF, storage and decoding errors of a damaged file
         raise NampruneError(f"{file} is truncated or corrupt ({type(exc).__name__})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         kind = "a plain state_dict" if isinstance(payload, dict) and all(isinstance(v, torch.Tensor) for v in payload.values()) \
             else "another tool's file"
         raise NampruneError(f"{file} is not a namprune checkpoint (it looks like {kind}); train one with `namprune train`")
-    if payload.get("version", 0) > VERSION:
+    problem = _schema_problem(payload)
+    if problem:
+        raise NampruneError(f"{file} is a damaged namprune checkpoint ({problem})")
+    if payload["version"] > VERSION:
         raise NampruneError(f"{file} was written by a newer namprune (format {payload['version']}); upgrade namprune")
-    missing = [k for k in ("arch", "state_dict", "data") if k not in payload]
-    if missing:
-        raise NampruneError(f"{file} is an incomplete namprune checkpoint (missing {', '.join(missing)})")
     return payload
+
+
+# The fields a checkpoint must have, and their types: checked before anything is built from them.
+_FIELDS = {"version": int, "arch": dict, "state_dict": dict, "data": dict}
+_ARCH = {"name": str, "num_classes": int, "attention": str, "input_size": int, "in_channels": int}
+_DATA = {"name": str, "num_classes": int, "in_channels": int, "image_size": int, "classes": (list, tuple)}
+
+
+def _schema_problem(payload: dict) -> str | None:
+    """What is wrong with the structure of a checkpoint's contents, or None."""
+    for section, fields in ((payload, _FIELDS), (payload.get("arch"), _ARCH), (payload.get("data"), _DATA)):
+        if not isinstance(section, dict):
+            return "arch and data must be mappings"
+        for key, kind in fields.items():
+            if not isinstance(section.get(key), kind) or isinstance(section.get(key), bool):
+                return f"{key!r} is missing or not a {getattr(kind, '__name__', 'list')}"
+    arch = payload["arch"]
+    if not (2 <= arch["num_classes"] <= 1_000_000 and 1 <= arch["input_size"] <= 8192 and 1 <= arch["in_channels"] <= 64):
+        return "the architecture's sizes are out of range"
+    if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in payload["state_dict"].items()):
+        return "the state_dict holds something other than named tensors"
+    history = payload.get("pruning_history", [])
+    if not isinstance(history, list) or not all(
+            isinstance(step, (list, tuple)) and len(step) == 3 and isinstance(step[0], str)
+            and isinstance(step[2], (list, tuple)) and all(isinstance(i, int) for i in step[2]) for step in history):
+        return "the pruning history is malformed"
+    return None
 
 
 def build(payload: dict) -> nn.Module:
@@ -80,14 +116,20 @@ def build(payload: dict) -> nn.Module:
     from .models import from_spec
     from .graph import replay_history
 
-    model = from_spec(payload["arch"])
-    history = payload.get("pruning_history") or []
-    if history:
-        replay_history(model, history)
     try:
+        model = from_spec(payload["arch"])
+    except TypeError as exc:
+        raise NampruneError(f"the checkpoint's architecture cannot be built: {exc}") from None
+    history = payload.get("pruning_history") or []
+    try:
+        if history:
+            replay_history(model, history)
         model.load_state_dict(payload["state_dict"])
-    except RuntimeError as exc:
-        raise NampruneError(f"the checkpoint's weights do not fit its architecture: {str(exc).splitlines()[0]}") from None
+    except NampruneError:
+        raise
+    except Exception as exc:  # a history or weights that do not match the architecture
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise NampruneError(f"the checkpoint's pruning history or weights do not fit its architecture: {reason}") from None
     return model
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import socket
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Iterator
 
@@ -21,6 +22,7 @@ import torch
 import torch.nn.functional as F
 import torchvision
 from torch.utils.data import DataLoader, DistributedSampler
+from PIL import Image
 from torchvision.transforms import v2
 
 from .errors import NampruneError
@@ -30,6 +32,7 @@ DEFAULT_DATA_DIR = Path.home() / ".cache" / "namprune" / "data"
 # Image folders whose images are at most this big are decoded into memory.
 IN_MEMORY_MAX_SIDE = 64
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+GREY_MODES = {"1", "L", "LA", "I", "I;16", "F"}  # PIL modes of single-channel images
 
 
 @dataclass(frozen=True)
@@ -254,15 +257,32 @@ def _folder_root(data_dir) -> tuple[Path, Path]:
     return root / "train", test
 
 
-def _image_folder(path: Path) -> torchvision.datasets.ImageFolder:
+def _image_folder(path: Path, mode: str | None = None) -> torchvision.datasets.ImageFolder:
+    """An ImageFolder whose images load in ``mode`` (default: grey if the first image is grey, else RGB)."""
     try:
-        return torchvision.datasets.ImageFolder(str(path))
+        folder = torchvision.datasets.ImageFolder(str(path))
     except (FileNotFoundError, RuntimeError) as exc:
         raise NampruneError(f"{path}: {str(exc).splitlines()[0]}") from None
+    folder.mode = mode or _image_mode(folder.samples[0][0])
+    folder.loader = partial(_open_image, mode=folder.mode)
+    return folder
+
+
+def _image_mode(path: str) -> str:
+    try:
+        with Image.open(path) as image:
+            return "L" if image.mode in GREY_MODES else "RGB"
+    except Exception as exc:
+        raise NampruneError(f"cannot read image {path}: {str(exc).splitlines()[0]}") from None
+
+
+def _open_image(path: str, mode: str) -> Image.Image:
+    with open(path, "rb") as f:
+        return Image.open(f).convert(mode)
 
 
 def _decode(folder: torchvision.datasets.ImageFolder, path: str) -> torch.Tensor:
-    """One image through the folder's own loader (PIL, RGB), as a uint8 (C, H, W) tensor."""
+    """One image through the folder's loader (PIL), as a uint8 (C, H, W) tensor."""
     try:
         return v2.functional.pil_to_tensor(folder.loader(path))
     except Exception as exc:
@@ -284,7 +304,7 @@ def _folder_in_memory(root: Path) -> Source:
     train_dir, test_dir = _folder_root(root)
     train = _image_folder(train_dir)
     train_images, train_labels = _decode_folder(train, train.classes)
-    test_images, test_labels = _decode_folder(_image_folder(test_dir), train.classes)
+    test_images, test_labels = _decode_folder(_image_folder(test_dir, train.mode), train.classes)
     pad = max(1, train_images.shape[-1] // 8)
     return Source(train_images, train_labels, test_images, test_labels, tuple(train.classes), Augment(pad=pad, flip=True))
 
@@ -362,17 +382,19 @@ def _channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float
 
 def _stream_folder(data_dir, size, batch_size, device, workers, seed, rank, world_size, augment, eval_batch_size):
     train_dir, test_dir = _folder_root(data_dir)
-    normalize = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    train_set = _image_folder(train_dir)
+    test_set = _image_folder(test_dir, train_set.mode)
+    grey = train_set.mode == "L"
+    mean, std = ((sum(IMAGENET_MEAN) / 3,), (sum(IMAGENET_STD) / 3,)) if grey else (IMAGENET_MEAN, IMAGENET_STD)
+    normalize = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
     train_tf = [v2.RandomResizedCrop(size, antialias=True), v2.RandomHorizontalFlip()] if augment else \
         [v2.Resize(size * 8 // 7, antialias=True), v2.CenterCrop(size)]
     test_tf = [v2.Resize(size * 8 // 7, antialias=True), v2.CenterCrop(size)]
-    train_set = _image_folder(train_dir)
-    train_set.transform = v2.Compose([v2.RGB()] + train_tf + normalize)
-    test_set = _image_folder(test_dir)
-    test_set.transform = v2.Compose([v2.RGB()] + test_tf + normalize)
+    train_set.transform = v2.Compose(train_tf + normalize)
+    test_set.transform = v2.Compose(test_tf + normalize)
     if test_set.classes != train_set.classes:
         raise NampruneError(f"{test_dir} has classes {test_set.classes}, but train/ has {train_set.classes}")
-    info = DataInfo("imagefolder", len(train_set.classes), 3, size, IMAGENET_MEAN, IMAGENET_STD,
+    info = DataInfo("imagefolder", len(train_set.classes), 1 if grey else 3, size, mean, std,
                     tuple(train_set.classes), len(train_set), len(test_set))
     common = dict(workers=workers, device=device, seed=seed)
     train = StreamLoader(train_set, min(batch_size, len(train_set)), True, True, rank=rank, world_size=world_size, **common)

@@ -161,14 +161,23 @@ def _autocast(device: torch.device, dtype: torch.dtype | None):
 
 
 class Divergence(NampruneError):
-    """The loss became NaN or infinite."""
+    """The loss became NaN or infinite: the run failed, but not because of bad input."""
+
+    exit_code = 1
+
+
+TRAIN_STATE = "train_state.pt"  # what a run needs to continue after a crash; removed once the run is complete
 
 
 def fit(model: nn.Module, data: DataBundle, cfg: TrainConfig, out_dir: str | Path | None = None,
-        progress: bool = True, stage: str = "train") -> dict:
-    """Train ``model`` in place; with ``out_dir``, write a checkpoint and metrics every epoch.
+        progress: bool = True, stage: str = "train", resume: dict | None = None) -> dict:
+    """Train ``model`` in place; with ``out_dir``, write a checkpoint, the metrics and the
+    training state (``train_state.pt``) every epoch.
 
-    Returns the summary (also written to ``out_dir/summary.json``).
+    ``resume`` is the ``train_state`` of an interrupted run (see ``load_train_state``), whose
+    weights ``model`` already holds: training continues after its last complete epoch with
+    the same optimizer, schedule, loss scale and random state, so the result equals that of
+    an uninterrupted run. Returns the summary (also written to ``out_dir/summary.json``).
     """
     cfg.validate()
     device = resolve_device(cfg.device)
@@ -186,12 +195,27 @@ def fit(model: nn.Module, data: DataBundle, cfg: TrainConfig, out_dir: str | Pat
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     out_dir = Path(out_dir) if out_dir is not None else None
     history: list[dict] = []
-    start = time.perf_counter()
+    first_epoch, elapsed_before = 0, 0.0
+    if resume is not None:
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        scaler.load_state_dict(resume["scaler"])
+        _set_rng_state(resume["rng"])
+        history, first_epoch, elapsed_before = list(resume["history"]), resume["epoch"], resume["elapsed_s"]
+        note(f"resuming {stage} after epoch {first_epoch}/{cfg.epochs}")
+    elif out_dir is not None and is_main_process():  # a run killed in its first epoch can resume too
+        _save_state(model, data, cfg, out_dir, optimizer, scheduler, scaler, history, 0, 0.0)
+    start = time.perf_counter() - elapsed_before
 
-    for epoch in range(cfg.epochs):
+    for epoch in range(first_epoch, cfg.epochs):
         data.train.set_epoch(epoch)
-        train_stats = train_one_epoch(model, data.train, optimizer, scaler, penalty, cfg, device, dtype,
-                                      epoch, progress and is_main_process())
+        try:
+            train_stats = train_one_epoch(model, data.train, optimizer, scaler, penalty, cfg, device, dtype,
+                                          epoch, progress and is_main_process())
+        except Divergence as exc:
+            kept = "" if out_dir is None else (f"; the last good checkpoint (epoch {epoch}) is kept in {out_dir}" if epoch
+                                               else f"; the initial state is kept in {out_dir}")
+            raise Divergence(f"{exc}{kept}") from None
         test_stats = evaluate(model, data.test, device, cfg.amp)
         row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], **train_stats,
                "test_top1": test_stats["top1"], "test_top5": test_stats["top5"], "test_loss": test_stats["loss"]}
@@ -200,9 +224,11 @@ def fit(model: nn.Module, data: DataBundle, cfg: TrainConfig, out_dir: str | Pat
         _report_epoch(row, cfg.epochs, stage)
         if out_dir is not None and is_main_process():
             _save_epoch(model, data, cfg, out_dir, history)
+            _save_state(model, data, cfg, out_dir, optimizer, scheduler, scaler, history, epoch + 1,
+                        time.perf_counter() - start)
 
     summary = {"stage": stage, "epochs": cfg.epochs, "final": history[-1], "best_top1": max(r["test_top1"] for r in history),
-               "train_time_s": round(time.perf_counter() - start, 2), "device": str(device)}
+               "train_time_s": round(time.perf_counter() - start, 2), "device": str(device), "config": cfg.to_dict()}
     if out_dir is not None and is_main_process():
         write_json(out_dir / "summary.json", summary)
     model.to(memory_format=torch.contiguous_format)
@@ -262,6 +288,28 @@ def _progress_bar(enabled: bool) -> Progress:
 def _report_epoch(row: dict, epochs: int, stage: str) -> None:
     note(f"{stage} epoch {row['epoch']:>3}/{epochs}  loss {row['train_loss']:.4f}  train {row['train_top1']:.2f}%  "
          f"test top-1 {row['test_top1']:.2f}%  top-5 {row['test_top5']:.2f}%  {row['images_per_s']:.0f} img/s")
+
+
+def _save_state(model, data, cfg, out_dir, optimizer, scheduler, scaler, history, epoch, elapsed) -> None:
+    """Everything needed to continue after ``epoch`` (weights included, so the state alone suffices)."""
+    rng = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    state = {"epoch": epoch, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+             "scaler": scaler.state_dict(), "rng": rng, "history": history, "elapsed_s": elapsed}
+    checkpoint.save(out_dir / TRAIN_STATE, model, data.info.as_dict(), config=cfg.to_dict(), extra={"train_state": state})
+
+
+def _set_rng_state(rng: dict) -> None:
+    torch.set_rng_state(rng["torch"])
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+def load_train_state(run_dir: str | Path) -> dict | None:
+    """The checkpoint payload (with its ``train_state``) of an interrupted run, or None."""
+    path = Path(run_dir) / TRAIN_STATE
+    return checkpoint.read(path) if path.exists() else None
 
 
 def _save_epoch(model, data: DataBundle, cfg: TrainConfig, out_dir: Path, history: list[dict]) -> None:

@@ -7,3 +7,5 @@ it as a ``ValueError``.
 
 class NampruneError(ValueError):
     """A problem with the user's input, reported in one line without a traceback."""
+
+    exit_code = 2  # the CLI's exit status for this error

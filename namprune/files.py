@@ -54,6 +54,10 @@ def write_jsonl(path: str | os.PathLike, rows: list[dict]) -> Path:
     return write_text(path, "".join(json.dumps(r, default=_json_default) + "\n" for r in rows))
 
 
+def read_json(path: str | os.PathLike):
+    return json.loads(Path(path).read_text())
+
+
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
     path = Path(path)
     if not path.exists():

@@ -1,5 +1,7 @@
-"""Checkpoint in, pruned and fine-tuned checkpoint out: the steps behind ``namprune prune``
-(and each point of a sweep), measured before pruning, right after it, and after fine-tuning.
+"""The runs behind the commands: train a model into a run folder (or continue an interrupted
+one), and prune a checkpoint, fine-tune it and measure it before pruning, right after it,
+and after fine-tuning. Each run writes into ``OUT.partial`` and becomes ``OUT`` only when it
+is complete, so an interrupted run can be resumed and a failed one destroys nothing.
 """
 
 from __future__ import annotations
@@ -11,13 +13,52 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from . import checkpoint
+from . import checkpoint, models
 from .data import DataBundle, load_data
-from .engine import TrainConfig, evaluate, fit, resolve_device
+from .engine import TRAIN_STATE, TrainConfig, evaluate, fit, load_train_state, resolve_device, seed_everything
 from .errors import NampruneError
-from .files import check_out_dir, run_dir, write_json
+from .files import check_out_dir, read_json, run_dir, staging_dir, write_json
 from .measure import count_macs, count_params
 from .pruning import PruneConfig, prune
+
+
+def train_model(model_name: str, dataset: str, cfg: TrainConfig, out: str | Path, data_dir=None,
+                image_size: int | None = None, attention: str = "nam", workers: int = 2, overwrite: bool = False,
+                progress: bool = True) -> dict:
+    """Train a new model into the run folder ``out``; returns the summary."""
+    out = Path(out)
+    check_out_dir(out, overwrite)
+    device = resolve_device(cfg.device)
+    data = load_data(dataset, data_dir, image_size, cfg.batch_size, device, workers, cfg.seed)
+    seed_everything(cfg.seed)  # the initial weights depend on the seed alone
+    model = models.create(model_name, data.info.num_classes, attention, data.info.image_size, data.info.in_channels)
+    cfg.extra = {**cfg.extra, "model": model_name, "dataset": dataset, "attention": attention,
+                 "data_dir": str(data_dir) if data_dir else None}
+    with run_dir(out, overwrite=overwrite) as stage:
+        summary = fit(model, data, cfg, stage, progress=progress)
+        (stage / TRAIN_STATE).unlink(missing_ok=True)
+    return summary
+
+
+def resume_training(out: str | Path, data_dir=None, device: str = "auto", workers: int = 2,
+                    progress: bool = True) -> dict:
+    """Continue the interrupted training run ``out`` after its last complete epoch."""
+    out = Path(out)
+    payload = load_train_state(staging_dir(out))
+    if payload is None:
+        if (out / "model.pt").exists():
+            raise NampruneError(f"{out} is complete; there is nothing to resume")
+        raise NampruneError(f"there is no interrupted run to resume at {out} (no {staging_dir(out) / TRAIN_STATE})")
+    cfg = TrainConfig.from_dict(payload["config"])
+    if device != "auto":
+        cfg.device = device
+    data = compatible_data(payload, data_dir or cfg.extra.get("data_dir"), cfg.batch_size,
+                           resolve_device(cfg.device), cfg.seed, workers)
+    model = checkpoint.build(payload)
+    with run_dir(out, resume=True) as stage:
+        summary = fit(model, data, cfg, stage, progress=progress, resume=payload["train_state"])
+        (stage / TRAIN_STATE).unlink(missing_ok=True)
+    return summary
 
 
 def finetune_config(train_config: dict, epochs: int, lr: float | None = None, sparsity: float = 0.0,
@@ -30,17 +71,18 @@ def finetune_config(train_config: dict, epochs: int, lr: float | None = None, sp
                    batch_size=batch_size or base.batch_size, seed=base.seed if seed is None else seed)
 
 
-def compatible_data(payload: dict, data_dir, batch_size: int, device, seed: int = 0) -> DataBundle:
-    """The dataset a checkpoint was trained on, checked against the checkpoint's classes."""
+def compatible_data(payload: dict, data_dir, batch_size: int, device, seed: int = 0, workers: int = 2) -> DataBundle:
+    """The dataset a checkpoint was trained on, checked against the checkpoint's channels and classes."""
     info = payload["data"]
-    data = load_data(info["name"], data_dir, info["image_size"], batch_size, device, seed=seed)
+    data = load_data(info["name"], data_dir, info["image_size"], batch_size, device, workers, seed=seed)
     loaded = data.info.as_dict()
-    if info["num_classes"] != loaded["num_classes"] or list(info["classes"]) != list(loaded["classes"]):
-        raise NampruneError(f"the checkpoint was trained on {info['num_classes']} classes but the data has "
-                            f"{loaded['num_classes']} ({', '.join(map(str, loaded['classes'][:5]))}, ...)")
     if info["in_channels"] != loaded["in_channels"]:
         raise NampruneError(f"the checkpoint expects {info['in_channels']}-channel images but the data has "
                             f"{loaded['in_channels']} channels")
+    if info["num_classes"] != loaded["num_classes"] or list(info["classes"]) != list(loaded["classes"]):
+        raise NampruneError(f"the checkpoint was trained on {info['num_classes']} classes "
+                            f"({', '.join(map(str, info['classes'][:4]))}, ...) but the data has {loaded['num_classes']} "
+                            f"({', '.join(map(str, loaded['classes'][:4]))}, ...)")
     return data
 
 
@@ -48,38 +90,60 @@ def cost(model: nn.Module) -> dict:
     return {"params": count_params(model), "macs": count_macs(model)}
 
 
+PRUNED = "pruned.json"  # measurements before and right after pruning, kept while fine-tuning runs
+
+
 def prune_checkpoint(ckpt: str | Path, cfg: PruneConfig, out: str | Path, finetune_epochs: int = 0,
                      finetune_lr: float | None = None, finetune_sparsity: float = 0.0, data_dir=None,
                      device: str = "auto", batch_size: int | None = None, overwrite: bool = False,
-                     progress: bool = True) -> dict:
-    """Prune a checkpoint, fine-tune it, and write ``out/model.pt`` and ``out/report.json``."""
+                     progress: bool = True, resume: bool = False) -> dict:
+    """Prune a checkpoint, fine-tune it, and write ``out/model.pt`` and ``out/report.json``.
+
+    With ``resume``, an interrupted fine-tuning in ``out`` continues from its last epoch.
+    """
     started = time.perf_counter()
     cfg.validate()
+    out = Path(out)
     payload = checkpoint.read(ckpt)
-    check_out_dir(out, overwrite)
-    model = checkpoint.build(payload)
+    saved = load_train_state(staging_dir(out)) if resume else None
+    resuming = saved is not None and (staging_dir(out) / PRUNED).exists()
+    if not resuming:
+        check_out_dir(out, overwrite)
     ft = finetune_config(payload.get("config", {}), max(finetune_epochs, 1), finetune_lr, finetune_sparsity,
                          device, batch_size)
     device_ = resolve_device(device)
     data = compatible_data(payload, data_dir, ft.batch_size, device_, ft.seed)
-    model.to(device_)
 
-    before = {**cost(model), **_accuracy(model, data, device_)}
-    result = prune(model, cfg)
-    after = {**cost(model), **_accuracy(model, data, device_)}
-    finetuned = None
-    with run_dir(out, overwrite=overwrite) as stage:
+    if resuming:  # the pruned model and its measurements were saved before fine-tuning began
+        model, measured = checkpoint.build(saved).to(device_), read_json(staging_dir(out) / PRUNED)
+    else:
+        model = checkpoint.build(payload).to(device_)
+        measured = _prune_and_measure(model, cfg, data, device_)
+    with run_dir(out, overwrite=overwrite, resume=resuming) as stage:
+        write_json(stage / PRUNED, measured)
+        finetuned = None
         if finetune_epochs > 0:
-            fit(model, data, replace(ft, epochs=finetune_epochs), stage, progress=progress, stage="finetune")
+            fit(model, data, replace(ft, epochs=finetune_epochs), stage, progress=progress, stage="finetune",
+                resume=saved["train_state"] if resuming else None)
             finetuned = _accuracy(model, data, device_)
-        report = _report(ckpt, payload, cfg, result, before, after, finetuned, finetune_epochs, started)
-        final = finetuned or after
+        report = _report(ckpt, payload, cfg, measured, finetuned, finetune_epochs, started)
+        final = finetuned or measured["after"]
         checkpoint.save(stage / "model.pt", model, data.info.as_dict(),
                         metrics={"top1": final["top1"], "top5": final["top5"]},
                         config={**payload.get("config", {}), "prune": cfg.to_dict(),
                                 "finetune": replace(ft, epochs=finetune_epochs).to_dict() if finetune_epochs else None})
         write_json(stage / "report.json", report)
+        for leftover in (PRUNED, TRAIN_STATE):
+            (stage / leftover).unlink(missing_ok=True)
     return report
+
+
+def _prune_and_measure(model: nn.Module, cfg: PruneConfig, data: DataBundle, device: torch.device) -> dict:
+    before = {**cost(model), **_accuracy(model, data, device)}
+    result = prune(model, cfg)
+    after = {**cost(model), **_accuracy(model, data, device)}
+    return {"before": before, "after": after, "ratio": result.ratio, "channels_before": result.channels_before,
+            "channels_after": result.channels_after, "layers": result.layers}
 
 
 def _accuracy(model: nn.Module, data: DataBundle, device: torch.device) -> dict:
@@ -87,14 +151,15 @@ def _accuracy(model: nn.Module, data: DataBundle, device: torch.device) -> dict:
     return {"top1": result["top1"], "top5": result["top5"]}
 
 
-def _report(ckpt, payload, cfg, result, before, after, finetuned, finetune_epochs, started) -> dict:
+def _report(ckpt, payload, cfg, measured, finetuned, finetune_epochs, started) -> dict:
+    before, after = measured["before"], measured["after"]
     return {
         "source": str(checkpoint.model_file(ckpt)),
         "model": payload["arch"]["name"], "attention": payload["arch"]["attention"], "dataset": payload["data"]["name"],
-        "ratio": round(result.ratio, 4), "requested_ratio": cfg.ratio, "target_macs": cfg.target_macs,
+        "ratio": round(measured["ratio"], 4), "requested_ratio": cfg.ratio, "target_macs": cfg.target_macs,
         "importance": cfg.importance, "scope": cfg.scope, "normalization": cfg.normalization,
         "round_to": cfg.round_to, "max_layer_ratio": cfg.max_layer_ratio,
-        "channels_before": result.channels_before, "channels_after": result.channels_after,
+        "channels_before": measured["channels_before"], "channels_after": measured["channels_after"],
         "params_before": before["params"], "params_after": after["params"],
         "macs_before": before["macs"], "macs_after": after["macs"],
         "macs_kept": round(after["macs"] / before["macs"], 4), "macs_speedup": round(before["macs"] / after["macs"], 3),
@@ -103,6 +168,6 @@ def _report(ckpt, payload, cfg, result, before, after, finetuned, finetune_epoch
         "top1_finetuned": finetuned["top1"] if finetuned else None,
         "top5_finetuned": finetuned["top5"] if finetuned else None,
         "finetune_epochs": finetune_epochs,
-        "layers": result.layers,
+        "layers": measured["layers"],
         "time_s": round(time.perf_counter() - started, 2),
     }

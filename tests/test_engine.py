@@ -4,8 +4,8 @@ import pytest
 import torch
 
 import namprune
-from namprune import NampruneError, TrainConfig, fit, load_data, models
-from namprune.engine import lr_factor
+from namprune import NampruneError, TrainConfig, checkpoint, fit, load_data, models
+from namprune.engine import Divergence, lr_factor
 
 FAST = dict(batch_size=32, lr=0.1, schedule="cosine", weight_decay=5e-4)
 
@@ -51,8 +51,19 @@ def test_config_validation(bad, match):
         TrainConfig(**bad)
 
 
-def test_divergence_stops_with_epoch_and_step(tmp_path):
+def test_divergence_names_epoch_and_step_and_keeps_the_last_good_checkpoint(tmp_path):
     data = load_data("digits", batch_size=32)
-    model = models.create("resnet20", num_classes=10, attention="none", input_size=16, in_channels=1)
-    with pytest.raises(NampruneError, match=r"diverged.*epoch 1, step \d+"):
-        fit(model, data, TrainConfig(epochs=2, batch_size=32, lr=1e12, momentum=0.0, sparsity=0), tmp_path, progress=False)
+    model = models.create("resnet20", num_classes=10, attention="nam", input_size=16, in_channels=1)
+    steps = {"seen": 0}
+
+    def poison_third_step_of_epoch_two(module, inputs, output):
+        if module.training:
+            steps["seen"] += 1
+            if steps["seen"] == len(data.train) + 3:
+                return output * float("nan")
+
+    model.fc.register_forward_hook(poison_third_step_of_epoch_two)
+    with pytest.raises(Divergence, match=r"epoch 2, step 3; the last good checkpoint \(epoch 1\) is kept"):
+        fit(model, data, TrainConfig(epochs=3, batch_size=32, lr=0.05), tmp_path, progress=False)
+    assert checkpoint.read(tmp_path / "model.pt")["metrics"]["epoch"] == 1
+    assert Divergence.exit_code == 1

@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     except NampruneError as exc:
         if debug:
             raise
-        return fail(str(exc).replace("\n", " "))
+        return fail(str(exc).replace("\n", " "), exc.exit_code)
     except (KeyboardInterrupt, typer.Abort):
         return fail("interrupted", 130)
     except Exception as exc:  # a bug, not a user error: say so briefly, traceback with --debug

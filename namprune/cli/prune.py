@@ -82,6 +82,7 @@ def prune(
     device: Device = "auto",
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder: model.pt and report.json.")] = Path("runs/pruned"),
     overwrite: Overwrite = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted fine-tuning in --out from its last complete epoch (the same flags are needed).")] = False,
     quiet: Quiet = False,
 ) -> None:
     """Remove the lowest-ranked channels structurally, fine-tune, and report the trade-off."""
@@ -90,7 +91,7 @@ def prune(
     cfg = PruneConfig(ratio=ratio, target_macs=target_macs, scope=scope, importance=importance,
                       normalization=normalization, round_to=round_to, max_layer_ratio=max_layer_ratio, seed=seed)
     report = prune_checkpoint(ckpt, cfg, out, finetune_epochs, lr, finetune_sparsity, data_dir, device, batch_size,
-                              overwrite, progress=not quiet)
+                              overwrite, progress=not quiet, resume=resume)
     print_prune_report(report)
     console.print(f"pruned model: {out / 'model.pt'}   report: {out / 'report.json'}")
 

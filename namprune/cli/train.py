@@ -8,15 +8,15 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from .. import checkpoint, models
+from .. import checkpoint
 from ..console import console
-from ..data import DATASETS, load_data
-from ..engine import TrainConfig, evaluate, fit, resolve_device, seed_everything
+from ..data import DATASETS
+from ..engine import TrainConfig, evaluate, resolve_device
 from ..errors import NampruneError
-from ..files import check_out_dir, run_dir, write_json
+from ..files import write_json
 from ..measure import count_macs, count_params
 from ..nam import ATTENTIONS
-from ..pipeline import compatible_data
+from ..pipeline import compatible_data, resume_training, train_model
 from ..sparsity import DEFAULT_STRENGTH, TARGETS
 from .app import DataDir, Device, JsonOut, Overwrite, Quiet, Workers, app
 
@@ -61,27 +61,26 @@ def train(
     workers: Workers = 2,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder: model.pt, metrics.jsonl, summary.json.")] = Path("runs/train"),
     overwrite: Overwrite = False,
+    resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue the interrupted run whose --out was DIR from its last complete epoch, with the settings saved in it (only --data-dir, --device, --workers and --quiet still apply).", metavar="DIR")] = None,
     quiet: Quiet = False,
 ) -> None:
     """Train a model with NAM attention and the sparsity penalty; checkpoint every epoch."""
-    _choice(dataset, DATASETS, "dataset")
-    _choice(attention, ATTENTIONS, "attention")
-    _choice(sparsity_targets, TARGETS, "sparsity targets")
-    cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, momentum=momentum,
-                      weight_decay=weight_decay, schedule=schedule, milestones=_milestones(milestones),
-                      lr_decay=lr_decay, warmup_epochs=warmup_epochs, sparsity=sparsity,
-                      sparsity_targets=sparsity_targets, seed=seed, device=device, amp=amp)
-    device_ = resolve_device(device)
-    check_out_dir(out, overwrite)
-    data = load_data(dataset, data_dir, image_size, batch_size, device_, workers, seed)
-    seed_everything(seed)  # the initial weights depend on the seed alone
-    net = models.create(model, data.info.num_classes, attention, data.info.image_size, data.info.in_channels)
-    cfg.extra = {"model": model, "dataset": dataset, "attention": attention}
-    with run_dir(out, overwrite=overwrite) as stage:
-        summary = fit(net, data, cfg, stage, progress=not quiet)
-    final = summary["final"]
-    console.print(f"trained {model} ({attention}) on {dataset}: top-1 {final['test_top1']:.2f}%, "
-                  f"top-5 {final['test_top5']:.2f}% after {cfg.epochs} epochs ({summary['train_time_s']:.0f} s)")
+    if resume is not None:
+        summary = resume_training(resume, data_dir, device, workers, progress=not quiet)
+        out = resume
+    else:
+        _choice(dataset, DATASETS, "dataset")
+        _choice(attention, ATTENTIONS, "attention")
+        _choice(sparsity_targets, TARGETS, "sparsity targets")
+        cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, momentum=momentum,
+                          weight_decay=weight_decay, schedule=schedule, milestones=_milestones(milestones),
+                          lr_decay=lr_decay, warmup_epochs=warmup_epochs, sparsity=sparsity,
+                          sparsity_targets=sparsity_targets, seed=seed, device=device, amp=amp)
+        summary = train_model(model, dataset, cfg, out, data_dir=data_dir, image_size=image_size, attention=attention,
+                              workers=workers, overwrite=overwrite, progress=not quiet)
+    final, extra = summary["final"], summary["config"]["extra"]
+    console.print(f"trained {extra['model']} ({extra['attention']}) on {extra['dataset']}: top-1 {final['test_top1']:.2f}%, "
+                  f"top-5 {final['test_top5']:.2f}% after {summary['epochs']} epochs ({summary['train_time_s']:.0f} s)")
     console.print(f"checkpoint: {out / 'model.pt'}")
 
 
