@@ -1,0 +1,214 @@
+"""Recipes: one YAML file describes a whole job (model, data, training, sparsity, pruning,
+fine-tuning, export) for ``namprune run``.
+
+The schema is a set of pydantic models in strict mode: unknown keys, wrong types and
+out-of-range values are refused before any work starts, with one line naming the file,
+the key and what was wrong. ``--set key=value`` overrides any value (the value is read as
+YAML, so ``--set prune.ratio=0.5`` gives a number).
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .data import DATASETS
+from .engine import AMP_MODES, OPTIMIZERS, SCHEDULES, TrainConfig
+from .errors import NampruneError
+from .nam import ATTENTIONS
+from .pruning import SCOPES, PruneConfig
+from .saliency import IMPORTANCES, NORMALIZATIONS
+from .sparsity import DEFAULT_STRENGTH, TARGETS
+
+
+def _choice(values):
+    return Literal[tuple(values)]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class ModelSection(Section):
+    name: str = "resnet20"
+    attention: _choice(ATTENTIONS) = "nam"
+
+
+class DataSection(Section):
+    dataset: _choice(DATASETS) = "digits"
+    data_dir: Optional[str] = None
+    image_size: Optional[int] = Field(None, ge=8, le=1024)
+    batch_size: int = Field(128, ge=1)
+    workers: int = Field(2, ge=0)
+
+
+class TrainSection(Section):
+    epochs: int = Field(30, ge=1)
+    lr: float = Field(0.1, gt=0)
+    optimizer: _choice(OPTIMIZERS) = "sgd"
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(5e-4, ge=0)
+    schedule: _choice(SCHEDULES) = "multistep"
+    milestones: Optional[list[int]] = None
+    lr_decay: float = Field(0.2, gt=0, le=1)
+    warmup_epochs: int = Field(0, ge=0)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    seed: int = 0
+    amp: _choice(AMP_MODES) = "auto"
+    channels_last: bool = True
+
+    @model_validator(mode="after")
+    def _warmup_fits(self):
+        if self.warmup_epochs >= self.epochs:
+            raise ValueError(f"warmup_epochs ({self.warmup_epochs}) must be smaller than epochs ({self.epochs})")
+        return self
+
+
+class SparsitySection(Section):
+    strength: float = Field(DEFAULT_STRENGTH, ge=0)
+    targets: _choice(TARGETS) = "nam"
+
+
+class PruneSection(Section):
+    ratio: Optional[float] = Field(None, gt=0, lt=1)
+    target_macs: Optional[float] = Field(None, gt=0, lt=1)
+    scope: _choice(SCOPES) = "global"
+    importance: _choice(IMPORTANCES) = "nam"
+    normalization: _choice(NORMALIZATIONS) = "mean"
+    round_to: Optional[int] = Field(None, ge=1)
+    max_layer_ratio: float = Field(0.9, gt=0, lt=1)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _one_amount(self):
+        if self.ratio is not None and self.target_macs is not None:
+            raise ValueError("give ratio or target_macs, not both")
+        if self.ratio is None and self.target_macs is None:
+            self.ratio = 0.3
+        return self
+
+
+class FinetuneSection(Section):
+    epochs: int = Field(10, ge=0)
+    lr: Optional[float] = Field(None, gt=0)
+    sparsity: float = Field(0.0, ge=0)
+
+
+class ExportSection(Section):
+    enabled: bool = True
+    opset: Optional[int] = Field(None, ge=7, le=30)
+    batch: Union[Literal["dynamic"], int] = "dynamic"
+    fold: bool = True
+    check: bool = True
+
+    @model_validator(mode="after")
+    def _batch_positive(self):
+        if isinstance(self.batch, int) and self.batch < 1:
+            raise ValueError(f"batch must be 'dynamic' or a positive size, got {self.batch}")
+        return self
+
+
+class Recipe(Section):
+    """A whole namprune job."""
+
+    name: Optional[str] = None
+    description: Optional[str] = None
+    model: ModelSection = ModelSection()
+    data: DataSection = DataSection()
+    train: TrainSection = TrainSection()
+    sparsity: SparsitySection = SparsitySection()
+    prune: PruneSection = PruneSection()
+    finetune: FinetuneSection = FinetuneSection()
+    export: ExportSection = ExportSection()
+
+    def train_config(self, device: str = "auto") -> TrainConfig:
+        t = self.train
+        return TrainConfig(epochs=t.epochs, batch_size=self.data.batch_size, lr=t.lr, optimizer=t.optimizer,
+                           momentum=t.momentum, weight_decay=t.weight_decay, schedule=t.schedule,
+                           milestones=t.milestones, lr_decay=t.lr_decay, warmup_epochs=t.warmup_epochs,
+                           label_smoothing=t.label_smoothing, sparsity=self.sparsity.strength,
+                           sparsity_targets=self.sparsity.targets, seed=t.seed, device=device, amp=t.amp,
+                           channels_last=t.channels_last)
+
+    def prune_config(self) -> PruneConfig:
+        return PruneConfig(**self.prune.model_dump())
+
+
+def packaged_recipes() -> dict[str, Path]:
+    """The recipes shipped with namprune, by name (file name without .yaml)."""
+    folder = resources.files("namprune") / "recipe_files"  # a link to the top-level recipes/ folder
+    return {Path(str(p)).stem: Path(str(p)) for p in folder.iterdir() if str(p).endswith(".yaml")}
+
+
+def find_recipe(name_or_path: str | Path) -> Path:
+    """A recipe file: a path, or the name of a packaged recipe (``digits-resnet20``)."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    packaged = packaged_recipes()
+    if str(name_or_path) in packaged:
+        return packaged[str(name_or_path)]
+    raise NampruneError(f"no recipe {name_or_path}: not a file, and not one of the packaged recipes "
+                        f"({', '.join(sorted(packaged))})")
+
+
+def load_recipe(name_or_path: str | Path, overrides: list[str] = ()) -> Recipe:
+    """Read, override (``key.sub=value``) and validate a recipe; errors name the file and the key."""
+    path = find_recipe(name_or_path)
+    try:
+        document = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).strip().splitlines()[0]
+        raise NampruneError(f"{path}: not valid YAML{where}: {problem}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise NampruneError(f"{path}: cannot be read ({type(exc).__name__})") from None
+    document = {} if document is None else document
+    if not isinstance(document, dict):
+        raise NampruneError(f"{path}: a recipe is a mapping of sections (model, data, train, ...), "
+                            f"not a {type(document).__name__}")
+    for override in overrides:
+        _apply_override(document, override, path)
+    try:
+        return Recipe.model_validate(document)
+    except ValidationError as exc:
+        raise NampruneError(f"{path}: {_describe(exc.errors()[0])}") from None
+
+
+def _apply_override(document: dict, override: str, path: Path) -> None:
+    key, sep, text = override.partition("=")
+    if not sep or not key.strip():
+        raise NampruneError(f"--set takes key=value (such as prune.ratio=0.5), got {override!r}")
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        value = text
+    *parents, leaf = key.strip().split(".")
+    node = document
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise NampruneError(f"{path}: --set {key}: {part} is not a section")
+        node = child
+    node[leaf] = value
+
+
+def _known_keys(loc: tuple) -> list[str]:
+    model = Recipe
+    for part in loc[:-1]:
+        model = model.model_fields[part].annotation
+    return list(model.model_fields)
+
+
+def _describe(error: dict) -> str:
+    key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+    if error["type"] == "extra_forbidden":
+        return f"{key}: unknown key (known keys here: {', '.join(_known_keys(error['loc']))})"
+    message = error["msg"].removeprefix("Value error, ")
+    return f"{key}: {message} (got {error['input']!r})" if "input" in error and error["type"] != "value_error" \
+        else f"{key}: {message}"

@@ -1,0 +1,116 @@
+import tempfile
+from pathlib import Path
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from cli_helpers import ROOT
+from namprune import NampruneError
+from namprune.recipes import Recipe, load_recipe, packaged_recipes
+
+SHIPPED = sorted((ROOT / "recipes").glob("*.yaml"))
+REQUIRED = {"digits-resnet20", "mnist-resnet20", "cifar10-resnet20-nam", "cifar10-resnet56-nam",
+            "cifar100-resnet50-nam", "imagefolder-resnet50-nam"}
+
+
+def test_the_required_recipes_ship_and_are_packaged():
+    assert REQUIRED <= {p.stem for p in SHIPPED}
+    assert set(packaged_recipes()) == {p.stem for p in SHIPPED}
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
+def test_every_shipped_recipe_validates(path):
+    recipe = load_recipe(path)
+    assert recipe.name == path.stem
+    recipe.train_config()  # converts to the engine's settings without complaint
+    recipe.prune_config()
+
+
+def test_the_paper_setting_is_what_the_nam_code_used():
+    recipe = load_recipe("cifar100-resnet50-nam")
+    t = recipe.train
+    assert (recipe.model.name, recipe.data.dataset, recipe.data.batch_size) == ("resnet50", "cifar100", 128)
+    assert (t.epochs, t.lr, t.momentum, t.weight_decay, t.milestones, t.lr_decay) == (200, 0.1, 0.9, 5e-4, [60, 120, 160], 0.2)
+    assert (recipe.sparsity.strength, recipe.sparsity.targets) == (1e-4, "nam")
+
+
+def _write(tmp_path, document) -> Path:
+    path = tmp_path / "r.yaml"
+    path.write_text(document if isinstance(document, str) else yaml.safe_dump(document))
+    return path
+
+
+@pytest.mark.parametrize("document,fragment", [
+    ({"train": {"lrate": 0.1}}, "train.lrate: unknown key (known keys here: epochs, lr,"),
+    ({"trian": {}}, "trian: unknown key"),
+    ({"train": {"epochs": "ten"}}, "train.epochs: Input should be a valid integer (got 'ten')"),
+    ({"train": {"epochs": 0}}, "train.epochs: Input should be greater than or equal to 1"),
+    ({"prune": {"ratio": 1.5}}, "prune.ratio: Input should be less than 1"),
+    ({"prune": {"ratio": 0.3, "target_macs": 0.5}}, "prune: give ratio or target_macs, not both"),
+    ({"model": {"attention": "cbam"}}, "model.attention: Input should be 'none', 'nam'"),
+    ({"data": {"dataset": "svhn"}}, "data.dataset:"),
+    ({"train": {"epochs": 5, "warmup_epochs": 5}}, "warmup_epochs (5) must be smaller than epochs (5)"),
+    ({"export": {"batch": 0}}, "export: batch must be 'dynamic' or a positive size"),
+    ("train: [1, 2", "not valid YAML"),
+    ("- just\n- a list\n", "a recipe is a mapping"),
+])
+def test_bad_recipes_name_the_file_and_the_key(tmp_path, document, fragment):
+    path = _write(tmp_path, document)
+    with pytest.raises(NampruneError) as caught:
+        load_recipe(path)
+    message = str(caught.value)
+    assert message.startswith(f"{path}: ") and fragment in message and "\n" not in message
+
+
+def test_overrides_with_set(tmp_path):
+    path = _write(tmp_path, {"prune": {"ratio": 0.3}})
+    recipe = load_recipe(path, ["prune.ratio=0.6", "train.epochs=3", "model.attention=nam-channel"])
+    assert (recipe.prune.ratio, recipe.train.epochs, recipe.model.attention) == (0.6, 3, "nam-channel")
+    recipe = load_recipe(path, ["prune.ratio=null", "prune.target_macs=0.5"])
+    assert recipe.prune.target_macs == 0.5 and recipe.prune.ratio is None
+    with pytest.raises(NampruneError, match="prune.ratio: Input should be less than 1"):
+        load_recipe(path, ["prune.ratio=2"])
+    with pytest.raises(NampruneError, match="--set takes key=value"):
+        load_recipe(path, ["prune.ratio"])
+
+
+def test_unknown_recipe_name():
+    with pytest.raises(NampruneError, match="no recipe nope: .*digits-resnet20"):
+        load_recipe("nope")
+
+
+_scalars = st.none() | st.booleans() | st.integers(-5, 500) | st.floats(-2, 2, allow_nan=False) | st.text(max_size=6)
+_sections = st.sampled_from(["model", "data", "train", "sparsity", "prune", "finetune", "export", "name", "junk"])
+_keys = st.sampled_from(["name", "attention", "dataset", "epochs", "lr", "ratio", "target_macs", "strength", "batch",
+                         "scope", "enabled", "milestones", "seed", "x"])
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.dictionaries(_sections, _scalars | st.dictionaries(_keys, _scalars | st.lists(_scalars, max_size=3), max_size=4),
+                       max_size=5))
+def test_random_recipe_documents_load_or_give_the_clear_error(document):
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "r.yaml"
+        path.write_text(yaml.safe_dump(document))
+        try:
+            recipe = load_recipe(path)
+        except NampruneError as exc:
+            assert str(exc).startswith(f"{path}: ") and "\n" not in str(exc)
+        else:
+            assert isinstance(recipe, Recipe)
+            recipe.train_config()
+            recipe.prune_config()
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.binary(max_size=512))
+def test_random_bytes_as_a_recipe(data):
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "r.yaml"
+        path.write_bytes(data)
+        try:
+            load_recipe(path)
+        except NampruneError as exc:
+            assert "\n" not in str(exc)
