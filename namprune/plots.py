@@ -122,7 +122,8 @@ def _pixel_maps(fig, pixels: dict) -> None:
     rows = math.ceil(len(pixels) / MAPS_PER_ROW)
     cols = math.ceil(len(pixels) / rows)  # rows as full as possible, no near-empty last row
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
-    top = max(float(m.max()) for m in pixels.values())
+    # At least 2, so an average pixel (1) sits mid-scale and a uniform map does not look saturated.
+    top = max(2.0, max(float(m.max()) for m in pixels.values()))
     image = None
     for ax, (name, m) in zip(axes, pixels.items()):
         image = ax.imshow(m.numpy(), cmap="viridis", vmin=0, vmax=top, interpolation="nearest")
