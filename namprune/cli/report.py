@@ -19,10 +19,10 @@ from ..report import check_outputs, compare, csv_text, fronts, markdown, print_t
 from ..runs import expand, find_base
 from ..sweep import run_sweep, sweep_configs
 from .app import DataDir, Device, JsonOut, Overwrite, Quiet, app
-from .prune import FinetuneBatch, FinetuneLr, Importance, MaxLayerRatio, Normalization, RoundTo, Scope, Seed
+from .prune import FinetuneBatch, FinetuneEpochs, FinetuneLr, Importance, MaxLayerRatio, Normalization, RoundTo, Scope, Seed
 
 LatencyBatch = Annotated[int, typer.Option("--batch", min=1, help="The larger batch latency is also measured at (batch 1 always is).")]
-Threads = Annotated[Optional[int], typer.Option("--threads", min=1, help="CPU threads while timing (default: torch's current count; recorded with every figure).")]
+Threads = Annotated[Optional[int], typer.Option("--threads", min=1, help="CPU threads while timing (default: torch's current count; recorded with every figure; on a busy machine 1 is steadier).")]
 MinTime = Annotated[float, typer.Option("--min-time", help="Seconds of timing per block (torch.utils.benchmark's blocked_autorange).")]
 Rounds = Annotated[int, typer.Option("--rounds", min=1, help="Timing blocks per run and batch, interleaved across runs; the median is taken over all of them.")]
 
@@ -101,7 +101,7 @@ def sweep(
     ckpt: Annotated[Path, typer.Argument(help="A sparse-trained run folder or its model.pt.")],
     ratios: Annotated[Optional[str], typer.Option("--ratios", help="Comma-separated fractions of channels to remove, e.g. 0.2,0.4,0.6.")] = None,
     target_macs: Annotated[Optional[str], typer.Option("--target-macs", help="Comma-separated fractions of the MACs to keep, e.g. 0.7,0.5 (points besides --ratios).")] = None,
-    finetune_epochs: Annotated[int, typer.Option("--finetune-epochs", min=0, help="Epochs of fine-tuning for every point (0: none).")] = 1,
+    finetune_epochs: FinetuneEpochs = 1,
     lr: FinetuneLr = None,
     batch_size: FinetuneBatch = None,
     scope: Scope = "global",
