@@ -37,11 +37,12 @@ def compare(runs: list[Run], base: Run, settings: LatencySettings = LatencySetti
     names = display_names(runs)
     payloads = [checkpoint.read(run.path) for run in runs]
     models = {name: checkpoint.build(payload) for name, payload in zip(names, payloads)}
+    recorded = [run.accuracy() for run in runs] if data_for is None else None  # a bad record fails before timing
     latency = measure_latency(models, settings)  # moves every model to settings.device
     rows = []
-    for run, name, payload in zip(runs, names, payloads):
+    for i, (run, name, payload) in enumerate(zip(runs, names, payloads)):
         model = models[name]
-        accuracy = run.accuracy() if data_for is None else _evaluated(model, data_for(payload), settings.device)
+        accuracy = recorded[i] if recorded else _evaluated(model, data_for(payload), settings.device)
         rows.append({"name": name, "path": str(run.path), "kind": run.kind, "base": run is base,
                      "source": str(run.source) if run.source else None, "model": payload["arch"]["name"],
                      "dataset": payload["data"]["name"], **measure_cost(model), **accuracy,
