@@ -12,6 +12,7 @@ from .. import checkpoint
 from ..console import console
 from ..files import write_json
 from ..pipeline import prune_checkpoint
+from ..plots import plot_ranking
 from ..pruning import PruneConfig
 from ..saliency import IMPORTANCES, NEAR_ZERO, NORMALIZATIONS, rank_model
 from .app import DataDir, Device, JsonOut, Overwrite, Quiet, app
@@ -20,6 +21,13 @@ Importance = Annotated[str, typer.Option("--importance", help=f"How channels are
                                          "(nam: NAM normalized gamma, BatchNorm gamma where a group has no NAM).")]
 Normalization = Annotated[str, typer.Option("--normalization", help="How scores are made comparable across layers: mean "
                                             "(default), sum (NAM's w as is), max, none.")]
+Scope = Annotated[str, typer.Option("--scope", help="global: rank all channels together; local: remove the same fraction of every layer.")]
+RoundTo = Annotated[Optional[int], typer.Option("--round-to", min=1, help="Keep channel counts that are multiples of N (hardware-friendly widths).")]
+MaxLayerRatio = Annotated[float, typer.Option("--max-layer-ratio", help="No layer loses more than this fraction of its channels.")]
+FinetuneEpochs = Annotated[int, typer.Option("--finetune-epochs", min=0, help="Epochs of fine-tuning after pruning (0: none).")]
+FinetuneLr = Annotated[Optional[float], typer.Option("--lr", help="Fine-tuning learning rate (default: a tenth of the training one).")]
+FinetuneBatch = Annotated[Optional[int], typer.Option("--batch-size", "-b", min=1, help="Fine-tuning batch size (default: the training one).")]
+Seed = Annotated[int, typer.Option("--seed", help="Seed of the random importance.")]
 
 
 @app.command()
@@ -29,6 +37,8 @@ def rank(
     normalization: Normalization = "mean",
     top: Annotated[int, typer.Option("--top", min=0, help="Also list the K channels ranked lowest (pruned first).")] = 10,
     json_out: JsonOut = None,
+    plot: Annotated[Optional[Path], typer.Option("--plot", help="Also draw each group's normalized-gamma distribution "
+                                                 "and every SpatialNAM's pixel map to this PNG.")] = None,
 ) -> None:
     """Rank channels and pixels by their learned NAM weights; show how ready the model is to prune."""
     model = checkpoint.load(ckpt)
@@ -61,6 +71,9 @@ def rank(
                   f"is {ranking.largest_safe_ratio():.2f}")
     if json_out:
         write_json(json_out, ranking.to_dict())
+    if plot:
+        plot_ranking(ranking, plot, title=f"channel saliency of {checkpoint.model_file(ckpt)} ({importance}, "
+                                          f"{normalization}-normalized)")
 
 
 @app.command()
@@ -68,16 +81,16 @@ def prune(
     ckpt: Annotated[Path, typer.Argument(help="A trained run folder or its model.pt (a pruned one can be pruned again).")],
     ratio: Annotated[Optional[float], typer.Option("--ratio", "-r", help="Fraction of the prunable channels to remove, in (0, 1).")] = None,
     target_macs: Annotated[Optional[float], typer.Option("--target-macs", help="Instead of --ratio: fraction of the MACs to keep, in (0, 1), met within 2 %.")] = None,
-    scope: Annotated[str, typer.Option("--scope", help="global: rank all channels together; local: remove the same fraction of every layer.")] = "global",
+    scope: Scope = "global",
     importance: Importance = "nam",
     normalization: Normalization = "mean",
-    round_to: Annotated[Optional[int], typer.Option("--round-to", min=1, help="Keep channel counts that are multiples of N (hardware-friendly widths).")] = None,
-    max_layer_ratio: Annotated[float, typer.Option("--max-layer-ratio", help="No layer loses more than this fraction of its channels.")] = 0.9,
-    finetune_epochs: Annotated[int, typer.Option("--finetune-epochs", min=0, help="Epochs of fine-tuning after pruning (0: none).")] = 0,
-    lr: Annotated[Optional[float], typer.Option("--lr", help="Fine-tuning learning rate (default: a tenth of the training one).")] = None,
+    round_to: RoundTo = None,
+    max_layer_ratio: MaxLayerRatio = 0.9,
+    finetune_epochs: FinetuneEpochs = 0,
+    lr: FinetuneLr = None,
     finetune_sparsity: Annotated[float, typer.Option("--finetune-sparsity", min=0.0, help="Keep the sparsity penalty on while fine-tuning (default off).")] = 0.0,
-    batch_size: Annotated[Optional[int], typer.Option("--batch-size", "-b", min=1, help="Fine-tuning batch size (default: the training one).")] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the random importance.")] = 0,
+    batch_size: FinetuneBatch = None,
+    seed: Seed = 0,
     data_dir: DataDir = None,
     device: Device = "auto",
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder: model.pt and report.json.")] = Path("runs/pruned"),

@@ -1,0 +1,137 @@
+"""``namprune report`` and ``namprune sweep``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ..console import console, note
+from ..engine import resolve_device
+from ..errors import NampruneError
+from ..files import write_json, write_text
+from ..measure import LatencySettings
+from ..pipeline import compatible_data
+from ..plots import plot_layer_widths, plot_pareto
+from ..pruning import PruneConfig
+from ..report import check_outputs, compare, csv_text, fronts, markdown, print_table
+from ..runs import expand, find_base
+from ..sweep import run_sweep, sweep_configs
+from .app import DataDir, Device, JsonOut, Overwrite, Quiet, app
+from .prune import FinetuneBatch, FinetuneEpochs, FinetuneLr, Importance, MaxLayerRatio, Normalization, RoundTo, Scope, Seed
+
+LatencyBatch = Annotated[int, typer.Option("--batch", min=1, help="The larger batch latency is also measured at (batch 1 always is).")]
+Threads = Annotated[Optional[int], typer.Option("--threads", min=1, help="CPU threads while timing (default: torch's current count; recorded with every figure; on a busy machine 1 is steadier).")]
+MinTime = Annotated[float, typer.Option("--min-time", help="Seconds of timing per block (torch.utils.benchmark's blocked_autorange).")]
+Rounds = Annotated[int, typer.Option("--rounds", min=1, help="Timing blocks per run and batch, interleaved across runs; the median is taken over all of them.")]
+
+
+def latency_settings(batch: int, threads: int | None, device: str, min_time: float, rounds: int) -> LatencySettings:
+    return LatencySettings(batches=tuple(sorted({1, batch})), threads=threads, device=str(resolve_device(device)),
+                           min_run_time=min_time, rounds=rounds)
+
+
+@app.command()
+def report(
+    runs: Annotated[list[Path], typer.Argument(help="Run folders (namprune train / prune output, or a sweep folder for all its points).")],
+    base: Annotated[Optional[Path], typer.Option("--base", help="The unpruned run to compare with (default: the first unpruned run given, else the checkpoint the pruned runs were pruned from).")] = None,
+    markdown_out: Annotated[Optional[Path], typer.Option("--markdown", help="Also write the table as Markdown to this file.")] = None,
+    csv_out: Annotated[Optional[Path], typer.Option("--csv", help="Also write the table as CSV (raw numbers, units in the column names) to this file.")] = None,
+    plot: Annotated[Optional[Path], typer.Option("--plot", help="Also draw top-1 against MACs and measured latency, Pareto front marked, to this PNG.")] = None,
+    widths: Annotated[Optional[Path], typer.Option("--widths", help="Also draw every layer's width before and after pruning (pruned runs) to this PNG.")] = None,
+    json_out: JsonOut = None,
+    evaluate: Annotated[bool, typer.Option("--evaluate", help="Measure top-1 / top-5 again on the test split instead of reading the runs' records.")] = False,
+    data_dir: DataDir = None,
+    batch: LatencyBatch = 32,
+    threads: Threads = None,
+    min_time: MinTime = 0.2,
+    rounds: Rounds = 5,
+    device: Device = "cpu",
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing output files.")] = False,
+) -> None:
+    """Compare runs: params, MACs, measured latency and top-1 against the unpruned base."""
+    check_outputs(markdown_out, csv_out, plot, widths, json_out, overwrite=overwrite)
+    settings = latency_settings(batch, threads, device, min_time, rounds)
+    found = expand(runs)
+    base_run = find_base(found, base)
+    pruned = {run.path.name: run.record.get("layers") for run in found if run.pruned and run.record.get("layers")}
+    if widths and not pruned:
+        raise NampruneError("--widths needs at least one pruned run (with layer widths in its report.json)")
+    data_for = _data_loader(data_dir, settings.device) if evaluate else None
+    note(f"measuring the runs side by side on {settings.device} ({settings.rounds} rounds)")
+    result = compare(found, base_run, settings, data_for)
+    print_table(result)
+    if widths:  # the one picture that can refuse its input: drawn first, so a refusal writes nothing
+        plot_layer_widths(pruned, widths)
+    if plot:
+        plot_pareto(result, fronts(result), plot)
+    if markdown_out:
+        write_text(markdown_out, markdown(result))
+    if csv_out:
+        write_text(csv_out, csv_text(result))
+    if json_out:
+        write_json(json_out, {**result, "front": fronts(result)})
+
+
+def _data_loader(data_dir, device: str):
+    """The test split of each checkpoint's dataset, loaded once per dataset."""
+    cache: dict[tuple, object] = {}
+
+    def data_for(payload: dict):
+        info = payload["data"]
+        key = (info["name"], info["image_size"])
+        if key not in cache:
+            cache[key] = compatible_data(payload, data_dir, 256, resolve_device(device))
+        return cache[key]
+    return data_for
+
+
+def _fractions(text: Optional[str], flag: str) -> list[float]:
+    if text is None:
+        return []
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise NampruneError(f"{flag} takes comma-separated fractions such as 0.2,0.4,0.6, got {text!r}") from None
+
+
+@app.command()
+def sweep(
+    ckpt: Annotated[Path, typer.Argument(help="A sparse-trained run folder or its model.pt.")],
+    ratios: Annotated[Optional[str], typer.Option("--ratios", help="Comma-separated fractions of channels to remove, e.g. 0.2,0.4,0.6.")] = None,
+    target_macs: Annotated[Optional[str], typer.Option("--target-macs", help="Comma-separated fractions of the MACs to keep, e.g. 0.7,0.5 (points besides --ratios).")] = None,
+    finetune_epochs: FinetuneEpochs = 1,
+    lr: FinetuneLr = None,
+    batch_size: FinetuneBatch = None,
+    scope: Scope = "global",
+    importance: Importance = "nam",
+    normalization: Normalization = "mean",
+    round_to: RoundTo = None,
+    max_layer_ratio: MaxLayerRatio = 0.9,
+    seed: Seed = 0,
+    data_dir: DataDir = None,
+    device: Device = "auto",
+    batch: LatencyBatch = 32,
+    threads: Threads = None,
+    min_time: MinTime = 0.2,
+    rounds: Rounds = 5,
+    latency_device: Annotated[str, typer.Option("--latency-device", help="Where latency is timed: cpu (default) or cuda[:N].")] = "cpu",
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder: one run folder per point, sweep.json, pareto.png, widths.png.")] = Path("runs/sweep"),
+    overwrite: Overwrite = False,
+    quiet: Quiet = False,
+) -> None:
+    """Prune one checkpoint at several ratios / MACs targets, fine-tune each, and draw the Pareto front."""
+    base_cfg = PruneConfig(scope=scope, importance=importance, normalization=normalization, round_to=round_to,
+                           max_layer_ratio=max_layer_ratio, seed=seed)
+    configs = sweep_configs(base_cfg, _fractions(ratios, "--ratios"), _fractions(target_macs, "--target-macs"))
+    settings = latency_settings(batch, threads, latency_device, min_time, rounds)
+    record = run_sweep(ckpt, configs, out, finetune_epochs, lr, data_dir, device, batch_size, settings, overwrite,
+                       progress=not quiet)
+    print_table({"base": record["base"]["name"], "settings": record["settings"],
+                 "runs": [record["base"], *record["points"]]})
+    console.print(f"Pareto front (top-1 against MACs): {', '.join(record['front']['macs'])}")
+    console.print(f"sweep: {out / 'sweep.json'}   plots: {out / 'pareto.png'}, {out / 'widths.png'}")
+
+
+__all__ = ["report", "sweep"]

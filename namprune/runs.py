@@ -1,0 +1,146 @@
+"""What a run folder is, what it recorded, and which run is the unpruned base of a comparison.
+
+A run folder holds a namprune checkpoint ``model.pt`` and one record of how it was made:
+
+* a training run (``namprune train``): ``summary.json``; its accuracy is the last epoch's
+  test top-1 / top-5 (``summary["final"]``);
+* a pruned run (``namprune prune``, or one point of ``namprune sweep``): ``report.json``,
+  whose ``source`` names the checkpoint it was pruned from; its accuracy is the fine-tuned
+  one, or the one right after pruning when it was not fine-tuned;
+* a bare checkpoint folder (``model.pt`` alone): the accuracy stored in the checkpoint.
+
+A sweep folder (``sweep.json`` beside one folder per point) stands for all of its points.
+
+The unpruned base that every run is compared with is, in this order: the run given as
+``base``; else the first unpruned run (training run or bare checkpoint) among those given;
+else the checkpoint the pruned runs were pruned from (their common ``source``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import checkpoint
+from .errors import NampruneError
+
+KINDS = ("trained", "pruned", "checkpoint")
+
+
+@dataclass
+class Run:
+    """One run folder: its path, its kind and the record it was written with."""
+
+    path: Path  # the folder holding model.pt
+    kind: str  # one of KINDS
+    record: dict  # summary.json or report.json (empty for a bare checkpoint)
+
+    @property
+    def model_file(self) -> Path:
+        return self.path / "model.pt"
+
+    @property
+    def pruned(self) -> bool:
+        return self.kind == "pruned"
+
+    @property
+    def source(self) -> Path | None:
+        """The checkpoint a pruned run was pruned from."""
+        return Path(self.record["source"]) if self.pruned and self.record.get("source") else None
+
+    def same(self, other: "Run") -> bool:
+        return os.path.realpath(self.path) == os.path.realpath(other.path)
+
+    def accuracy(self) -> dict:
+        """The recorded top-1 / top-5 (%) and the file they were read from."""
+        if self.kind == "trained":
+            final = self.record.get("final") or {}
+            return _accuracy(final.get("test_top1"), final.get("test_top5"), self.path / "summary.json")
+        if self.kind == "pruned":
+            tuned = self.record.get("top1_finetuned") is not None
+            stage = "finetuned" if tuned else "pruned"
+            return _accuracy(self.record.get(f"top1_{stage}"), self.record.get(f"top5_{stage}"), self.path / "report.json")
+        metrics = checkpoint.read(self.path).get("metrics", {})
+        return _accuracy(metrics.get("top1"), metrics.get("top5"), self.model_file)
+
+
+def _accuracy(top1, top5, where: Path) -> dict:
+    if top1 is None:
+        raise NampruneError(f"{where} records no top-1 accuracy")
+    return {"top1": float(top1), "top5": None if top5 is None else float(top5), "accuracy_from": str(where)}
+
+
+def load_run(path: str | os.PathLike) -> Run:
+    """The run in a folder (or the folder of a ``model.pt`` file)."""
+    path = Path(path)
+    folder = path.parent if path.is_file() else path
+    if not path.exists():
+        raise NampruneError(f"{path} does not exist")
+    if not (folder / "model.pt").is_file():
+        raise NampruneError(f"{path} is not a run folder (it holds no model.pt); give folders written by "
+                            "namprune train, prune or sweep")
+    for name, kind in (("report.json", "pruned"), ("summary.json", "trained")):
+        if (folder / name).is_file():
+            return Run(folder, kind, _read_json(folder / name))
+    checkpoint.read(folder)  # a bare folder must at least hold a namprune checkpoint
+    return Run(folder, "checkpoint", {})
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        record = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise NampruneError(f"{path} is not valid JSON ({exc})") from None
+    if not isinstance(record, dict):
+        raise NampruneError(f"{path} does not hold a JSON object")
+    return record
+
+
+def expand(paths: list[str | os.PathLike]) -> list[Run]:
+    """The runs behind the given paths, a sweep folder standing for its points, each run once."""
+    runs: list[Run] = []
+    for path in map(Path, paths):
+        if (path / "sweep.json").is_file() and not (path / "model.pt").exists():
+            points = _read_json(path / "sweep.json").get("points", [])
+            found = [load_run(path / point["folder"]) for point in points]
+        else:
+            found = [load_run(path)]
+        runs += [run for run in found if not any(run.same(seen) for seen in runs)]
+    if not runs:
+        raise NampruneError("no runs to report; give at least one run folder")
+    return runs
+
+
+def find_base(runs: list[Run], base: str | os.PathLike | None = None) -> Run:
+    """The unpruned run the others are compared with (see the module's docstring for the order)."""
+    if base is not None:
+        return _given(runs, load_run(base))
+    unpruned = [run for run in runs if not run.pruned]
+    if unpruned:
+        return unpruned[0]
+    sources = {os.path.realpath(run.source) for run in runs if run.source is not None}
+    if len(sources) != 1:
+        listed = ", ".join(sorted(sources)) or "none recorded"
+        raise NampruneError(f"the pruned runs were pruned from different checkpoints ({listed}); "
+                            "pass --base RUN to choose the base")
+    source = next(run.source for run in runs if run.source is not None)
+    if not source.exists():
+        raise NampruneError(f"{runs[0].path} was pruned from {source}, which no longer exists; "
+                            "pass --base RUN to choose the base")
+    return _given(runs, load_run(source))
+
+
+def _given(runs: list[Run], base: Run) -> Run:
+    """The base as it appears among ``runs`` (so it is measured once), else as loaded."""
+    return next((run for run in runs if run.same(base)), base)
+
+
+def display_names(runs: list[Run]) -> list[str]:
+    """Folder names, or the paths as given where two folders share a name."""
+    names = [run.path.name for run in runs]
+    return names if len(set(names)) == len(names) else [str(run.path) for run in runs]
+
+
+__all__ = ["KINDS", "Run", "display_names", "expand", "find_base", "load_run"]

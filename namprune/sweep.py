@@ -1,0 +1,88 @@
+"""A sweep: prune the same sparse-trained checkpoint at several ratios (or MACs targets),
+fine-tune each, measure them all side by side with the base, and mark the Pareto front.
+
+The output folder appears only when the whole sweep has succeeded (``files.run_dir``):
+
+    DIR/ratio-0.20/      one pruned run folder per point (model.pt, report.json, ...)
+    DIR/macs-0.70/
+    DIR/sweep.json       every point (and the base): cost, latency, top-1, on which fronts
+    DIR/pareto.png       top-1 against MACs and against measured latency
+    DIR/widths.png       every layer's width before and after, one line per point
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+from . import checkpoint
+from .console import note
+from .errors import NampruneError
+from .files import check_out_dir, run_dir, write_json
+from .measure import LatencySettings
+from .pipeline import prune_checkpoint
+from .plots import plot_layer_widths, plot_pareto
+from .pruning import PruneConfig
+from .report import compare, fronts
+from .runs import load_run
+
+
+def sweep_configs(base: PruneConfig, ratios: list[float], target_macs: list[float]) -> list[PruneConfig]:
+    """One PruneConfig per point, ratios first; each is validated, and no point twice."""
+    configs = [replace(base, ratio=r, target_macs=None) for r in ratios]
+    configs += [replace(base, ratio=None, target_macs=t) for t in target_macs]
+    if not configs:
+        raise NampruneError("the sweep has no points; give --ratios and/or --target-macs")
+    names = [point_name(cfg) for cfg in configs]
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise NampruneError(f"the sweep names the same point twice: {', '.join(twice)}")
+    return configs
+
+
+def point_name(cfg: PruneConfig) -> str:
+    """The point's folder: ``ratio-0.20`` or ``macs-0.70``."""
+    return f"ratio-{cfg.ratio:.2f}" if cfg.ratio is not None else f"macs-{cfg.target_macs:.2f}"
+
+
+def run_sweep(ckpt: str | Path, configs: list[PruneConfig], out: str | Path, finetune_epochs: int = 1,
+              finetune_lr: float | None = None, data_dir=None, device: str = "auto", batch_size: int | None = None,
+              settings: LatencySettings = LatencySettings(), overwrite: bool = False, progress: bool = True) -> dict:
+    """Prune ``ckpt`` at every point of ``configs`` into ``out`` and compare them; returns sweep.json."""
+    out = Path(out)
+    source = checkpoint.model_file(ckpt).resolve()  # absolute: the points' reports must find it later
+    checkpoint.read(source)  # a bad checkpoint fails before any work
+    check_out_dir(out, overwrite)
+    with run_dir(out, overwrite=overwrite) as stage:
+        for i, cfg in enumerate(configs, 1):
+            note(f"sweep point {i}/{len(configs)}: {point_name(cfg)}")
+            prune_checkpoint(source, cfg, stage / point_name(cfg), finetune_epochs, finetune_lr, data_dir=data_dir,
+                             device=device, batch_size=batch_size, progress=progress)
+        note("measuring the base and every point side by side")
+        points = [load_run(stage / point_name(cfg)) for cfg in configs]
+        result = compare(points, load_run(source), settings)
+        front = fronts(result)
+        record = _record(result, front, configs, out, finetune_epochs)
+        plot_pareto(result, front, stage / "pareto.png",
+                    title=f"sweep of {source.parent.name}: top-1 after {finetune_epochs} fine-tuning epoch(s)")
+        plot_layer_widths({run.path.name: run.record["layers"] for run in points}, stage / "widths.png")
+        write_json(stage / "sweep.json", record)
+    return record
+
+
+def _record(result: dict, front: dict[str, list[bool]], configs: list[PruneConfig], out: Path,
+            finetune_epochs: int) -> dict:
+    """sweep.json: the base row, one row per point (with its requested setting, its final
+    folder and which fronts it is on), and the names on each front."""
+    rows = [{**row, "on_front": {key: on[i] for key, on in front.items()}} for i, row in enumerate(result["runs"])]
+    base, points = rows[0], rows[1:]
+    for row, cfg in zip(points, configs):
+        row |= {"folder": point_name(cfg), "path": str(out / point_name(cfg)),
+                "requested_ratio": cfg.ratio, "target_macs": cfg.target_macs}
+    return {"source": base["path"], "finetune_epochs": finetune_epochs, "settings": result["settings"],
+            "prune": {k: v for k, v in configs[0].to_dict().items() if k not in ("ratio", "target_macs")},
+            "base": base, "points": points,
+            "front": {key: [row["name"] for row, on_it in zip(rows, on) if on_it] for key, on in front.items()}}
+
+
+__all__ = ["point_name", "run_sweep", "sweep_configs"]

@@ -1,0 +1,268 @@
+import copy
+import csv
+import json
+import shutil
+
+import pytest
+import torch
+from hypothesis import given, strategies as st
+from matplotlib.image import imread
+
+from cli_helpers import assert_one_line_error, run_cli
+from namprune import NampruneError, checkpoint, evaluate, load_data, models
+from namprune.files import write_json
+from namprune.measure import LatencySettings, count_macs, count_params, measure_accuracy, measure_latency
+from namprune.pruning import PruneConfig, prune
+from namprune.report import pareto_front
+from namprune.runs import expand, find_base, load_run
+from test_pruning import _scramble_scales
+
+FAST_TIMING = ["--min-time", "0.01", "--rounds", "1", "--batch", "4"]
+# Values written into the runs' records; the report must show these, not anything else.
+BASE_TOP1, BASE_TOP5 = 91.25, 99.5
+KNOWN = {"p30": dict(ratio=0.3, top1_finetuned=90.0, top5_finetuned=99.0, top1_pruned=80.0, top5_pruned=97.0),
+         "p60": dict(ratio=0.6, top1_finetuned=None, top5_finetuned=None, top1_pruned=70.5, top5_pruned=95.0)}
+
+
+def assert_png(path, min_width=400, min_height=300):
+    """A real PNG of sensible size whose pixels are not all one colour."""
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    image = imread(path)
+    height, width = image.shape[:2]
+    assert min_width <= width <= 6000 and min_height <= height <= 6000, (width, height)
+    assert image[..., :3].std() > 0.05, "the picture is blank"
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """A training run and two pruned runs made from it, with records whose values the tests know."""
+    root = tmp_path_factory.mktemp("runs")
+    info = load_data("digits", batch_size=64).info.as_dict()
+    torch.manual_seed(0)
+    model = models.create("resnet20", num_classes=10, attention="nam", input_size=16, in_channels=1)
+    _scramble_scales(model)
+    checkpoint.save(root / "base" / "model.pt", model, info, metrics={"top1": 12.0, "top5": 50.0},
+                    config={"batch_size": 64})
+    write_json(root / "base" / "summary.json", {"final": {"test_top1": BASE_TOP1, "test_top5": BASE_TOP5}})
+    for name, record in KNOWN.items():
+        pruned = copy.deepcopy(model)
+        result = prune(pruned, PruneConfig(ratio=record["ratio"]))
+        checkpoint.save(root / name / "model.pt", pruned, info, metrics={"top1": 1.0, "top5": 2.0})
+        write_json(root / name / "report.json", {**record, "source": str(root / "base" / "model.pt"),
+                                                 "layers": result.layers})
+    return root
+
+
+def test_report_shows_the_known_numbers(runs, tmp_path, capsys):
+    out = {name: tmp_path / f"report.{ext}" for name, ext in
+           (("markdown", "md"), ("csv", "csv"), ("json", "json"), ("plot", "png"), ("widths", "widths.png"))}
+    code, stdout, err = run_cli(capsys, "report", runs / "p30", runs / "p60", *FAST_TIMING,
+                                *[arg for name, path in out.items() for arg in (f"--{name}", path)])
+    assert code == 0, err
+    result = json.loads(out["json"].read_text())
+    rows = {row["name"]: row for row in result["runs"]}
+    assert result["base"] == "base" and list(rows) == ["base", "p30", "p60"]  # the base found from "source"
+
+    base_model = checkpoint.load(runs / "base")
+    for name, top1, top5 in [("base", BASE_TOP1, BASE_TOP5), ("p30", 90.0, 99.0), ("p60", 70.5, 95.0)]:
+        row, model = rows[name], checkpoint.load(runs / name)
+        assert (row["params"], row["macs"]) == (count_params(model), count_macs(model))
+        assert (row["top1"], row["top5"]) == (top1, top5)
+        assert row["top1_change"] == pytest.approx(top1 - BASE_TOP1)
+        assert row["macs_speedup"] == pytest.approx(count_macs(base_model) / count_macs(model), rel=1e-3)
+        for batch in ("1", "4"):
+            latency = row["latency"][batch]
+            assert latency["median_ms"] > 0 and latency["input_shape"] == [int(batch), 1, 16, 16]
+            assert latency["threads"] >= 1 and latency["device"] == "cpu" and latency["torch"] == torch.__version__
+            assert row["measured_speedup"][batch] == pytest.approx(
+                rows["base"]["latency"][batch]["median_ms"] / latency["median_ms"], rel=1e-3)
+    assert rows["p60"]["macs"] < rows["p30"]["macs"] < rows["base"]["macs"]
+    assert result["settings"]["batches"] == [1, 4] and result["settings"]["rounds"] == 1
+
+    table = {row["name"]: row for row in csv.DictReader(out["csv"].open())}
+    assert float(table["p60"]["top1"]) == 70.5 and int(table["p30"]["macs"]) == rows["p30"]["macs"]
+    assert float(table["p30"]["measured_speedup_b4"]) == pytest.approx(rows["p30"]["measured_speedup"]["4"])
+    markdown = out["markdown"].read_text()
+    p30_line = next(line for line in markdown.splitlines() if line.startswith("| p30 "))
+    assert f"| {rows['p30']['macs'] / 1e6:.2f} |" in p30_line and "| 90.00 | -1.25 |" in p30_line
+    assert f"| {rows['p30']['macs_speedup']:.2f}x |" in p30_line
+    assert "base (base)" in stdout and "-20.75" in stdout  # the table on stdout: p60 lost 20.75 points
+    assert_png(out["plot"])
+    assert_png(out["widths"])
+
+
+def test_report_can_measure_top1_again(runs, tmp_path, capsys):
+    code, _, err = run_cli(capsys, "report", runs / "base", runs / "p30", "--evaluate", "--json", tmp_path / "r.json",
+                           *FAST_TIMING)
+    assert code == 0, err
+    rows = {row["name"]: row for row in json.loads((tmp_path / "r.json").read_text())["runs"]}
+    data = load_data("digits", batch_size=256)
+    for name in ("base", "p30"):
+        expected = evaluate(checkpoint.load(runs / name), data.test)
+        assert (rows[name]["top1"], rows[name]["top5"]) == (expected["top1"], expected["top5"])
+        assert "evaluated" in rows[name]["accuracy_from"]
+
+
+def test_base_is_given_else_unpruned_else_the_source(runs, tmp_path):
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    shutil.copy(runs / "base" / "model.pt", bare / "model.pt")
+    pruned = expand([runs / "p30", runs / "p60"])
+    assert find_base(pruned).path == runs / "base"  # the recorded source
+    assert find_base(pruned + [load_run(bare)]).path == bare  # an unpruned run given wins over the source
+    assert find_base(pruned, base=bare).kind == "checkpoint"
+    assert load_run(bare).accuracy()["top1"] == 12.0  # a bare checkpoint's own metrics
+    assert find_base(pruned, base=runs / "p30").path == runs / "p30"  # --base wins over everything
+
+    other = tmp_path / "other"
+    shutil.copytree(runs / "p60", other)
+    record = json.loads((other / "report.json").read_text())
+    write_json(other / "report.json", {**record, "source": str(bare / "model.pt")})
+    with pytest.raises(NampruneError, match="different checkpoints"):
+        find_base(expand([runs / "p30", other]))
+    shutil.rmtree(bare)
+    with pytest.raises(NampruneError, match="no longer exists"):
+        find_base(expand([other]))
+
+
+def test_report_bad_input_writes_nothing(runs, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "old.md").write_text("old")
+    before = sorted(tmp_path.iterdir())
+    for args, fragment in [
+        ([tmp_path / "empty"], "is not a run folder"),
+        ([tmp_path / "missing"], "does not exist"),
+        ([runs / "p30", "--markdown", tmp_path / "old.md"], "already exists"),
+        ([runs / "base", "--widths", tmp_path / "w.png", "--json", tmp_path / "r.json"], "needs at least one pruned run"),
+        ([runs / "p30", "--rounds", "0"], "--rounds"),
+    ]:
+        code, _, err = run_cli(capsys, "report", *args, *FAST_TIMING[:2])
+        assert_one_line_error(code, err, fragment)
+        assert sorted(tmp_path.iterdir()) == before
+    assert (tmp_path / "old.md").read_text() == "old"
+
+
+def test_sweep_makes_one_run_per_point_and_a_true_front(runs, tmp_path, capsys):
+    out = tmp_path / "sweep"
+    code, stdout, err = run_cli(capsys, "sweep", runs / "base", "--ratios", "0.3,0.6", "--target-macs", "0.5",
+                                "--finetune-epochs", "1", "--out", out, "-q", *FAST_TIMING)
+    assert code == 0, err
+    assert sorted(p.name for p in out.iterdir()) == ["macs-0.50", "pareto.png", "ratio-0.30", "ratio-0.60",
+                                                     "sweep.json", "widths.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sweep"]  # no staging folder left
+    record = json.loads((out / "sweep.json").read_text())
+    assert [p["folder"] for p in record["points"]] == ["ratio-0.30", "ratio-0.60", "macs-0.50"]
+    for point in record["points"]:
+        report = json.loads((out / point["folder"] / "report.json").read_text())
+        assert report["finetune_epochs"] == 1 and point["top1"] == report["top1_finetuned"]
+        assert point["macs"] == report["macs_after"] and point["path"] == str(out / point["folder"])
+    assert record["points"][0]["macs"] > record["points"][1]["macs"]
+    assert record["points"][2]["macs"] / record["base"]["macs"] == pytest.approx(0.5, rel=0.02)
+
+    rows = [record["base"], *record["points"]]
+    for key, cost in [("macs", lambda r: r["macs"]), ("latency_b1", lambda r: r["latency"]["1"]["median_ms"]),
+                      ("latency_b4", lambda r: r["latency"]["4"]["median_ms"])]:
+        for row in rows:
+            beaten = any(cost(o) <= cost(row) and o["top1"] >= row["top1"] and (cost(o), o["top1"]) != (cost(row), row["top1"])
+                         for o in rows)
+            assert row["on_front"][key] == (not beaten), (key, row["name"])
+        assert record["front"][key] == [row["name"] for row in rows if row["on_front"][key]]
+    assert "Pareto front" in stdout
+    assert_png(out / "pareto.png")
+    assert_png(out / "widths.png")
+
+    # A sweep folder stands for its points in a report, its base found from their source.
+    code, _, err = run_cli(capsys, "report", out, "--json", tmp_path / "r.json", *FAST_TIMING)
+    assert code == 0, err
+    reported = json.loads((tmp_path / "r.json").read_text())
+    assert [row["name"] for row in reported["runs"]] == ["base", "ratio-0.30", "ratio-0.60", "macs-0.50"]
+    assert [row["top1"] for row in reported["runs"]] == [row["top1"] for row in rows]
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["--ratios", ""], "no points"),
+    (["--ratios", "0.2,1.5"], "--ratio must be in (0, 1)"),
+    (["--target-macs", "0"], "--target-macs must be in (0, 1)"),
+    (["--ratios", "0.2,abc"], "comma-separated fractions"),
+    (["--ratios", "0.2,0.20"], "twice"),
+])
+def test_sweep_bad_input_writes_nothing(runs, tmp_path, capsys, args, fragment):
+    code, _, err = run_cli(capsys, "sweep", runs / "base", *args, "--out", tmp_path / "s")
+    assert_one_line_error(code, err, fragment)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_sweep_keeps_an_existing_output(runs, tmp_path, capsys):
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "keep.txt").write_text("mine")
+    code, _, err = run_cli(capsys, "sweep", runs / "base", "--ratios", "0.3", "--out", tmp_path / "s")
+    assert_one_line_error(code, err, "already exists", "--overwrite")
+    assert [p.name for p in (tmp_path / "s").iterdir()] == ["keep.txt"]
+
+
+def test_rank_plot(runs, tmp_path, capsys):
+    code, _, err = run_cli(capsys, "rank", runs / "base", "--top", "0", "--plot", tmp_path / "rank.png")
+    assert code == 0, err
+    assert_png(tmp_path / "rank.png", min_width=800, min_height=700)  # channel panels and 9 pixel maps
+
+
+@given(st.lists(st.tuples(st.integers(0, 5), st.integers(0, 5)), min_size=1, max_size=12))
+def test_pareto_front_is_exactly_the_non_dominated_points(points):
+    costs, scores = [c for c, _ in points], [s for _, s in points]
+    on = pareto_front(costs, scores)
+
+    def dominates(a, b):
+        return a[0] <= b[0] and a[1] >= b[1] and a != b
+    for i, p in enumerate(points):
+        assert on[i] == (not any(dominates(q, p) for q in points))
+    assert any(on)  # the cheapest of the most accurate points is always on it
+
+
+def test_pareto_front_ties():
+    # identical points both stay; equal cost: the less accurate goes; equal accuracy: the costlier goes
+    assert pareto_front([1, 1], [50, 50]) == [True, True]
+    assert pareto_front([1, 1], [50, 60]) == [False, True]
+    assert pareto_front([1, 2], [50, 50]) == [True, False]
+    assert pareto_front([1.0, 2.0, 3.0, 2.0], [50, 60, 55, 40]) == [True, True, False, False]
+    with pytest.raises(ValueError):
+        pareto_front([1, 2], [3])
+
+
+def test_latency_records_its_settings():
+    net = models.create("resnet20", num_classes=10, attention="none", input_size=16, in_channels=1)
+    small = copy.deepcopy(net)
+    _scramble_scales(small)
+    prune(small, PruneConfig(ratio=0.7))
+    result = measure_latency({"full": net, "small": small}, LatencySettings(batches=(1, 8), threads=1,
+                                                                           min_run_time=0.01, rounds=2))
+    for name in ("full", "small"):
+        assert sorted(result[name]) == [1, 8]
+        record = result[name][8]
+        assert record["input_shape"] == [8, 1, 16, 16] and record["threads"] == 1 and record["device"] == "cpu"
+        assert record["median_ms"] > 0 and record["per_image_ms"] == pytest.approx(record["median_ms"] / 8, rel=1e-3)
+        assert record["timed_runs"] >= 2 and record["torch"] == torch.__version__
+    with pytest.raises(NampruneError, match="batch sizes"):
+        LatencySettings(batches=(0,))
+
+
+def test_measure_accuracy_is_evaluate_with_its_settings():
+    data = load_data("digits", batch_size=256)
+    net = models.create("resnet20", num_classes=10, attention="none", input_size=16, in_channels=1).eval()
+    measured = measure_accuracy(net, data, "cpu")
+    assert {k: measured[k] for k in ("top1", "top5")} == {k: evaluate(net, data.test)[k] for k in ("top1", "top5")}
+    assert (measured["dataset"], measured["split"], measured["device"]) == ("digits", "test", "cpu")
+    assert measured["samples"] == data.info.test_size
+
+
+@pytest.mark.parametrize("command,flags", [
+    ("report", ["--base", "--markdown", "--csv", "--plot", "--widths", "--json", "--evaluate", "--batch", "--threads",
+                "--min-time", "--rounds", "--device", "--overwrite"]),
+    ("sweep", ["--ratios", "--target-macs", "--finetune-epochs", "--importance", "--scope", "--batch", "--threads",
+               "--latency-device", "--out", "--overwrite"]),
+    ("rank", ["--plot"]),
+])
+def test_new_flags_are_documented(capsys, command, flags):
+    code, out, _ = run_cli(capsys, command, "--help")
+    assert code == 0
+    for flag in flags:
+        assert flag in out, flag
