@@ -6,6 +6,7 @@ is complete, so an interrupted run can be resumed and a failed one destroys noth
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -110,7 +111,7 @@ def prune_checkpoint(ckpt: str | Path, cfg: PruneConfig, out: str | Path, finetu
     if not resuming:
         check_out_dir(out, overwrite)
     ft = finetune_config(payload.get("config", {}), max(finetune_epochs, 1), finetune_lr, finetune_sparsity,
-                         device, batch_size)
+                         device, batch_size)  # also sets the data's batch size when there is no fine-tuning
     device_ = resolve_device(device)
     data = compatible_data(payload, data_dir, ft.batch_size, device_, ft.seed)
 
@@ -123,19 +124,53 @@ def prune_checkpoint(ckpt: str | Path, cfg: PruneConfig, out: str | Path, finetu
         write_json(stage / PRUNED, measured)
         finetuned = None
         if finetune_epochs > 0:
-            fit(model, data, replace(ft, epochs=finetune_epochs), stage, progress=progress, stage="finetune",
-                resume=saved["train_state"] if resuming else None)
-            finetuned = _accuracy(model, data, device_)
-        report = _report(ckpt, payload, cfg, measured, finetuned, finetune_epochs, started)
-        final = finetuned or measured["after"]
-        checkpoint.save(stage / "model.pt", model, data.info.as_dict(),
-                        metrics={"top1": final["top1"], "top5": final["top5"]},
-                        config={**payload.get("config", {}), "prune": cfg.to_dict(),
-                                "finetune": replace(ft, epochs=finetune_epochs).to_dict() if finetune_epochs else None})
-        write_json(stage / "report.json", report)
-        for leftover in (PRUNED, TRAIN_STATE):
-            (stage / leftover).unlink(missing_ok=True)
+            finetuned = _finetune(model, data, replace(ft, epochs=finetune_epochs), stage, progress,
+                                  saved["train_state"] if resuming else None)
+        report = _report(ckpt, out, payload, cfg, measured, finetuned, finetune_epochs, started)
+        _save_pruned(stage, model, data, {**payload.get("config", {}), "prune": cfg.to_dict(),
+                                          "finetune": ft.to_dict() if finetune_epochs else None}, report)
     return report
+
+
+def finetune_pruned(pruned: str | Path, out: str | Path, epochs: int, lr: float | None = None, sparsity: float = 0.0,
+                    data_dir=None, device: str = "auto", batch_size: int | None = None, overwrite: bool = False,
+                    progress: bool = True, resume: bool = False) -> dict:
+    """Fine-tune a pruned run (written by ``prune_checkpoint``) into ``out``; its report gains
+    the fine-tuned accuracy. With ``resume``, an interrupted fine-tuning continues."""
+    started = time.perf_counter()
+    out = Path(out)
+    payload, prior = checkpoint.read(pruned), read_json(checkpoint.model_file(pruned).parent / "report.json")
+    saved = load_train_state(staging_dir(out)) if resume else None
+    if saved is None:
+        check_out_dir(out, overwrite)
+    ft = finetune_config(payload.get("config", {}), epochs, lr, sparsity, device, batch_size)
+    device_ = resolve_device(device)
+    data = compatible_data(payload, data_dir, ft.batch_size, device_, ft.seed)
+    model = checkpoint.build(saved or payload).to(device_)
+    with run_dir(out, overwrite=overwrite, resume=saved is not None) as stage:
+        finetuned = _finetune(model, data, ft, stage, progress, saved["train_state"] if saved else None)
+        source = Path(prior["source"])
+        report = {**prior, "source_relative": os.path.relpath(source, out.resolve()),
+                  "top1_finetuned": finetuned["top1"], "top5_finetuned": finetuned["top5"], "finetune_epochs": epochs,
+                  "time_s": round(prior.get("time_s", 0) + time.perf_counter() - started, 2)}
+        _save_pruned(stage, model, data, {**payload.get("config", {}), "finetune": ft.to_dict()}, report)
+    return report
+
+
+def _finetune(model: nn.Module, data: DataBundle, ft: TrainConfig, stage: Path, progress: bool, resume: dict | None) -> dict:
+    fit(model, data, ft, stage, progress=progress, stage="finetune", resume=resume)
+    return _accuracy(model, data, resolve_device(ft.device))
+
+
+def _save_pruned(stage: Path, model: nn.Module, data: DataBundle, config: dict, report: dict) -> None:
+    """The finished pruned run: model.pt and report.json; the files kept for resuming go."""
+    tuned = report["top1_finetuned"] is not None
+    metrics = {"top1": report["top1_finetuned" if tuned else "top1_pruned"],
+               "top5": report["top5_finetuned" if tuned else "top5_pruned"]}
+    checkpoint.save(stage / "model.pt", model, data.info.as_dict(), metrics=metrics, config=config)
+    write_json(stage / "report.json", report)
+    for leftover in (PRUNED, TRAIN_STATE):
+        (stage / leftover).unlink(missing_ok=True)
 
 
 def _prune_and_measure(model: nn.Module, cfg: PruneConfig, data: DataBundle, device: torch.device) -> dict:
@@ -151,10 +186,12 @@ def _accuracy(model: nn.Module, data: DataBundle, device: torch.device) -> dict:
     return {"top1": result["top1"], "top5": result["top5"]}
 
 
-def _report(ckpt, payload, cfg, measured, finetuned, finetune_epochs, started) -> dict:
+def _report(ckpt, out, payload, cfg, measured, finetuned, finetune_epochs, started) -> dict:
     before, after = measured["before"], measured["after"]
+    source = checkpoint.model_file(ckpt).resolve()
     return {
-        "source": str(checkpoint.model_file(ckpt)),
+        "source": str(source),
+        "source_relative": os.path.relpath(source, Path(out).resolve()),
         "model": payload["arch"]["name"], "attention": payload["arch"]["attention"], "dataset": payload["data"]["name"],
         "ratio": round(measured["ratio"], 4), "requested_ratio": cfg.ratio, "target_macs": cfg.target_macs,
         "importance": cfg.importance, "scope": cfg.scope, "normalization": cfg.normalization,

@@ -47,8 +47,14 @@ class Run:
 
     @property
     def source(self) -> Path | None:
-        """The checkpoint a pruned run was pruned from."""
-        return Path(self.record["source"]) if self.pruned and self.record.get("source") else None
+        """The checkpoint a pruned run was pruned from: by its path relative to this run (which
+        survives moving both together), else by its absolute path (which survives moving this run)."""
+        if not self.pruned or not self.record.get("source"):
+            return None
+        relative = self.record.get("source_relative")
+        if relative and (self.path / relative).exists():
+            return (self.path / relative).resolve()
+        return Path(self.record["source"])
 
     def same(self, other: "Run") -> bool:
         return os.path.realpath(self.path) == os.path.realpath(other.path)

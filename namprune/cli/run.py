@@ -1,0 +1,62 @@
+"""``namprune run`` and ``namprune demo``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ..console import console
+from ..files import read_json
+from ..recipes import load_recipe
+from ..report import print_table
+from ..workflow import run_recipe
+from .app import DataDir, Device, Overwrite, Quiet, app
+
+Set = Annotated[Optional[list[str]], typer.Option("--set", help="Override a recipe value: --set prune.ratio=0.5 (repeatable; the value is read as YAML).", metavar="KEY=VALUE")]
+
+
+@app.command()
+def run(
+    recipe: Annotated[str, typer.Argument(help="A recipe file, or the name of a packaged recipe such as digits-resnet20.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder, one sub-folder per stage; run again to continue an interrupted run.")] = Path("runs/run"),
+    overrides: Set = None,
+    data_dir: DataDir = None,
+    epochs: Annotated[Optional[int], typer.Option("--epochs", "-e", min=1, help="Override train.epochs.")] = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Override train.seed.")] = None,
+    device: Device = "auto",
+    overwrite: Overwrite = False,
+    quiet: Quiet = False,
+) -> None:
+    """Run a recipe end to end: train, rank, prune, fine-tune, report, export."""
+    flags = [f"data.data_dir={data_dir}" if data_dir else None, f"train.epochs={epochs}" if epochs else None,
+             f"train.seed={seed}" if seed is not None else None]
+    loaded = load_recipe(recipe, [*(overrides or []), *filter(None, flags)])
+    done = run_recipe(loaded, out, device, overwrite, progress=not quiet)
+    show_results(done)
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("runs/demo"),
+    overrides: Set = None,
+    device: Device = "auto",
+    overwrite: Overwrite = False,
+    quiet: Quiet = False,
+) -> None:
+    """The digits recipe end to end, offline, in about two minutes on two CPU cores."""
+    done = run_recipe(load_recipe("digits-resnet20", overrides or []), out, device, overwrite, progress=not quiet)
+    show_results(done)
+
+
+def show_results(out: Path) -> None:
+    """The trade-off table and where everything is."""
+    print_table(read_json(out / "report" / "report.json"))
+    final = out / "finetune" if (out / "finetune").exists() else out / "prune"
+    rows = [("pruned model", final / "model.pt"), ("trade-off report", out / "report" / "report.md"),
+            ("pictures", ", ".join(str(p) for p in sorted([*(out / "report").glob("*.png"), *(out / "rank").glob("*.png")])))]
+    if (out / "export").exists():
+        rows.append(("ONNX model", out / "export" / "model.onnx"))
+    for label, where in rows:
+        console.print(f"{label + ':':18} {where}")

@@ -1,0 +1,157 @@
+"""``namprune run``: a recipe end to end, one sub-folder per stage.
+
+    OUT/recipe.yaml   the recipe as run (every default filled in)
+    OUT/train/        sparse training                          (namprune train)
+    OUT/rank/         channel and pixel saliency, plots        (namprune rank)
+    OUT/prune/        the pruned model, right after pruning    (namprune prune)
+    OUT/finetune/     the pruned model, fine-tuned
+    OUT/report/       the trade-off table, JSON/CSV/Markdown, plots   (namprune report)
+    OUT/export/       model.onnx checked with onnxruntime      (namprune export)
+
+The run works in ``OUT.partial`` and becomes ``OUT`` when every stage is done. A stage
+that is complete is skipped when the command runs again, and an interrupted training or
+fine-tuning continues from its last complete epoch, so ``namprune run`` simply picks up
+where it stopped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import yaml
+
+from . import checkpoint, plots
+from .console import note
+from .errors import NampruneError
+from .files import commit_dir, run_dir, staging_dir, write_json, write_text
+from .measure import LatencySettings
+from .pipeline import finetune_pruned, prune_checkpoint, resume_training, train_model
+from .recipes import Recipe
+from .report import compare, csv_text, fronts, markdown
+from .runs import load_run
+from .saliency import rank_model
+
+STAGES = ("train", "rank", "prune", "finetune", "report", "export")
+
+
+@dataclass
+class Job:
+    """A recipe being run: where, on which device, and what the user overrode."""
+
+    recipe: Recipe
+    root: Path  # OUT.partial while the run is under way
+    device: str = "auto"
+    progress: bool = True
+    latency: LatencySettings = LatencySettings()
+
+    def folder(self, stage: str) -> Path:
+        return self.root / stage
+
+    @property
+    def data_dir(self) -> str | None:
+        return self.recipe.data.data_dir
+
+    @property
+    def final_model(self) -> Path:
+        """The model the run delivers: fine-tuned if the recipe fine-tunes, else as pruned."""
+        return self.folder("finetune" if self.recipe.finetune.epochs else "prune")
+
+
+def run_recipe(recipe: Recipe, out: str | Path, device: str = "auto", overwrite: bool = False, progress: bool = True,
+               latency: LatencySettings = LatencySettings()) -> Path:
+    """Run every stage of ``recipe`` not yet done in ``out``; returns ``out``."""
+    out = Path(out)
+    text = yaml.safe_dump(recipe.model_dump(), sort_keys=False)
+    if _recipe_in(out) == text:
+        note(f"{out} already holds this recipe's complete run; nothing to do")
+        return out
+    if out.exists() and not overwrite:
+        raise NampruneError(f"{out} holds the run of a different recipe; choose another --out or pass --overwrite")
+    root = staging_dir(out)
+    if root.exists() and _recipe_in(root) not in (None, text):
+        if not overwrite:
+            raise NampruneError(f"{root} holds an interrupted run of a different recipe; pass --overwrite to discard it")
+        _discard(root)
+    root.mkdir(parents=True, exist_ok=True)
+    write_text(root / "recipe.yaml", text)
+    job = Job(recipe, root, device, progress, latency)
+    for stage, step in STEPS.items():
+        if stage == "finetune" and not recipe.finetune.epochs or stage == "export" and not recipe.export.enabled:
+            continue
+        if job.folder(stage).exists():
+            note(f"[green]✓[/] {stage}: done earlier")
+            continue
+        note(f"[bold]▶ {stage}[/]")
+        step(job)
+    commit_dir(root, out)
+    return out
+
+
+def _recipe_in(folder: Path) -> str | None:
+    path = folder / "recipe.yaml"
+    return path.read_text() if path.is_file() else None
+
+
+def _discard(root: Path) -> None:
+    import shutil
+
+    shutil.rmtree(root)
+
+
+def _train(job: Job) -> None:
+    out = job.folder("train")
+    if (staging_dir(out) / "train_state.pt").exists():
+        resume_training(out, job.data_dir, job.device, job.recipe.data.workers, job.progress)
+        return
+    r = job.recipe
+    train_model(r.model.name, r.data.dataset, r.train_config(job.device), out, data_dir=job.data_dir,
+                image_size=r.data.image_size, attention=r.model.attention, workers=r.data.workers,
+                overwrite=True, progress=job.progress)
+
+
+def _rank(job: Job) -> None:
+    r = job.recipe
+    ranking = rank_model(checkpoint.load(job.folder("train")), r.prune.importance, r.prune.normalization, r.prune.seed)
+    with run_dir(job.folder("rank"), overwrite=True) as stage:
+        write_json(stage / "rank.json", ranking.to_dict())
+        plots.plot_ranking(ranking, stage / "ranking.png", title=f"{r.name or r.model.name}: channel and pixel saliency")
+
+
+def _prune(job: Job) -> None:
+    prune_checkpoint(job.folder("train"), job.recipe.prune_config(), job.folder("prune"), finetune_epochs=0,
+                     data_dir=job.data_dir, device=job.device, overwrite=True, progress=job.progress)
+
+
+def _finetune(job: Job) -> None:
+    f = job.recipe.finetune
+    finetune_pruned(job.folder("prune"), job.folder("finetune"), f.epochs, f.lr, f.sparsity, job.data_dir,
+                    job.device, overwrite=True, progress=job.progress, resume=True)
+
+
+def _report(job: Job) -> None:
+    runs = [load_run(job.folder(stage)) for stage in ("train", "prune", "finetune") if job.folder(stage).exists()]
+    result = compare(runs, runs[0], job.latency)
+    result["fronts"] = fronts(result)
+    with run_dir(job.folder("report"), overwrite=True) as stage:
+        write_json(stage / "report.json", result)
+        write_text(stage / "report.md", markdown(result))
+        write_text(stage / "report.csv", csv_text(result))
+        plots.plot_pareto(result, result["fronts"], stage / "pareto.png", title=f"{job.recipe.name}: accuracy against cost")
+        pruned = load_run(job.final_model).record
+        plots.plot_layer_widths({"pruned": pruned["layers"]}, stage / "widths.png",
+                                title=f"{job.recipe.name}: layer widths before and after pruning")
+
+
+def _export(job: Job) -> None:
+    from .export import export_checkpoint
+
+    e = job.recipe.export
+    with run_dir(job.folder("export"), overwrite=True) as stage:
+        export_checkpoint(job.final_model, stage / "model.onnx", opset=e.opset, batch=e.batch, fold=e.fold,
+                          check=e.check, data_dir=job.data_dir)
+
+
+STEPS: dict[str, Callable[[Job], None]] = {"train": _train, "rank": _rank, "prune": _prune, "finetune": _finetune,
+                                           "report": _report, "export": _export}
