@@ -18,6 +18,7 @@ import torch.nn as nn
 
 from .errors import NampruneError
 from .files import write_atomic
+from .fold import refuse_folded
 
 FORMAT = "namprune-checkpoint"
 VERSION = 1
@@ -26,6 +27,7 @@ VERSION = 1
 def save(path: str | Path, model: nn.Module, data_info: dict, metrics: dict | None = None,
          config: dict | None = None) -> Path:
     """Write ``model`` (built by ``namprune.models.create``, maybe pruned) to ``path`` atomically."""
+    refuse_folded(model, "save")
     spec = getattr(model, "namprune_spec", None)
     if spec is None:
         raise NampruneError("only models built by namprune.models.create can be saved as namprune checkpoints")

@@ -1,3 +1,3 @@
 """Importing this module registers every command on the app."""
 
-from . import prune, train  # noqa: F401
+from . import export, prune, train  # noqa: F401
