@@ -192,12 +192,15 @@ def session(model: bytes | str | Path, threads: int | None = None) -> ort.Infere
     options.intra_op_num_threads = threads or torch.get_num_threads()
     options.inter_op_num_threads = 1
     options.log_severity_level = 3  # errors only
+    # Idle onnxruntime threads spin by default, competing with torch's threads when the two
+    # are timed one after the other; a fair comparison wants them asleep.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     source = str(model) if isinstance(model, Path) else model
     try:
         return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own exception types for unreadable files
-        raise NampruneError(f"onnxruntime cannot load {'the ONNX model' if isinstance(model, bytes) else model}: "
-                            f"{_first_line(exc)}") from None
+        raise ExportError(f"onnxruntime cannot load {'the exported model' if isinstance(model, bytes) else model}: "
+                          f"{_first_line(exc)}") from None
 
 
 def fixed_batch(sess: ort.InferenceSession) -> int | None:
@@ -280,24 +283,25 @@ def real_inputs(payload: dict, data_dir) -> torch.Tensor | None:
 # --------------------------------------------------------------------------- latency
 
 
-def median_ms(stmt: str, scope: dict, min_run_time: float) -> float:
-    timer = benchmark.Timer(stmt=stmt, globals=scope, num_threads=torch.get_num_threads())
+def median_ms(stmt: str, scope: dict, threads: int, min_run_time: float) -> float:
+    timer = benchmark.Timer(stmt=stmt, globals=scope, num_threads=threads)
     return round(timer.blocked_autorange(min_run_time=min_run_time).median * 1e3, 4)
 
 
-def measure_latency(models: dict[str, nn.Module], sess: ort.InferenceSession, min_run_time: float = 0.3) -> dict:
-    """Median CPU latency (ms) of onnxruntime and of each torch model, at batch 1 and 32
-    (or at the file's fixed batch size)."""
+def measure_latency(models: dict[str, nn.Module], sess: ort.InferenceSession, threads: int,
+                    min_run_time: float = 0.3) -> dict:
+    """Median CPU latency (ms) of onnxruntime (``sess``, made with ``threads``) and of each
+    torch model on ``threads`` threads, at batch 1 and 32 (or at the file's fixed batch size)."""
     any_model = next(iter(models.values()))
     sizes = [fixed_batch(sess)] if fixed_batch(sess) else list(LATENCY_BATCHES)
-    result = {"threads": torch.get_num_threads(), "onnxruntime": {}, **{name: {} for name in models}}
+    result = {"threads": threads, "onnxruntime": {}, **{name: {} for name in models}}
     for size in sizes:
         x = torch.randn(input_shape(any_model, size), generator=torch.Generator().manual_seed(1))
         result["onnxruntime"][str(size)] = median_ms("run(sess, x)", {"run": run_onnx, "sess": sess, "x": x},
-                                                     min_run_time)
+                                                     threads, min_run_time)
         for name, model in models.items():
             result[name][str(size)] = median_ms("with torch.inference_mode(): model(x)",
-                                                {"torch": torch, "model": model, "x": x}, min_run_time)
+                                                {"torch": torch, "model": model, "x": x}, threads, min_run_time)
     return result
 
 
@@ -306,13 +310,17 @@ def measure_latency(models: dict[str, nn.Module], sess: ort.InferenceSession, mi
 
 def export_checkpoint(ckpt: str | Path, out: str | Path, opset: int | None = None, batch: str | int = "dynamic",
                       fold: bool = True, check: bool = True, optimize: bool = True, latency: bool = True,
-                      data_dir=None, overwrite: bool = False) -> dict:
+                      data_dir=None, overwrite: bool = False, threads: int | None = None) -> dict:
     """Export a checkpoint to ``out`` (ONNX) and ``export.json`` beside it; returns the report.
 
     Raises ``NampruneError`` for bad arguments (before any work) and ``ExportError`` when
-    both exporters fail or the check fails; then nothing is written.
+    both exporters fail or the check fails; then nothing is written. ``threads``: for the
+    latency measurement, torch and onnxruntime alike (default: torch's thread count).
     """
     fixed = parse_batch(batch)
+    if threads is not None and threads < 1:
+        raise NampruneError(f"--threads must be at least 1, got {threads}")
+    threads = threads or torch.get_num_threads()
     check_opset(opset)
     onnx_path, json_path = output_paths(out, overwrite)
     payload = checkpoint.read(ckpt)
@@ -322,12 +330,12 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, opset: int | None = Non
 
     proto, exporter = to_onnx(exported, fixed, opset, optimize)
     data = proto.SerializeToString()
-    sess = session(data)
+    sess = session(data, threads)
     parity = check_parity(model, sess, images) if check else None
     timings = None
     if latency:
         torch_models = {"torch_eager": model, **({"torch_eager_folded": exported} if fold else {})}
-        timings = measure_latency(torch_models, sess)
+        timings = measure_latency(torch_models, sess, threads)
     report = {
         "source": str(checkpoint.model_file(ckpt)), "onnx": str(onnx_path),
         "model": payload["arch"]["name"], "attention": payload["arch"]["attention"],
@@ -352,4 +360,8 @@ def check_file(ckpt: str | Path, onnx_file: str | Path, data_dir=None) -> dict:
         raise NampruneError(f"no ONNX file at {onnx_file}")
     payload = checkpoint.read(ckpt)
     model = checkpoint.build(payload).eval()
-    return check_parity(model, session(onnx_file), real_inputs(payload, data_dir))
+    try:
+        sess = session(onnx_file)
+    except ExportError as exc:  # here the file is the user's input, not the export's output
+        raise NampruneError(str(exc)) from None
+    return check_parity(model, sess, real_inputs(payload, data_dir))

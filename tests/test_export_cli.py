@@ -25,7 +25,7 @@ def digits_ckpt(tmp_path_factory):
 def exported(digits_ckpt, tmp_path_factory):
     """The default export (dynamic batch, NAM folded, checked, latency measured), run as a user would."""
     out = tmp_path_factory.mktemp("export") / "model.onnx"
-    proc = run_subprocess("export", digits_ckpt, "--out", out)
+    proc = run_subprocess("export", digits_ckpt, "--out", out, "--threads", "1")
     assert proc.returncode == 0, proc.stderr
     return proc, out
 
@@ -39,6 +39,7 @@ def test_export_writes_the_file_and_its_report(exported, digits_ckpt):
     assert report["params"] == sum(p.numel() for p in namprune.load(digits_ckpt).parameters())
     assert [r["inputs"] for r in report["parity"]["results"]] == ["random", "test images"]
     assert all(r["ok"] and r["max_rel_diff"] < TOLERANCE for r in report["parity"]["results"])
+    assert report["latency_ms"]["threads"] == 1
     for runtime in ("onnxruntime", "torch_eager", "torch_eager_folded"):
         assert set(report["latency_ms"][runtime]) == {"1", "32"}
         assert all(ms > 0 for ms in report["latency_ms"][runtime].values())
@@ -108,6 +109,7 @@ def test_a_broken_file_fails_the_check_with_the_measured_difference(exported, di
     (["--opset", "99"], "--opset must be between 7 and"),
     (["--opset", "5"], "--opset must be between 7 and"),
     (["--check-only", "--no-check"], "contradict"),
+    (["--threads", "0"], "--threads"),
 ])
 def test_bad_arguments_are_one_line_and_write_nothing(digits_ckpt, tmp_path, capsys, args, fragment):
     code, _, err = run_cli(capsys, "export", digits_ckpt, "--out", tmp_path / "model.onnx", *args)
@@ -141,5 +143,5 @@ def test_export_is_documented(capsys):
     code, out, _ = run_cli(capsys, "export", "--help")
     assert code == 0
     for flag in ("--out", "--opset", "--batch", "--no-fold", "--no-check", "--check-only", "--optimize",
-                 "--latency", "--data-dir", "--overwrite"):
+                 "--latency", "--threads", "--data-dir", "--overwrite"):
         assert flag in out

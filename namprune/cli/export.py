@@ -25,6 +25,7 @@ def export_(
     check_only: Annotated[bool, typer.Option("--check-only", help="Export nothing: check the existing --out file against the checkpoint (e.g. after editing it with other tools).")] = False,
     optimize: Annotated[bool, typer.Option("--optimize/--no-optimize", help="Simplify the graph with the exporter's optimizer (constant folding, BatchNorm into Conv, dead nodes) and drop its per-node debug metadata (stack traces with local paths).")] = True,
     latency: Annotated[bool, typer.Option("--latency/--no-latency", help="Measure median CPU latency of onnxruntime and torch eager at batch 1 and 32 (a few seconds).")] = True,
+    threads: Annotated[Optional[int], typer.Option("--threads", min=1, help="CPU threads of the latency measurement, torch and onnxruntime alike (default: torch's, one per core); 1 gives steadier numbers on a busy machine.")] = None,
     data_dir: DataDir = None,
     overwrite: Overwrite = False,
 ) -> int:
@@ -36,7 +37,8 @@ def export_(
             print_parity(check_file(ckpt, out, data_dir))
             console.print(f"{out} agrees with {ckpt}")
             return 0
-        report = export_checkpoint(ckpt, out, opset, batch, fold, check, optimize, latency, data_dir, overwrite)
+        report = export_checkpoint(ckpt, out, opset, batch, fold, check, optimize, latency, data_dir, overwrite,
+                                   threads)
     except ExportError as exc:  # not the user's mistake: exit code 1, still one line
         return fail(str(exc), 1)
     print_report(report)
