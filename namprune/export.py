@@ -3,7 +3,7 @@
 ``export_checkpoint`` folds the NAM branches (``fold_nam``), exports with torch's dynamo
 exporter (falling back to the TorchScript exporter when it fails, or when it cannot give
 the opset asked for), runs the file in onnxruntime next to the unfolded torch model, and
-only then writes ``model.onnx`` and ``export.json`` beside it. A file that fails the check
+only then writes the ONNX file and ``export.json`` beside it. A file that fails the check
 is not written.
 
 Parity: on every input batch both runtimes produce logits ``a`` (torch, the reference) and

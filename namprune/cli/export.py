@@ -47,7 +47,8 @@ def export_(
 
 
 def print_report(report: dict) -> None:
-    table = Table(title=f"{report['model']} ({report['attention']}, {report['pruning_steps']} pruning steps) -> ONNX",
+    pruned = "pruned" if report["pruning_steps"] else "not pruned"
+    table = Table(title=f"{report['model']} ({report['attention']}, {pruned}) -> ONNX",
                   show_header=False)
     table.add_column(style="bold")
     table.add_column()
@@ -76,7 +77,8 @@ def print_parity(parity: dict) -> None:
 
 def print_latency(latency: dict) -> None:
     runtimes = [k for k in latency if k != "threads"]
-    table = Table(title=f"median CPU latency, ms ({latency['threads']} threads)")
+    threads = latency["threads"]
+    table = Table(title=f"median CPU latency, ms ({threads} thread{'s' if threads != 1 else ''})")
     table.add_column("batch", justify="right")
     for name in runtimes:
         table.add_column(name.replace("_", " "), justify="right")
