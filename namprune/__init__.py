@@ -15,6 +15,7 @@ __version__ = "0.1.0"
 
 from . import models  # noqa: E402
 from .checkpoint import load  # noqa: E402
+from .fold import fold_nam  # noqa: E402
 from .data import load_data  # noqa: E402
 from .engine import TrainConfig, evaluate, fit  # noqa: E402
 from .errors import NampruneError  # noqa: E402
@@ -22,4 +23,4 @@ from .nam import NAM, ChannelNAM, SpatialNAM, create_attention  # noqa: E402
 from .sparsity import SparsityPenalty  # noqa: E402
 
 __all__ = ["NAM", "ChannelNAM", "NampruneError", "SpatialNAM", "SparsityPenalty", "TrainConfig",
-           "create_attention", "evaluate", "fit", "load", "load_data", "models"]
+           "create_attention", "evaluate", "fit", "fold_nam", "load", "load_data", "models"]

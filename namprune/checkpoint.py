@@ -19,6 +19,7 @@ import torch.nn as nn
 
 from .errors import NampruneError
 from .files import write_atomic
+from .fold import refuse_folded
 
 FORMAT = "namprune-checkpoint"
 VERSION = 1
@@ -30,6 +31,7 @@ def save(path: str | Path, model: nn.Module, data_info: dict, metrics: dict | No
 
     ``extra`` adds entries (such as a training state); they must be weights_only-safe too.
     """
+    refuse_folded(model, "save")
     spec = getattr(model, "namprune_spec", None)
     if spec is None:
         raise NampruneError("only models built by namprune.models.create can be saved as namprune checkpoints")

@@ -15,6 +15,7 @@ import torch.nn as nn
 import torch_pruning as tp
 
 from .errors import NampruneError
+from .fold import refuse_folded
 from .nam import ChannelNAM, SpatialNAM
 
 
@@ -59,6 +60,7 @@ def example_input(model: nn.Module, batch: int = 1) -> torch.Tensor:
 
 def dependency_graph(model: nn.Module) -> tp.DependencyGraph:
     """Trace ``model`` into a torch-pruning DependencyGraph that knows the NAM layers."""
+    refuse_folded(model, "prune")  # a folded gate's buffers are not channel layers torch-pruning knows
     was_training = model.training
     try:
         with torch.enable_grad():

@@ -35,7 +35,7 @@ app = typer.Typer(
 DataDir = Annotated[Optional[Path], typer.Option(
     "--data-dir", help="Folder holding the dataset (torchvision layout, or DIR/train + DIR/val|test image folders).")]
 Device = Annotated[str, typer.Option("--device", help="auto (CUDA if present, else CPU), cpu, cuda or cuda:N.")]
-Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output folder (only once the new run succeeds).")]
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace existing output, a folder or a file (only once the new run succeeds).")]
 JsonOut = Annotated[Optional[Path], typer.Option("--json", help="Also write the result as JSON to this file.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
 Workers = Annotated[int, typer.Option("--workers", min=0, help="DataLoader worker processes (image folders that stream from disk).")]

@@ -1,3 +1,3 @@
 """Importing this module registers every command on the app."""
 
-from . import prune, report, run, train  # noqa: F401
+from . import export, prune, report, run, train  # noqa: F401

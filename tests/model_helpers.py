@@ -1,0 +1,39 @@
+"""Models in the state training leaves them, for tests that need more than initial weights."""
+
+import torch
+import torch.nn as nn
+
+from namprune import checkpoint, load_data, models
+
+
+def trained_like(model: nn.Module, seed: int = 0, batches: int = 3) -> nn.Module:
+    """Distinct BatchNorm scales and shifts (NAM's included) and running statistics gathered
+    from random images, so rankings are not ties and every BatchNorm has real statistics
+    to fold. Returns the model in eval mode."""
+    g = torch.Generator().manual_seed(seed)
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    spec = model.namprune_spec
+    with torch.no_grad():
+        for m in norms:
+            m.weight.copy_(torch.rand(m.weight.shape, generator=g) * 2 - 0.5)
+            m.bias.copy_(torch.rand(m.bias.shape, generator=g) - 0.5)
+            m.momentum = None  # cumulative averages: the statistics of exactly these batches
+            m.reset_running_stats()
+        model.train()
+        for _ in range(batches):
+            model(torch.randn(8, spec["in_channels"], spec["input_size"], spec["input_size"], generator=g))
+    for m in norms:
+        m.momentum = 0.1
+    return model.eval()
+
+
+def digits_model(name: str, attention: str = "nam", size: int = 16, seed: int = 0) -> nn.Module:
+    """A registry model for digits images (one channel, ten classes) of side ``size``."""
+    torch.manual_seed(seed)
+    return trained_like(models.create(name, num_classes=10, attention=attention, input_size=size, in_channels=1), seed)
+
+
+def save_digits_checkpoint(path, model: nn.Module):
+    """Save ``model`` as a checkpoint trained on digits at the model's input size."""
+    info = load_data("digits", image_size=model.namprune_spec["input_size"], batch_size=32).info.as_dict()
+    return checkpoint.save(path, model, info)

@@ -1,0 +1,147 @@
+"""``namprune export`` end to end: files written, fallback, a broken file caught, bad input."""
+
+import json
+import re
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from onnx import numpy_helper
+
+import namprune
+from cli_helpers import assert_one_line_error, run_cli, run_subprocess
+from model_helpers import digits_model, save_digits_checkpoint
+from namprune.export import TOLERANCE, relative_difference
+
+
+@pytest.fixture(scope="module")
+def digits_ckpt(tmp_path_factory):
+    return save_digits_checkpoint(tmp_path_factory.mktemp("ckpt") / "model.pt", digits_model("resnet20", "nam", 16))
+
+
+@pytest.fixture(scope="module")
+def exported(digits_ckpt, tmp_path_factory):
+    """The default export (dynamic batch, NAM folded, checked, latency measured), run as a user would."""
+    out = tmp_path_factory.mktemp("export") / "model.onnx"
+    proc = run_subprocess("export", digits_ckpt, "--out", out, "--threads", "1")
+    assert proc.returncode == 0, proc.stderr
+    return proc, out
+
+
+def test_export_writes_the_file_and_its_report(exported, digits_ckpt):
+    proc, out = exported
+    assert sorted(p.name for p in out.parent.iterdir()) == ["export.json", "model.onnx"]  # no temporary files
+    report = json.loads(out.with_name("export.json").read_text())
+    assert report["exporter"] == "dynamo" and report["batch"] == "dynamic" and report["folded"]
+    assert report["file_bytes"] == out.stat().st_size
+    assert report["params"] == sum(p.numel() for p in namprune.load(digits_ckpt).parameters())
+    assert [r["inputs"] for r in report["parity"]["results"]] == ["random", "test images"]
+    assert all(r["ok"] and r["max_rel_diff"] < TOLERANCE for r in report["parity"]["results"])
+    assert report["latency_ms"]["threads"] == 1
+    for runtime in ("onnxruntime", "torch_eager", "torch_eager_folded"):
+        assert set(report["latency_ms"][runtime]) == {"1", "32"}
+        assert all(ms > 0 for ms in report["latency_ms"][runtime].values())
+    assert "onnxruntime vs torch" in proc.stdout and "median CPU latency" in proc.stdout
+    assert proc.stderr == ""  # the exporters' warnings and logs are kept out of the user's way
+
+
+def test_dynamic_batch_runs_any_batch_size(exported, digits_ckpt):
+    _, out = exported
+    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    model = namprune.load(digits_ckpt)
+    for batch in (1, 3, 40):
+        x = torch.randn(batch, 1, 16, 16)
+        with torch.no_grad():
+            expected = model(x).numpy()
+        got = sess.run(None, {"input": x.numpy()})[0]
+        assert got.shape == (batch, 10) and relative_difference(expected, got) < TOLERANCE
+
+
+def test_opset_the_dynamo_exporter_cannot_make_falls_back_to_torchscript(digits_ckpt, tmp_path, capsys):
+    out = tmp_path / "model.onnx"
+    code, stdout, err = run_cli(capsys, "export", digits_ckpt, "--out", out, "--opset", "13", "--batch", "4",
+                                "--no-latency")
+    assert code == 0, err
+    notes = [line for line in err.splitlines() if line.strip()]
+    assert len(notes) == 1 and "dynamo exporter failed" in notes[0] and "TorchScript" in notes[0], err
+    report = json.loads((tmp_path / "export.json").read_text())
+    assert report["exporter"] == "torchscript" and report["opset"] == 13 and report["batch"] == 4
+    model = onnx.load(str(out))
+    assert [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim] == [4, 1, 16, 16]
+    assert all(r["ok"] for r in report["parity"]["results"]) and report["latency_ms"] is None
+
+
+def _tamper(source, target, scale=1.5):
+    """Scale the weights of the first convolution of an ONNX file: a real, wrong model."""
+    model = onnx.load(str(source))
+    conv = next(n for n in model.graph.node if n.op_type == "Conv")
+    weight = next(t for t in model.graph.initializer if t.name == conv.input[1])
+    weight.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(weight) * scale, weight.name))
+    onnx.save(model, str(target))
+
+
+def test_a_broken_file_fails_the_check_with_the_measured_difference(exported, digits_ckpt, tmp_path, capsys):
+    _, out = exported
+    code, stdout, err = run_cli(capsys, "export", digits_ckpt, "--out", out, "--check-only")
+    assert code == 0 and "agrees" in stdout, err
+
+    broken = tmp_path / "broken.onnx"
+    _tamper(out, broken)
+    code, _, err = run_cli(capsys, "export", digits_ckpt, "--out", broken, "--check-only")
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 1 and len(lines) == 1 and lines[0].startswith("error: parity check failed"), err
+    reported = float(re.search(r"max relative difference ([0-9.e+-]+)", lines[0]).group(1))
+    # the difference the message reports is the one onnxruntime really shows
+    x = torch.randn(16, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = namprune.load(digits_ckpt)(x).numpy()
+    got = ort.InferenceSession(str(broken), providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})[0]
+    assert reported > TOLERANCE
+    assert reported == pytest.approx(relative_difference(expected, got), rel=1e-2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.onnx"]  # the check writes nothing
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["--batch", "0"], "--batch must be 'dynamic' or a positive batch size"),
+    (["--batch", "many"], "--batch must be 'dynamic' or a positive batch size"),
+    (["--opset", "99"], "--opset must be between 7 and"),
+    (["--opset", "5"], "--opset must be between 7 and"),
+    (["--check-only", "--no-check"], "contradict"),
+    (["--threads", "0"], "--threads"),
+])
+def test_bad_arguments_are_one_line_and_write_nothing(digits_ckpt, tmp_path, capsys, args, fragment):
+    code, _, err = run_cli(capsys, "export", digits_ckpt, "--out", tmp_path / "model.onnx", *args)
+    assert_one_line_error(code, err, fragment)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bad_files_are_one_line_and_write_nothing(digits_ckpt, tmp_path, capsys):
+    plain = tmp_path / "in" / "plain.pt"
+    plain.parent.mkdir()
+    torch.save(digits_model("resnet20").state_dict(), plain)
+    out = tmp_path / "out"
+    code, _, err = run_cli(capsys, "export", plain, "--out", out / "model.onnx")
+    assert_one_line_error(code, err, "not a namprune checkpoint")
+    code, _, err = run_cli(capsys, "export", digits_ckpt, "--out", out / "missing.onnx", "--check-only")
+    assert_one_line_error(code, err, "no ONNX file")
+    code, _, err = run_cli(capsys, "export", digits_ckpt, "--out", plain, "--check-only")
+    assert_one_line_error(code, err, "onnxruntime cannot load")
+    assert not out.exists()
+
+
+def test_existing_output_is_kept_without_overwrite(exported, digits_ckpt, capsys):
+    _, out = exported
+    before = out.read_bytes(), out.with_name("export.json").read_bytes()
+    code, _, err = run_cli(capsys, "export", digits_ckpt, "--out", out)
+    assert_one_line_error(code, err, "already exists", "--overwrite")
+    assert (out.read_bytes(), out.with_name("export.json").read_bytes()) == before
+
+
+def test_export_is_documented(capsys):
+    code, out, _ = run_cli(capsys, "export", "--help")
+    assert code == 0
+    for flag in ("--out", "--opset", "--batch", "--no-fold", "--no-check", "--check-only", "--optimize",
+                 "--latency", "--threads", "--data-dir", "--overwrite"):
+        assert flag in out
