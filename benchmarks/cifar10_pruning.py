@@ -33,7 +33,9 @@ import torch
 
 import namprune
 from namprune import TrainConfig
-from namprune.export import export_checkpoint
+import torch.utils.benchmark as benchmark
+
+from namprune.export import export_checkpoint, run_onnx, session
 from namprune.files import read_json, write_json, write_text
 from namprune.pipeline import prune_checkpoint, train_model
 from namprune.pruning import PruneConfig
@@ -67,7 +69,15 @@ def main() -> None:
     for name in trainings:
         train(name, data_dir, args)
     results = [prune_and_measure(m, data_dir, args) for m in methods]
-    bases = {name: base_figures(name, args) for name in trainings}
+    bases = {name: base_figures(name, data_dir, args) for name in trainings}
+    # onnxruntime latency of every file, timed side by side in interleaved rounds (one run, one machine state)
+    files = {f"train-{t}": args.work / f"onnx-train-{t}" / "model.onnx" for t in trainings}
+    files.update({f"prune-{r['method']}": args.work / f"onnx-prune-{r['method']}" / "model.onnx" for r in results})
+    latency = side_by_side(files)
+    for name in trainings:
+        bases[name]["ort_ms"] = latency[f"train-{name}"]
+    for r in results:
+        r["ort_ms"] = latency[f"prune-{r['method']}"]
     table = markdown(results, bases, args, time.time() - started)
     print(table)
     out = ROOT / "benchmarks" / "results"
@@ -95,7 +105,14 @@ def train(name: str, data_dir: Path, args) -> None:
                       sparsity=args.sparsity if targets else 0.0, sparsity_targets=targets or "nam", seed=args.seed)
     print(f"training {name}", flush=True)
     train_model("resnet20", "cifar10", cfg, out, data_dir=data_dir, attention=attention)
-    export_checkpoint(out, out / "model.onnx", data_dir=data_dir)
+
+
+def exported(run: Path, data_dir: Path) -> dict:
+    """The run's ONNX export (onnxruntime latency and parity), made once."""
+    target = run.with_name(f"onnx-{run.name}") / "model.onnx"
+    if not target.exists():
+        export_checkpoint(run, target, data_dir=data_dir)
+    return read_json(target.with_name("export.json"))
 
 
 def prune_and_measure(method: str, data_dir: Path, args) -> dict:
@@ -106,19 +123,32 @@ def prune_and_measure(method: str, data_dir: Path, args) -> dict:
         cfg = PruneConfig(ratio=None, target_macs=args.target_macs, importance=importance, seed=args.seed)
         prune_checkpoint(args.work / f"train-{training}", cfg, out, finetune_epochs=args.finetune_epochs,
                          data_dir=data_dir, progress=False)
-        export_checkpoint(out, out / "model.onnx", data_dir=data_dir)
-    report, exported = read_json(out / "report.json"), read_json(out / "model.export.json")
+    report, onnx = read_json(out / "report.json"), exported(out, data_dir)
     return {"method": method, "training": training, "importance": importance, **{
         k: report[k] for k in ("top1_before", "top1_pruned", "top1_finetuned", "params_before", "params_after",
                                "macs_before", "macs_after", "macs_speedup", "ratio")},
-            "ort_ms": exported["latency_ms"]["onnxruntime"], "parity": exported["parity"]}
+            "ort_ms": onnx["latency_ms"]["onnxruntime"], "parity": onnx["parity"]}
 
 
-def base_figures(training: str, args) -> dict:
-    exported = read_json(args.work / f"train-{training}" / "model.export.json")
-    summary = read_json(args.work / f"train-{training}" / "summary.json")
-    return {"top1": summary["final"]["test_top1"], "ort_ms": exported["latency_ms"]["onnxruntime"],
+def base_figures(training: str, data_dir: Path, args) -> dict:
+    run = args.work / f"train-{training}"
+    summary = read_json(run / "summary.json")
+    return {"top1": summary["final"]["test_top1"], "ort_ms": exported(run, data_dir)["latency_ms"]["onnxruntime"],
             "train_time_s": summary["train_time_s"]}
+
+
+def side_by_side(files: dict[str, Path], rounds: int = 7, min_run_time: float = 0.2) -> dict[str, dict[str, float]]:
+    """Median onnxruntime latency (ms) of every file at batch 1 and 32, timed in interleaved rounds."""
+    sessions = {name: session(path) for name, path in files.items()}
+    inputs = {b: torch.randn(b, 3, 32, 32, generator=torch.Generator().manual_seed(0)) for b in (1, 32)}
+    blocks: dict[tuple[str, int], list] = {}
+    for _ in range(rounds):
+        for name, sess in sessions.items():
+            for b, x in inputs.items():
+                timer = benchmark.Timer("run(sess, x)", globals={"run": run_onnx, "sess": sess, "x": x})
+                blocks.setdefault((name, b), []).append(timer.blocked_autorange(min_run_time=min_run_time))
+    return {name: {str(b): round(benchmark.Measurement.merge(blocks[(name, b)])[0].median * 1e3, 4) for b in inputs}
+            for name in sessions}
 
 
 def markdown(results: list[dict], bases: dict, args, elapsed: float) -> str:
@@ -129,7 +159,9 @@ def markdown(results: list[dict], bases: dict, args, elapsed: float) -> str:
         f"epochs (SGD 0.1, cosine, batch {args.batch_size}, weight decay 5e-4), sparsity p = {args.sparsity} where "
         f"sparse-trained; every method pruned by global ranking to keep {args.target_macs:.0%} of the MACs, then "
         f"fine-tuned {args.finetune_epochs} epochs (lr 0.01, cosine). Seed {args.seed}. Latency: onnxruntime on the "
-        f"CPU, median (torch.utils.benchmark), batch 1 and 32. {elapsed / 60:.0f} minutes in all.",
+        f"CPU ({torch.get_num_threads()} threads), every file timed side by side in 7 interleaved rounds, median "
+        f"(torch.utils.benchmark), batch 1 and 32; measured speed-up = unpruned base / pruned. "
+        f"{elapsed / 60:.0f} minutes in all.",
         "",
         "Command: `python benchmarks/cifar10_pruning.py" + (f" --epochs {args.epochs}" if args.epochs != 5 else "")
         + (f" --finetune-epochs {args.finetune_epochs}" if args.finetune_epochs != 2 else "") + "`",
