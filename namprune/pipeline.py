@@ -11,7 +11,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from . import checkpoint
+from . import checkpoint, distributed
+from .console import is_main_process
 from .data import DataBundle, load_data
 from .engine import TrainConfig, evaluate, fit, resolve_device
 from .errors import NampruneError
@@ -30,10 +31,13 @@ def finetune_config(train_config: dict, epochs: int, lr: float | None = None, sp
                    batch_size=batch_size or base.batch_size, seed=base.seed if seed is None else seed)
 
 
-def compatible_data(payload: dict, data_dir, batch_size: int, device, seed: int = 0) -> DataBundle:
-    """The dataset a checkpoint was trained on, checked against the checkpoint's classes."""
+def compatible_data(payload: dict, data_dir, batch_size: int, device, seed: int = 0, rank: int = 0,
+                    world_size: int = 1) -> DataBundle:
+    """The dataset a checkpoint was trained on, checked against the checkpoint's classes
+    (its training split sharded by ``rank`` of ``world_size`` processes)."""
     info = payload["data"]
-    data = load_data(info["name"], data_dir, info["image_size"], batch_size, device, seed=seed)
+    data = load_data(info["name"], data_dir, info["image_size"], batch_size, device, seed=seed, rank=rank,
+                     world_size=world_size)
     loaded = data.info.as_dict()
     if info["num_classes"] != loaded["num_classes"] or list(info["classes"]) != list(loaded["classes"]):
         raise NampruneError(f"the checkpoint was trained on {info['num_classes']} classes but the data has "
@@ -61,10 +65,12 @@ def prune_checkpoint(ckpt: str | Path, cfg: PruneConfig, out: str | Path, finetu
     ft = finetune_config(payload.get("config", {}), max(finetune_epochs, 1), finetune_lr, finetune_sparsity,
                          device, batch_size)
     device_ = resolve_device(device)
-    data = compatible_data(payload, data_dir, ft.batch_size, device_, ft.seed)
+    data = compatible_data(payload, data_dir, ft.batch_size, device_, ft.seed, distributed.rank(), distributed.world_size())
     model.to(device_)
 
     before = {**cost(model), **_accuracy(model, data, device_)}
+    # under torchrun every rank prunes its own copy: identical weights give identical choices,
+    # and fit wraps the pruned model in a new DDP (which checks that the shapes agree)
     result = prune(model, cfg)
     after = {**cost(model), **_accuracy(model, data, device_)}
     finetuned = None
@@ -74,11 +80,12 @@ def prune_checkpoint(ckpt: str | Path, cfg: PruneConfig, out: str | Path, finetu
             finetuned = _accuracy(model, data, device_)
         report = _report(ckpt, payload, cfg, result, before, after, finetuned, finetune_epochs, started)
         final = finetuned or after
-        checkpoint.save(stage / "model.pt", model, data.info.as_dict(),
-                        metrics={"top1": final["top1"], "top5": final["top5"]},
-                        config={**payload.get("config", {}), "prune": cfg.to_dict(),
-                                "finetune": replace(ft, epochs=finetune_epochs).to_dict() if finetune_epochs else None})
-        write_json(stage / "report.json", report)
+        if is_main_process():
+            checkpoint.save(stage / "model.pt", model, data.info.as_dict(),
+                            metrics={"top1": final["top1"], "top5": final["top5"]},
+                            config={**payload.get("config", {}), "prune": cfg.to_dict(),
+                                    "finetune": replace(ft, epochs=finetune_epochs).to_dict() if finetune_epochs else None})
+            write_json(stage / "report.json", report)
     return report
 
 

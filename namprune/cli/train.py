@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from .. import checkpoint, models
+from .. import checkpoint, distributed, models
 from ..console import console
 from ..data import DATASETS, load_data
 from ..engine import TrainConfig, evaluate, fit, resolve_device, seed_everything
@@ -57,7 +57,10 @@ def train(
     sparsity_targets: Annotated[str, typer.Option("--sparsity-targets", help="nam: NAM BatchNorms only (the paper); bn: every BatchNorm (Network Slimming).")] = "nam",
     seed: Annotated[int, typer.Option("--seed", help="Random seed (weights, data order, augmentation).")] = 0,
     device: Device = "auto",
-    amp: Annotated[str, typer.Option("--amp", help="auto (bf16 on CUDA, off on CPU), bf16, fp16 or off.")] = "auto",
+    amp: Annotated[str, typer.Option("--amp", help="auto (bf16 on CUDA, off on CPU), bf16, fp16 (with loss scaling) or off.")] = "auto",
+    channels_last: Annotated[bool, typer.Option("--channels-last/--no-channels-last", help="Train in the channels-last memory format (NHWC).")] = True,
+    compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the model for training (faster steps after a slow first one).")] = False,
+    sync_bn: Annotated[bool, typer.Option("--sync-bn", help="Under torchrun on GPUs: BatchNorm statistics over all processes' batches (SyncBatchNorm).")] = False,
     workers: Workers = 2,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder: model.pt, metrics.jsonl, summary.json.")] = Path("runs/train"),
     overwrite: Overwrite = False,
@@ -70,10 +73,12 @@ def train(
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, momentum=momentum,
                       weight_decay=weight_decay, schedule=schedule, milestones=_milestones(milestones),
                       lr_decay=lr_decay, warmup_epochs=warmup_epochs, sparsity=sparsity,
-                      sparsity_targets=sparsity_targets, seed=seed, device=device, amp=amp)
+                      sparsity_targets=sparsity_targets, seed=seed, device=device, amp=amp,
+                      channels_last=channels_last, compile=compile_, sync_bn=sync_bn)
     device_ = resolve_device(device)
     check_out_dir(out, overwrite)
-    data = load_data(dataset, data_dir, image_size, batch_size, device_, workers, seed)
+    data = load_data(dataset, data_dir, image_size, batch_size, device_, workers, seed,
+                     rank=distributed.rank(), world_size=distributed.world_size())
     seed_everything(seed)  # the initial weights depend on the seed alone
     net = models.create(model, data.info.num_classes, attention, data.info.image_size, data.info.in_channels)
     cfg.extra = {"model": model, "dataset": dataset, "attention": attention}
