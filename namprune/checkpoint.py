@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from .distributed import unwrap
 from .errors import NampruneError
 from .files import write_atomic
 
@@ -25,7 +26,10 @@ VERSION = 1
 
 def save(path: str | Path, model: nn.Module, data_info: dict, metrics: dict | None = None,
          config: dict | None = None) -> Path:
-    """Write ``model`` (built by ``namprune.models.create``, maybe pruned) to ``path`` atomically."""
+    """Write ``model`` (built by ``namprune.models.create``, maybe pruned) to ``path`` atomically.
+
+    A DDP or torch.compile wrapper is looked through: the plain module's weights are saved."""
+    model = unwrap(model)
     spec = getattr(model, "namprune_spec", None)
     if spec is None:
         raise NampruneError("only models built by namprune.models.create can be saved as namprune checkpoints")

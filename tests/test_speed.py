@@ -6,7 +6,8 @@ import torch
 import torch.nn as nn
 from torch._dynamo.utils import counters
 
-from namprune import TrainConfig, fit, load_data
+import namprune
+from namprune import TrainConfig, checkpoint, fit, load_data, models
 from namprune.data import DataBundle, TensorLoader
 from namprune.engine import Divergence, DivergenceWatch
 from namprune.nam import NAM
@@ -54,3 +55,11 @@ def test_a_clean_epoch_passes_the_check():
     for step in range(3):
         watch.record(torch.tensor(1.0 / (step + 1)), step)
     watch.check(epoch=0)
+
+
+def test_a_compiled_model_saves_as_the_plain_model(tmp_path):
+    model = models.create("resnet20", num_classes=10, attention="nam", input_size=16, in_channels=1)
+    checkpoint.save(tmp_path / "model.pt", torch.compile(model), load_data("digits", batch_size=32).info.as_dict())
+    reloaded = namprune.load(tmp_path)
+    assert reloaded.state_dict().keys() == model.state_dict().keys()  # no "_orig_mod." prefixes
+    torch.testing.assert_close(reloaded.state_dict(), model.state_dict(), rtol=0, atol=0)
