@@ -1,7 +1,7 @@
 """Training throughput and NAM overhead, for BENCHMARKS.md ("Training throughput and NAM overhead").
 
     python benchmarks/throughput.py                  # everything (about 15 minutes on 2 CPU cores)
-    python benchmarks/throughput.py --part overhead  # one part: loop, overhead or format
+    python benchmarks/throughput.py --part overhead  # one part: loop, overhead, format or compile
 
 Three comparisons, each measured side by side in one run: the candidates take turns, round
 after round, and each is quoted as the median of its rounds (torch.utils.benchmark).
@@ -18,6 +18,8 @@ after round, and each is quoted as the median of its rounds (torch.utils.benchma
   reference code does).
 * format: the same step in the channels-last memory format against the default
   (contiguous NCHW), which decides ``TrainConfig.channels_last``'s default.
+* compile (only with ``--part compile``; compiling takes minutes): the step of ResNet-20
+  none / nam-channel / nam, eager and under torch.compile.
 
 Seed 0 everywhere; CPU only (the script says so when no GPU is there).
 
@@ -47,7 +49,6 @@ from torchvision.transforms import v2
 import namprune
 import namprune.console
 from namprune import TrainConfig, fit, load_data, models
-from namprune.data import DataBundle, TensorLoader
 from namprune.nam import ChannelNAM, SpatialNAM, _scaled_batch_norm, normalized_weight
 from namprune.sparsity import SparsityPenalty
 
@@ -81,73 +82,69 @@ def table(rows: list[list[str]], header: list[str]) -> str:
 
 
 def cifar_folder(root: Path, per_class: int) -> Path:
-    """The first ``per_class`` training images of each class (and 10 test images) from the archive."""
-    keep = {"train": per_class, "test": 10}
-    counts: dict[tuple[str, str], int] = {}
+    """The first ``per_class`` training images of each class (and 10 test images), unpacked
+    from the archive (whose files are ``SPLIT/CLASS/NNNN.jpg``)."""
     with tarfile.open(ARCHIVE) as archive:
-        for member in archive:
-            parts = Path(member.name).parts
-            if not member.isfile() or len(parts) < 3:
-                continue
-            split, cls = parts[-3], parts[-2]
-            if counts.get((split, cls), 0) < keep.get(split, 0):
-                counts[(split, cls)] = counts.get((split, cls), 0) + 1
-                target = root / split / cls / parts[-1]
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(archive.extractfile(member).read())
+        keep = [m for m in archive.getmembers()
+                if m.isfile() and int(Path(m.name).stem) < (per_class if Path(m.name).parts[-3] == "train" else 10)]
+        archive.extractall(root, members=keep, filter="data")
     return root
 
 
 # --------------------------------------------------------------------------- part 1: loops
 
 
-def plain_epoch(model, loader, optimizer, penalty, memory_format):
-    """The loop a PyTorch user writes by hand: the same loss (task + NAM penalty) and optimizer."""
+def plain_epoch(model, train_loader, test_loader, optimizer, penalty, memory_format) -> float:
+    """The loop a PyTorch user writes by hand: the same loss (task + NAM penalty) and optimizer,
+    and, like ``fit``, the test accuracy at the end of the epoch."""
     model.train()
-    for images, labels in loader:
+    for images, labels in train_loader:
         loss = F.cross_entropy(model(images.contiguous(memory_format=memory_format)), labels) + penalty()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+    model.eval()
+    with torch.no_grad():
+        correct = sum((model(images).argmax(1) == labels).sum().item() for images, labels in test_loader)
+    return correct
 
 
 def loop_part(folder: Path, batch_size: int, rounds: int) -> str:
     cfg = TrainConfig(epochs=1, batch_size=batch_size, lr=0.05, schedule="constant", seed=SEED, device="cpu")
     data = load_data("cifar10", folder, batch_size=batch_size, seed=SEED)
-    # a one-batch test set: fit evaluates every epoch, and the comparison is about training
-    data = DataBundle(data.train, TensorLoader(data.test.images[:batch_size], data.test.labels[:batch_size],
-                                               batch_size, data.info.mean, data.info.std), data.info)
-    transform = v2.Compose([v2.ToImage(), v2.RandomCrop(32, padding=4), v2.RandomHorizontalFlip(),
-                            v2.ToDtype(torch.float32, scale=True), v2.Normalize(data.info.mean, data.info.std)])
-    folder_set = torchvision.datasets.ImageFolder(str(folder / "train"), transform=transform)
+    normalize = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(data.info.mean, data.info.std)]
+    augment = [v2.ToImage(), v2.RandomCrop(32, padding=4), v2.RandomHorizontalFlip()]
     workers = 2 if clock == "wall" else 0  # CPU time counts only this process's work
-    torchvision_loader = torch.utils.data.DataLoader(folder_set, batch_size=batch_size, shuffle=True, drop_last=True,
-                                                     num_workers=workers, persistent_workers=workers > 0)
+    torchvision_loaders = [
+        torch.utils.data.DataLoader(torchvision.datasets.ImageFolder(str(folder / split), transform=v2.Compose(tf)),
+                                    batch_size=batch_size, shuffle=split == "train", drop_last=split == "train",
+                                    num_workers=workers, persistent_workers=workers > 0)
+        for split, tf in (("train", augment + normalize[1:]), ("test", normalize))]
 
     def net():
         torch.manual_seed(SEED)
         return models.create("resnet20", 10, "nam", 32, 3)
 
-    def plain(loader, memory_format=torch.contiguous_format):
+    def plain(loaders, memory_format=torch.contiguous_format):
         model = net().to(memory_format=memory_format)
         optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
         penalty = SparsityPenalty(model, cfg.sparsity)
-        return lambda: plain_epoch(model, loader, optimizer, penalty, memory_format)
+        return lambda: plain_epoch(model, *loaders, optimizer, penalty, memory_format)
 
     namprune_model = net()
     candidates = {
         "namprune fit (in-memory data, batched augmentation)": lambda: fit(namprune_model, data, cfg, progress=False),
-        f"plain loop, torchvision ImageFolder + DataLoader ({workers} workers)": plain(torchvision_loader),
-        "plain loop, namprune's in-memory loader": plain(data.train),
-        "plain loop, namprune's in-memory loader, channels-last": plain(data.train, torch.channels_last),
+        f"plain loop, torchvision ImageFolder + DataLoader ({workers} workers)": plain(torchvision_loaders),
+        "plain loop, namprune's in-memory loader": plain([data.train, data.test]),
+        "plain loop, namprune's in-memory loader, channels-last": plain([data.train, data.test], torch.channels_last),
     }
     images = len(data.train) * batch_size
     results = side_by_side(candidates, rounds, min_run_time=0)
     ours = results[next(iter(candidates))].median
     rows = [[name, f"{images / m.median:.0f}", f"{m.median:.2f}", f"{m.median / ours:.2f}"] for name, m in results.items()]
-    return (f"ResNet-20 + NAM, {images} CIFAR-10 (JPEG q75) training images per epoch, batch {batch_size}, "
-            f"medians of {rounds} epochs each\n\n"
-            + table(rows, ["loop", "images/s", "epoch s", "namprune's speed-up (plain time / namprune time)"]))
+    return (f"ResNet-20 + NAM, an epoch of {images} CIFAR-10 (JPEG q75) training images (batch {batch_size}) and "
+            f"{data.info.test_size} test images, medians of {rounds} epochs each\n\n"
+            + table(rows, ["loop", "training images/s", "epoch s", "namprune's speed-up (plain time / namprune time)"]))
 
 
 # --------------------------------------------------------------------------- part 2: NAM overhead
@@ -218,7 +215,7 @@ VARIANTS = {  # label -> (attention, replacements)
 }
 
 
-def train_step(arch: str, variant: str, batch_size: int, memory_format: torch.memory_format):
+def train_step(arch: str, variant: str, batch_size: int, memory_format: torch.memory_format, compiled: bool = False):
     """One training step (loss + penalty, backward, SGD) of a fresh model on a fixed batch."""
     attention, replacements = VARIANTS[variant]
     torch.manual_seed(SEED)
@@ -227,13 +224,16 @@ def train_step(arch: str, variant: str, batch_size: int, memory_format: torch.me
     y = torch.randint(0, 10, (batch_size,))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     penalty = SparsityPenalty(model, 1e-4)
+    forward = torch.compile(model) if compiled else model
 
     def step():
         reg = penalty()
-        loss = F.cross_entropy(model(x), y) + (0 if reg is None else reg)
+        loss = F.cross_entropy(forward(x), y) + (0 if reg is None else reg)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+    if compiled:
+        step()  # compile before timing
     return step
 
 
@@ -265,12 +265,24 @@ def format_part(batch_size: int, rounds: int, min_run_time: float) -> str:
             + table(rows, ["model", "attention", "memory format", "step ms", "over contiguous"]))
 
 
+def compile_part(batch_size: int, rounds: int, min_run_time: float) -> str:
+    candidates = {(variant, compiled): train_step("resnet20", variant, batch_size, torch.channels_last, compiled)
+                  for variant in ("none", "nam-channel", "nam") for compiled in (False, True)}
+    results = side_by_side({f"{v}{', compiled' if c else ''}": fn for (v, c), fn in candidates.items()}, rounds,
+                           min_run_time)
+    base = results["none"].median
+    rows = [["resnet20", name, f"{m.median * 1e3:.0f}", f"{m.median / base:.3f}x"] for name, m in results.items()]
+    return (f"one training step, batch {batch_size}, channels-last, medians of {rounds} rounds (compiling is not timed)\n\n"
+            + table(rows, ["model", "attention", "step ms", "over eager none"]))
+
+
 # --------------------------------------------------------------------------- main
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=["all", "loop", "overhead", "format"], default="all")
+    parser.add_argument("--part", choices=["all", "loop", "overhead", "format", "compile"], default="all",
+                        help="all = loop, overhead and format; compile (torch.compile against eager) only when named")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=5, help="turns each candidate takes (the median is quoted)")
     parser.add_argument("--min-run-time", type=float, default=2.0, help="seconds per step measurement per round")
@@ -285,6 +297,7 @@ def main() -> None:
     namprune.console.err_console.quiet = True  # fit's per-epoch lines
     torch.manual_seed(SEED)
     threads = CLOCK[clock][1] or torch.get_num_threads()
+    torch.set_num_threads(threads)  # also what torch.compile generates its kernels for
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU: CPU only"
     print(f"date {datetime.date.today()}, {platform.machine()}, {clock} clock, {threads} thread(s), {gpu}, "
           f"torch {torch.__version__}, namprune {namprune.__version__}, seed {SEED}\n")
@@ -293,6 +306,8 @@ def main() -> None:
     if args.part in ("all", "overhead"):
         print("## NAM overhead\n\n" + overhead_part(args.models.split(","), args.layouts.split(","), args.batch_size,
                                                     args.rounds, args.min_run_time) + "\n")
+    if args.part == "compile":
+        print("## torch.compile\n\n" + compile_part(args.batch_size, args.rounds, args.min_run_time) + "\n")
     if args.part in ("all", "loop"):
         with tempfile.TemporaryDirectory() as tmp:
             folder = cifar_folder(Path(tmp), args.per_class)

@@ -14,7 +14,6 @@ statistics (which each rank collects from its own shard) at the end of each epoc
 from __future__ import annotations
 
 import atexit
-import contextlib
 import os
 
 import torch
@@ -81,33 +80,35 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, DistributedDataParallel) else model
 
 
-@contextlib.contextmanager
-def sync_batchnorm(model: nn.Module, enabled: bool, device: torch.device):
-    """Swap the model's BatchNorms for SyncBatchNorm while training, and put the originals back.
+def convert_sync_batchnorm(model: nn.Module, device: torch.device) -> list[tuple[nn.Module, str, nn.Module]]:
+    """Swap the model's BatchNorms for SyncBatchNorm when several processes train; returns the
+    swaps for ``revert_sync_batchnorm``.
 
     The swapped-in layers share the originals' parameters and buffers, so nothing needs
-    copying back, and the model leaves ``fit`` with the layer types it came with (which
+    copying back, and reverting hands the model back with the layer types it came with (which
     checkpoints and torch-pruning expect). NAM's own BatchNorms are left alone: NAM calls
     ``F.batch_norm`` with their parameters directly, so their statistics stay per process.
     """
-    swaps = []
-    if enabled and active():
-        if device.type != "cuda":
-            raise NampruneError("--sync-bn needs CUDA GPUs (PyTorch's SyncBatchNorm does not run on CPU)")
-        from .nam import ChannelNAM, SpatialNAM
+    if not active():
+        return []
+    if device.type != "cuda":
+        raise NampruneError("--sync-bn needs CUDA GPUs (PyTorch's SyncBatchNorm does not run on CPU)")
+    from .nam import ChannelNAM, SpatialNAM
 
-        for parent in list(model.modules()):
-            if isinstance(parent, (ChannelNAM, SpatialNAM)):
-                continue
-            for name, child in parent.named_children():
-                if isinstance(child, nn.modules.batchnorm._BatchNorm) and not isinstance(child, nn.SyncBatchNorm):
-                    setattr(parent, name, nn.SyncBatchNorm.convert_sync_batchnorm(child))
-                    swaps.append((parent, name, child))
-    try:
-        yield model
-    finally:
-        for parent, name, child in swaps:
-            setattr(parent, name, child)
+    swaps = []
+    for parent in list(model.modules()):
+        if isinstance(parent, (ChannelNAM, SpatialNAM)):
+            continue
+        for name, child in parent.named_children():
+            if isinstance(child, nn.modules.batchnorm._BatchNorm) and not isinstance(child, nn.SyncBatchNorm):
+                setattr(parent, name, nn.SyncBatchNorm.convert_sync_batchnorm(child))
+                swaps.append((parent, name, child))
+    return swaps
+
+
+def revert_sync_batchnorm(swaps: list[tuple[nn.Module, str, nn.Module]]) -> None:
+    for parent, name, original in swaps:
+        setattr(parent, name, original)
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:

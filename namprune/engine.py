@@ -224,27 +224,29 @@ def fit(model: nn.Module, data: DataBundle, cfg: TrainConfig, out_dir: str | Pat
     history: list[dict] = []
     start = time.perf_counter()
 
-    with distributed.sync_batchnorm(model, cfg.sync_bn, device):
-        net = _training_module(model, device, cfg)  # what the steps run: DDP and/or compiled; `model` is what is saved
-        for epoch in range(cfg.epochs):
-            data.train.set_epoch(epoch)
-            train_stats = train_one_epoch(net, data.train, optimizer, scaler, penalty, cfg, device, dtype,
-                                          epoch, progress and is_main_process())
-            distributed.average_buffers(model)
-            # every rank evaluates the whole test set (it is not sharded), so all agree on the metrics
-            test_stats = evaluate(model, data.test, device, cfg.amp)
-            row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], **train_stats,
-                   "test_top1": test_stats["top1"], "test_top5": test_stats["top5"], "test_loss": test_stats["loss"]}
-            scheduler.step()
-            history.append(row)
-            _report_epoch(row, cfg.epochs, stage)
-            if out_dir is not None and is_main_process():
-                _save_epoch(model, data, cfg, out_dir, history)
+    swaps = distributed.convert_sync_batchnorm(model, device) if cfg.sync_bn else []
+    net = _training_module(model, device, cfg)  # what the steps call: DDP and/or compiled; `model` is what is saved
+
+    for epoch in range(cfg.epochs):
+        data.train.set_epoch(epoch)
+        train_stats = train_one_epoch(net, data.train, optimizer, scaler, penalty, cfg, device, dtype,
+                                      epoch, progress and is_main_process())
+        distributed.average_buffers(model)
+        # every rank evaluates the whole test set (it is not sharded), so all agree on the metrics
+        test_stats = evaluate(model, data.test, device, cfg.amp)
+        row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], **train_stats,
+               "test_top1": test_stats["top1"], "test_top5": test_stats["top5"], "test_loss": test_stats["loss"]}
+        scheduler.step()
+        history.append(row)
+        _report_epoch(row, cfg.epochs, stage)
+        if out_dir is not None and is_main_process():
+            _save_epoch(model, data, cfg, out_dir, history)
 
     summary = {"stage": stage, "epochs": cfg.epochs, "final": history[-1], "best_top1": max(r["test_top1"] for r in history),
                "train_time_s": round(time.perf_counter() - start, 2), "device": str(device)}
     if out_dir is not None and is_main_process():
         write_json(out_dir / "summary.json", summary)
+    distributed.revert_sync_batchnorm(swaps)
     model.to(memory_format=torch.contiguous_format)
     return summary
 

@@ -59,7 +59,7 @@ def train(
     device: Device = "auto",
     amp: Annotated[str, typer.Option("--amp", help="auto (bf16 on CUDA, off on CPU), bf16, fp16 (with loss scaling) or off.")] = "auto",
     channels_last: Annotated[bool, typer.Option("--channels-last/--no-channels-last", help="Train in the channels-last memory format (NHWC).")] = True,
-    compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the model for training (faster steps after a slow first one).")] = False,
+    compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the model for training (the first steps wait for the compiler).")] = False,
     sync_bn: Annotated[bool, typer.Option("--sync-bn", help="Under torchrun on GPUs: BatchNorm statistics over all processes' batches (SyncBatchNorm).")] = False,
     workers: Workers = 2,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder: model.pt, metrics.jsonl, summary.json.")] = Path("runs/train"),
