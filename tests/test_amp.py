@@ -4,9 +4,9 @@ runs through the engine (torch supports both autocast modes and the GradScaler o
 import torch
 import torch.nn.functional as F
 
-from namprune import TrainConfig, fit, load_data, models
-from namprune.data import DataBundle, TensorLoader
+from namprune import TrainConfig, fit, models
 from namprune.sparsity import SparsityPenalty, penalized_parameters
+from tiny_data import tiny_digits
 
 
 def _model():
@@ -68,12 +68,7 @@ def test_task_loss_plus_penalty_under_fp16_autocast_and_scaler_matches_fp32_grad
 
 
 def test_engine_trains_in_fp16_with_its_grad_scaler():
-    full = load_data("digits", batch_size=32)
-    mean, std = full.info.mean, full.info.std
-    # four steps: fp16 convolutions are slow on CPU
-    data = DataBundle(TensorLoader(full.train.images[:128], full.train.labels[:128], 32, mean, std, shuffle=True,
-                                   drop_last=True),
-                      TensorLoader(full.test.images[:64], full.test.labels[:64], 64, mean, std), full.info)
+    data = tiny_digits(train=128, test=64)  # four steps: fp16 convolutions are slow on CPU
     model = models.create("resnet20", num_classes=10, attention="nam", input_size=16, in_channels=1)
     before = model.fc.weight.detach().clone()
     summary = fit(model, data, TrainConfig(epochs=1, batch_size=32, lr=0.05, schedule="cosine", amp="fp16", device="cpu"),

@@ -8,17 +8,9 @@ from torch._dynamo.utils import counters
 
 import namprune
 from namprune import TrainConfig, checkpoint, fit, load_data, models
-from namprune.data import DataBundle, TensorLoader
 from namprune.engine import Divergence, DivergenceWatch
 from namprune.nam import NAM
-
-
-def _tiny_digits(train: int = 64, test: int = 32) -> DataBundle:
-    full = load_data("digits", batch_size=32)
-    mean, std = full.info.mean, full.info.std
-    return DataBundle(TensorLoader(full.train.images[:train], full.train.labels[:train], 32, mean, std, shuffle=True,
-                                   drop_last=True),
-                      TensorLoader(full.test.images[:test], full.test.labels[:test], 32, mean, std), full.info)
+from tiny_data import tiny_digits
 
 
 def _tiny_net() -> nn.Module:
@@ -29,7 +21,7 @@ def _tiny_net() -> nn.Module:
 
 
 def test_compiled_training_matches_eager_training():
-    data = _tiny_digits()
+    data = tiny_digits()
     cfg = dict(epochs=1, batch_size=32, lr=0.05, schedule="constant", device="cpu")
     eager, compiled = _tiny_net(), _tiny_net()
     fit(eager, data, TrainConfig(**cfg), progress=False)
