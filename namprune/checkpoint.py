@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from .distributed import unwrap
 from .errors import NampruneError
 from .files import write_atomic
 from .fold import refuse_folded
@@ -29,8 +30,10 @@ def save(path: str | Path, model: nn.Module, data_info: dict, metrics: dict | No
          config: dict | None = None, extra: dict | None = None) -> Path:
     """Write ``model`` (built by ``namprune.models.create``, maybe pruned) to ``path`` atomically.
 
+    A DDP or torch.compile wrapper is looked through: the plain module's weights are saved.
     ``extra`` adds entries (such as a training state); they must be weights_only-safe too.
     """
+    model = unwrap(model)
     refuse_folded(model, "save")
     spec = getattr(model, "namprune_spec", None)
     if spec is None:

@@ -1,5 +1,6 @@
 """The training loop: task loss + NAM sparsity penalty, SGD or AdamW, multistep or cosine
-schedule, bf16 autocast on CUDA, a progress bar, per-epoch metrics and checkpoints.
+schedule, bf16 autocast on CUDA (or fp16 with loss scaling), DDP under torchrun, optional
+torch.compile, a progress bar, per-epoch metrics and checkpoints.
 
 One function, ``fit``, is used for sparse training and for fine-tuning after pruning;
 ``evaluate`` gives top-1 / top-5. Read ``fit`` top to bottom: set up, then one loop over
@@ -19,7 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from . import checkpoint
+from . import checkpoint, distributed
 from .console import err_console, is_main_process, note
 from .data import DataBundle
 from .errors import NampruneError
@@ -52,6 +53,8 @@ class TrainConfig:
     device: str = "auto"
     amp: str = "auto"
     channels_last: bool = True
+    compile: bool = False  # torch.compile the training step (opt-in: compiling takes a while)
+    sync_bn: bool = False  # SyncBatchNorm across processes under torchrun (CUDA only)
     extra: dict = field(default_factory=dict)  # free-form notes kept with the run
 
     def __post_init__(self):
@@ -89,15 +92,16 @@ def seed_everything(seed: int) -> None:
 
 
 def resolve_device(name: str = "auto") -> torch.device:
+    """The device to train on; under torchrun ``auto`` and ``cuda`` mean this process's own GPU."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return distributed.local_device(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     try:
         device = torch.device(name)
     except RuntimeError:
         raise NampruneError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise NampruneError("--device cuda was asked for but no CUDA GPU is available")
-    return device
+    return distributed.local_device(device)
 
 
 def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
@@ -169,6 +173,36 @@ class Divergence(NampruneError):
 TRAIN_STATE = "train_state.pt"  # what a run needs to continue after a crash; removed once the run is complete
 
 
+class DivergenceWatch:
+    """Notes, on the device, the first step of an epoch whose loss was not finite.
+
+    ``record`` never waits for the device; ``check`` reads the note (one host sync, and
+    under DDP one all-reduce, so every rank stops at the same step with the same message).
+    On CPU the engine checks every step; on CUDA every ``CUDA_CHECK_EVERY`` steps, so the
+    GPU is not drained each step just to look at one number.
+    """
+
+    CLEAN = 2**62
+
+    def __init__(self, device: torch.device):
+        self.first_bad = torch.full((), self.CLEAN, dtype=torch.int64, device=device)
+        self.value = torch.zeros((), device=device)
+
+    def record(self, total: torch.Tensor, step: int) -> None:
+        new = ~torch.isfinite(total.detach()) & (self.first_bad == self.CLEAN)
+        self.first_bad = torch.where(new, step, self.first_bad)
+        self.value = torch.where(new, total.detach().float(), self.value)
+
+    def check(self, epoch: int) -> None:
+        first = int(distributed.all_reduce_min(self.first_bad.clone()))
+        if first != self.CLEAN:
+            value = self.value.item() if int(self.first_bad) == first else float("nan")
+            raise Divergence(f"training diverged: the loss is {value} at epoch {epoch + 1}, step {first + 1}")
+
+
+CUDA_CHECK_EVERY = 50
+
+
 def fit(model: nn.Module, data: DataBundle, cfg: TrainConfig, out_dir: str | Path | None = None,
         progress: bool = True, stage: str = "train", resume: dict | None = None) -> dict:
     """Train ``model`` in place; with ``out_dir``, write a checkpoint, the metrics and the
@@ -181,6 +215,7 @@ def fit(model: nn.Module, data: DataBundle, cfg: TrainConfig, out_dir: str | Pat
     """
     cfg.validate()
     device = resolve_device(cfg.device)
+    distributed.setup(device)
     dtype = autocast_dtype(cfg.amp, device)
     seed_everything(cfg.seed)
     model.to(device)
@@ -207,15 +242,20 @@ def fit(model: nn.Module, data: DataBundle, cfg: TrainConfig, out_dir: str | Pat
         _save_state(model, data, cfg, out_dir, optimizer, scheduler, scaler, history, 0, 0.0)
     start = time.perf_counter() - elapsed_before
 
+    swaps = distributed.convert_sync_batchnorm(model, device) if cfg.sync_bn else []
+    net = _training_module(model, device, cfg)  # what the steps call: DDP and/or compiled; `model` is what is saved
+
     for epoch in range(first_epoch, cfg.epochs):
         data.train.set_epoch(epoch)
         try:
-            train_stats = train_one_epoch(model, data.train, optimizer, scaler, penalty, cfg, device, dtype,
+            train_stats = train_one_epoch(net, data.train, optimizer, scaler, penalty, cfg, device, dtype,
                                           epoch, progress and is_main_process())
         except Divergence as exc:
             kept = "" if out_dir is None else (f"; the last good checkpoint (epoch {epoch}) is kept in {out_dir}" if epoch
                                                else f"; the initial state is kept in {out_dir}")
-            raise Divergence(f"{exc}{kept}") from None
+            raise Divergence(f"{exc}; lower the learning rate{kept}") from None
+        distributed.average_buffers(model)
+        # every rank evaluates the whole test set (it is not sharded), so all agree on the metrics
         test_stats = evaluate(model, data.test, device, cfg.amp)
         row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], **train_stats,
                "test_top1": test_stats["top1"], "test_top5": test_stats["top5"], "test_loss": test_stats["loss"]}
@@ -231,8 +271,17 @@ def fit(model: nn.Module, data: DataBundle, cfg: TrainConfig, out_dir: str | Pat
                "train_time_s": round(time.perf_counter() - start, 2), "device": str(device), "config": cfg.to_dict()}
     if out_dir is not None and is_main_process():
         write_json(out_dir / "summary.json", summary)
+    distributed.revert_sync_batchnorm(swaps)
     model.to(memory_format=torch.contiguous_format)
     return summary
+
+
+def _training_module(model: nn.Module, device: torch.device, cfg: TrainConfig) -> nn.Module:
+    """The module the training steps call: DDP around the model under torchrun (a new wrapper
+    for every ``fit``, so a pruned model gets one that knows its new parameters), compiled
+    when asked."""
+    net = distributed.wrap(model, device)
+    return torch.compile(net) if cfg.compile else net
 
 
 def train_one_epoch(model, loader, optimizer, scaler, penalty, cfg, device, dtype, epoch, show_progress) -> dict:
@@ -240,6 +289,8 @@ def train_one_epoch(model, loader, optimizer, scaler, penalty, cfg, device, dtyp
     loss_sum = torch.zeros((), device=device)
     penalty_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device)
+    watch = DivergenceWatch(device)
+    check_every = CUDA_CHECK_EVERY if device.type == "cuda" else 1
     seen, start = 0, time.perf_counter()
     bar = _progress_bar(show_progress)
     task = bar.add_task(f"epoch {epoch + 1}/{cfg.epochs}", total=len(loader), loss=0.0, acc=0.0, ips=0.0)
@@ -254,9 +305,9 @@ def train_one_epoch(model, loader, optimizer, scaler, penalty, cfg, device, dtyp
                 loss = F.cross_entropy(logits, labels, label_smoothing=cfg.label_smoothing)
             reg = penalty()
             total = loss if reg is None else loss + reg
-            if not torch.isfinite(total.detach()):
-                raise Divergence(f"training diverged: the loss is {total.item()} at epoch {epoch + 1}, step {step + 1}; "
-                                 "lower the learning rate (the last good checkpoint is kept)")
+            watch.record(total, step)
+            if (step + 1) % check_every == 0 or step + 1 == len(loader):
+                watch.check(epoch)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(total).backward()
             scaler.step(optimizer)
@@ -269,11 +320,16 @@ def train_one_epoch(model, loader, optimizer, scaler, penalty, cfg, device, dtyp
             now = time.perf_counter()
             if show_progress and (now - last_refresh > 0.5 or step + 1 == len(loader)):
                 last_refresh = now
-                bar.update(task, completed=step + 1, loss=loss_sum.item() / seen, acc=100 * correct.item() / seen,
+                loss_now, correct_now = torch.stack([loss_sum, correct]).tolist()  # one host sync per refresh
+                bar.update(task, completed=step + 1, loss=loss_now / seen, acc=100 * correct_now / seen,
                            ips=seen / (now - start))
-    elapsed = time.perf_counter() - start
-    return {"train_loss": round(loss_sum.item() / max(seen, 1), 6), "train_top1": round(100 * correct.item() / max(seen, 1), 4),
-            "penalty": round(penalty_sum.item() / max(seen, 1), 8), "images_per_s": round(seen / elapsed, 1),
+    # totals over every rank, so an epoch's row describes the whole run and not rank 0's shard
+    totals = torch.stack([loss_sum, penalty_sum, correct, torch.tensor(float(seen), device=device)])
+    loss_sum, penalty_sum, correct, seen = distributed.all_reduce_sum(totals).tolist()
+    elapsed = time.perf_counter() - start  # after the sync above, so pending GPU work is counted
+    seen = max(seen, 1)
+    return {"train_loss": round(loss_sum / seen, 6), "train_top1": round(100 * correct / seen, 4),
+            "penalty": round(penalty_sum / seen, 8), "images_per_s": round(seen / elapsed, 1),
             "epoch_time_s": round(elapsed, 2)}
 
 

@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Iterator
 
+from .console import is_main_process
 from .errors import NampruneError
 
 
@@ -97,11 +98,16 @@ def run_dir(out: str | os.PathLike, overwrite: bool = False, resume: bool = Fals
     With ``resume`` an interrupted run's staging folder is reused; otherwise a stale one
     is cleared. On success an existing ``out`` (allowed by ``overwrite``) is swapped out
     and removed only after the new result is in place; on failure ``out`` is untouched.
+    Under torchrun only rank 0 creates and commits the folder; the other ranks get its
+    path and must not write (the engine and pipeline write on rank 0 only).
     """
     out = Path(out)
     if not resume:
         check_out_dir(out, overwrite)
     stage = staging_dir(out)
+    if not is_main_process():
+        yield stage
+        return
     if stage.exists() and not resume:
         shutil.rmtree(stage)
     stage.mkdir(parents=True, exist_ok=True)

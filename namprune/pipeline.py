@@ -14,7 +14,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from . import checkpoint, models
+from . import checkpoint, distributed, models
+from .console import is_main_process
 from .data import DataBundle, load_data
 from .engine import TRAIN_STATE, TrainConfig, evaluate, fit, load_train_state, resolve_device, seed_everything
 from .errors import NampruneError
@@ -30,7 +31,8 @@ def train_model(model_name: str, dataset: str, cfg: TrainConfig, out: str | Path
     out = Path(out)
     check_out_dir(out, overwrite)
     device = resolve_device(cfg.device)
-    data = load_data(dataset, data_dir, image_size, cfg.batch_size, device, workers, cfg.seed)
+    data = load_data(dataset, data_dir, image_size, cfg.batch_size, device, workers, cfg.seed,
+                     rank=distributed.rank(), world_size=distributed.world_size())
     seed_everything(cfg.seed)  # the initial weights depend on the seed alone
     model = models.create(model_name, data.info.num_classes, attention, data.info.image_size, data.info.in_channels)
     cfg.extra = {**cfg.extra, "model": model_name, "dataset": dataset, "attention": attention,
@@ -53,8 +55,8 @@ def resume_training(out: str | Path, data_dir=None, device: str = "auto", worker
     cfg = TrainConfig.from_dict(payload["config"])
     if device != "auto":
         cfg.device = device
-    data = compatible_data(payload, data_dir or cfg.extra.get("data_dir"), cfg.batch_size,
-                           resolve_device(cfg.device), cfg.seed, workers)
+    data = compatible_data(payload, data_dir or cfg.extra.get("data_dir"), cfg.batch_size, resolve_device(cfg.device),
+                           cfg.seed, workers, rank=distributed.rank(), world_size=distributed.world_size())
     model = checkpoint.build(payload)
     with run_dir(out, resume=True) as stage:
         summary = fit(model, data, cfg, stage, progress=progress, resume=payload["train_state"])
@@ -72,10 +74,13 @@ def finetune_config(train_config: dict, epochs: int, lr: float | None = None, sp
                    batch_size=batch_size or base.batch_size, seed=base.seed if seed is None else seed)
 
 
-def compatible_data(payload: dict, data_dir, batch_size: int, device, seed: int = 0, workers: int = 2) -> DataBundle:
-    """The dataset a checkpoint was trained on, checked against the checkpoint's channels and classes."""
+def compatible_data(payload: dict, data_dir, batch_size: int, device, seed: int = 0, workers: int = 2,
+                    rank: int = 0, world_size: int = 1) -> DataBundle:
+    """The dataset a checkpoint was trained on, checked against the checkpoint's channels and
+    classes (its training split sharded by ``rank`` of ``world_size`` processes)."""
     info = payload["data"]
-    data = load_data(info["name"], data_dir, info["image_size"], batch_size, device, workers, seed=seed)
+    data = load_data(info["name"], data_dir, info["image_size"], batch_size, device, workers, seed=seed, rank=rank,
+                     world_size=world_size)
     loaded = data.info.as_dict()
     if info["in_channels"] != loaded["in_channels"]:
         raise NampruneError(f"the checkpoint expects {info['in_channels']}-channel images but the data has "
@@ -113,15 +118,19 @@ def prune_checkpoint(ckpt: str | Path, cfg: PruneConfig, out: str | Path, finetu
     ft = finetune_config(payload.get("config", {}), max(finetune_epochs, 1), finetune_lr, finetune_sparsity,
                          device, batch_size)  # also sets the data's batch size when there is no fine-tuning
     device_ = resolve_device(device)
-    data = compatible_data(payload, data_dir, ft.batch_size, device_, ft.seed)
+    data = compatible_data(payload, data_dir, ft.batch_size, device_, ft.seed, rank=distributed.rank(),
+                           world_size=distributed.world_size())
 
     if resuming:  # the pruned model and its measurements were saved before fine-tuning began
         model, measured = checkpoint.build(saved).to(device_), read_json(staging_dir(out) / PRUNED)
     else:
         model = checkpoint.build(payload).to(device_)
+        # under torchrun every rank prunes its own copy: identical weights give identical choices,
+        # and fit wraps the pruned model in a new DDP (which checks that the shapes agree)
         measured = _prune_and_measure(model, cfg, data, device_)
     with run_dir(out, overwrite=overwrite, resume=resuming) as stage:
-        write_json(stage / PRUNED, measured)
+        if is_main_process():
+            write_json(stage / PRUNED, measured)
         finetuned = None
         if finetune_epochs > 0:
             finetuned = _finetune(model, data, replace(ft, epochs=finetune_epochs), stage, progress,
@@ -145,7 +154,8 @@ def finetune_pruned(pruned: str | Path, out: str | Path, epochs: int, lr: float 
         check_out_dir(out, overwrite)
     ft = finetune_config(payload.get("config", {}), epochs, lr, sparsity, device, batch_size)
     device_ = resolve_device(device)
-    data = compatible_data(payload, data_dir, ft.batch_size, device_, ft.seed)
+    data = compatible_data(payload, data_dir, ft.batch_size, device_, ft.seed, rank=distributed.rank(),
+                           world_size=distributed.world_size())
     model = checkpoint.build(saved or payload).to(device_)
     with run_dir(out, overwrite=overwrite, resume=saved is not None) as stage:
         finetuned = _finetune(model, data, ft, stage, progress, saved["train_state"] if saved else None)
@@ -164,6 +174,8 @@ def _finetune(model: nn.Module, data: DataBundle, ft: TrainConfig, stage: Path, 
 
 def _save_pruned(stage: Path, model: nn.Module, data: DataBundle, config: dict, report: dict) -> None:
     """The finished pruned run: model.pt and report.json; the files kept for resuming go."""
+    if not is_main_process():
+        return
     tuned = report["top1_finetuned"] is not None
     metrics = {"top1": report["top1_finetuned" if tuned else "top1_pruned"],
                "top5": report["top5_finetuned" if tuned else "top5_pruned"]}

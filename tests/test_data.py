@@ -101,6 +101,32 @@ def test_image_folder_slice_of_cifar10(cifar_slice):
     assert x.shape == (16, 3, 32, 32) and y.max() <= 2
 
 
+def test_in_memory_image_folder_yields_the_samples_of_torchvision_image_folder(cifar_slice):
+    data = load_data("imagefolder", cifar_slice, batch_size=16, augment=False)
+    for split, loader in (("train", data.train), ("test", data.test)):
+        reference = torchvision.datasets.ImageFolder(str(cifar_slice / split), transform=_normalize(data.info))
+        loader.set_epoch(0)
+        order = list(loader.sampler)  # the training split is shuffled; this is the epoch's order
+        x, y = _all_batches(loader)
+        assert len(x) == (112 if split == "train" else 30)  # 120 training images in 7 full batches of 16
+        for position in range(0, len(x), 5):
+            image, label = reference[order[position]]
+            torch.testing.assert_close(x[position], image, atol=1e-5, rtol=0)
+            assert y[position].item() == label
+
+
+def test_ranks_train_on_disjoint_shards_that_cover_the_split(cifar_slice):
+    labels = torch.tensor(torchvision.datasets.ImageFolder(str(cifar_slice / "train")).targets)
+    orders = []
+    for rank in (0, 1):
+        data = load_data("imagefolder", cifar_slice, batch_size=20, augment=False, seed=5, rank=rank, world_size=2)
+        data.train.set_epoch(0)
+        order = list(data.train.sampler)
+        assert torch.equal(_all_batches(data.train)[1], labels[order])
+        orders.append(set(order))
+    assert not orders[0] & orders[1] and orders[0] | orders[1] == set(range(120))
+
+
 def test_cifar10_name_accepts_the_image_folder_copy(cifar_slice):
     data = load_data("cifar10", cifar_slice, batch_size=16)
     assert data.info.name == "cifar10" and data.info.train_size == 120

@@ -63,7 +63,7 @@ def test_divergence_names_epoch_and_step_and_keeps_the_last_good_checkpoint(tmp_
                 return output * float("nan")
 
     model.fc.register_forward_hook(poison_third_step_of_epoch_two)
-    with pytest.raises(Divergence, match=r"epoch 2, step 3; the last good checkpoint \(epoch 1\) is kept"):
+    with pytest.raises(Divergence, match=r"epoch 2, step 3; lower the learning rate; the last good checkpoint \(epoch 1\) is kept"):
         fit(model, data, TrainConfig(epochs=3, batch_size=32, lr=0.05), tmp_path, progress=False)
     assert checkpoint.read(tmp_path / "model.pt")["metrics"]["epoch"] == 1
     assert Divergence.exit_code == 1

@@ -92,6 +92,24 @@ def test_spatial_nam_works_on_channels_last_input():
     torch.testing.assert_close(nam(x.contiguous(memory_format=torch.channels_last)), nam(x))
 
 
+def test_spatial_nam_gives_the_same_training_step_in_both_memory_layouts():
+    # the two layouts take different views into BatchNorm; outputs, gradients and statistics agree
+    x = torch.randn(4, 5, 6, 7, generator=torch.Generator().manual_seed(3))
+    upstream = torch.linspace(-1, 1, x.numel()).view_as(x)
+    results = []
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        torch.manual_seed(4)
+        nam = SpatialNAM(6, 7).train()
+        _randomize(nam.bn)
+        inp = x.clone(memory_format=fmt).requires_grad_(True)
+        out = nam(inp)
+        out.backward(upstream)
+        results.append([out.detach(), inp.grad, nam.bn.weight.grad, nam.bn.bias.grad, nam.bn.running_mean,
+                        nam.bn.running_var])
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b)
+
+
 def test_spatial_nam_rejects_a_wrong_size_naming_both_sizes():
     nam = SpatialNAM(8, 8)
     with pytest.raises(NampruneError, match=r"expects 8x8 .* received 16x16"):

@@ -19,6 +19,7 @@ try:  # typer >= 0.29 carries its own copy of click
 except ImportError:  # older typer runs on click itself
     from click.exceptions import UsageError
 
+from .. import distributed
 from ..errors import NampruneError
 
 app = typer.Typer(
@@ -74,4 +75,6 @@ def main(argv: list[str] | None = None) -> int:
             raise
         return fail(f"internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
                     "(run again with --debug for the traceback)", 1)
+    finally:
+        distributed.teardown()  # under torchrun: leave the process group cleanly, whatever happened
     return result if isinstance(result, int) else 0

@@ -57,7 +57,10 @@ def train(
     sparsity_targets: Annotated[str, typer.Option("--sparsity-targets", help="nam: NAM BatchNorms only (the paper); bn: every BatchNorm (Network Slimming).")] = "nam",
     seed: Annotated[int, typer.Option("--seed", help="Random seed (weights, data order, augmentation).")] = 0,
     device: Device = "auto",
-    amp: Annotated[str, typer.Option("--amp", help="auto (bf16 on CUDA, off on CPU), bf16, fp16 or off.")] = "auto",
+    amp: Annotated[str, typer.Option("--amp", help="auto (bf16 on CUDA, off on CPU), bf16, fp16 (with loss scaling) or off.")] = "auto",
+    channels_last: Annotated[bool, typer.Option("--channels-last/--no-channels-last", help="Train in the channels-last memory format (NHWC).")] = True,
+    compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the model for training (the first steps wait for the compiler).")] = False,
+    sync_bn: Annotated[bool, typer.Option("--sync-bn", help="Under torchrun on GPUs: BatchNorm statistics over all processes' batches (SyncBatchNorm).")] = False,
     workers: Workers = 2,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder: model.pt, metrics.jsonl, summary.json.")] = Path("runs/train"),
     overwrite: Overwrite = False,
@@ -75,7 +78,8 @@ def train(
         cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, momentum=momentum,
                           weight_decay=weight_decay, schedule=schedule, milestones=_milestones(milestones),
                           lr_decay=lr_decay, warmup_epochs=warmup_epochs, sparsity=sparsity,
-                          sparsity_targets=sparsity_targets, seed=seed, device=device, amp=amp)
+                          sparsity_targets=sparsity_targets, seed=seed, device=device, amp=amp,
+                          channels_last=channels_last, compile=compile_, sync_bn=sync_bn)
         summary = train_model(model, dataset, cfg, out, data_dir=data_dir, image_size=image_size, attention=attention,
                               workers=workers, overwrite=overwrite, progress=not quiet)
     final, extra = summary["final"], summary["config"]["extra"]

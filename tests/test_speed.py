@@ -1,0 +1,57 @@
+"""The engine's fast paths compute what the plain ones do: torch.compile, and the divergence
+check that looks at the device only now and then."""
+
+import pytest
+import torch
+import torch.nn as nn
+from torch._dynamo.utils import counters
+
+import namprune
+from namprune import TrainConfig, checkpoint, fit, load_data, models
+from namprune.engine import Divergence, DivergenceWatch
+from namprune.nam import NAM
+from tiny_data import tiny_digits
+
+
+def _tiny_net() -> nn.Module:
+    """A convolution, a BatchNorm and a full NAM (channel + spatial): small enough to compile quickly."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 6, 3, padding=1, bias=False), nn.BatchNorm2d(6), NAM(6, 16), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 10))
+
+
+def test_compiled_training_matches_eager_training():
+    data = tiny_digits()
+    cfg = dict(epochs=1, batch_size=32, lr=0.05, schedule="constant", device="cpu")
+    eager, compiled = _tiny_net(), _tiny_net()
+    fit(eager, data, TrainConfig(**cfg), progress=False)
+    counters.clear()
+    summary = fit(compiled, data, TrainConfig(**cfg, compile=True), progress=False)
+    assert counters["stats"]["unique_graphs"] >= 1  # dynamo did capture and compile the model
+    assert type(compiled) is nn.Sequential  # trained in place, handed back uncompiled
+    assert summary["final"]["penalty"] > 0
+    for (name, a), b in zip(eager.state_dict().items(), compiled.state_dict().values()):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5, msg=name)  # weights and running statistics
+
+
+def test_divergence_is_reported_at_its_first_step_even_when_checked_later():
+    watch = DivergenceWatch(torch.device("cpu"))
+    for step, loss in enumerate([2.3, 2.1, float("nan"), float("inf"), 1.0]):
+        watch.record(torch.tensor(loss), step)
+    with pytest.raises(Divergence, match=r"the loss is nan at epoch 4, step 3;"):
+        watch.check(epoch=3)
+
+
+def test_a_clean_epoch_passes_the_check():
+    watch = DivergenceWatch(torch.device("cpu"))
+    for step in range(3):
+        watch.record(torch.tensor(1.0 / (step + 1)), step)
+    watch.check(epoch=0)
+
+
+def test_a_compiled_model_saves_as_the_plain_model(tmp_path):
+    model = models.create("resnet20", num_classes=10, attention="nam", input_size=16, in_channels=1)
+    checkpoint.save(tmp_path / "model.pt", torch.compile(model), load_data("digits", batch_size=32).info.as_dict())
+    reloaded = namprune.load(tmp_path)
+    assert reloaded.state_dict().keys() == model.state_dict().keys()  # no "_orig_mod." prefixes
+    torch.testing.assert_close(reloaded.state_dict(), model.state_dict(), rtol=0, atol=0)
