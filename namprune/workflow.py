@@ -16,6 +16,7 @@ where it stopped.
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -73,7 +74,7 @@ def run_recipe(recipe: Recipe, out: str | Path, device: str = "auto", overwrite:
     if root.exists() and _recipe_in(root) not in (None, text):
         if not overwrite:
             raise NampruneError(f"{root} holds an interrupted run of a different recipe; pass --overwrite to discard it")
-        _discard(root)
+        shutil.rmtree(root)
     root.mkdir(parents=True, exist_ok=True)
     write_text(root / "recipe.yaml", text)
     job = Job(recipe, root, device, progress, latency)
@@ -92,12 +93,6 @@ def run_recipe(recipe: Recipe, out: str | Path, device: str = "auto", overwrite:
 def _recipe_in(folder: Path) -> str | None:
     path = folder / "recipe.yaml"
     return path.read_text() if path.is_file() else None
-
-
-def _discard(root: Path) -> None:
-    import shutil
-
-    shutil.rmtree(root)
 
 
 def _train(job: Job) -> None:

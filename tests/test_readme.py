@@ -16,3 +16,19 @@ def test_readme_quick_start_is_two_commands_and_ci_runs_exactly_them():
     position = [ci.index(c) for c in commands]  # each appears verbatim as a line of .ci/run
     assert position == sorted(position)
     assert "python3 -m venv" in "\n".join(ci[: position[0]])  # in a fresh virtual environment
+
+
+def test_the_recipe_reference_lists_every_key_with_its_default():
+    import yaml
+
+    from namprune.recipes import Recipe
+
+    text = (ROOT / "README.md").read_text()
+    block = re.search(r"Recipe reference.*?```yaml\n(.*?)```", text, re.S).group(1)
+    assert yaml.safe_load(block) == Recipe().model_dump(mode="json") | {"prune": {**Recipe().prune.model_dump(), "ratio": None}}
+
+
+def test_every_shipped_recipe_is_in_the_readme():
+    text = (ROOT / "README.md").read_text()
+    for recipe in (ROOT / "recipes").glob("*.yaml"):
+        assert f"`{recipe.stem}`" in text, recipe.stem

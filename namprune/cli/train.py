@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from .. import checkpoint
+from .. import checkpoint, models
 from ..console import console
 from ..data import DATASETS
 from ..engine import TrainConfig, evaluate, resolve_device
@@ -124,7 +124,9 @@ def info(
     summary = {
         "model": arch["name"], "attention": arch["attention"], "input": f"{arch['in_channels']}x{arch['input_size']}x{arch['input_size']}",
         "classes": arch["num_classes"], "dataset": data["name"], "params": count_params(net), "macs": count_macs(net),
-        "pruning_steps": len(payload.get("pruning_history") or []), "metrics": payload.get("metrics", {}),
+        "pruning_steps": len(payload.get("pruning_history") or []),
+        "params_kept": round(count_params(net) / count_params(models.from_spec(arch)), 4),
+        "metrics": payload.get("metrics", {}),
         "namprune_version": payload.get("namprune_version"),
     }
     table = Table(title=str(checkpoint.model_file(ckpt)), show_header=False)
@@ -135,6 +137,8 @@ def info(
             value = ", ".join(f"{k} {v}" for k, v in value.items()) or "-"
         elif key in ("params", "macs"):
             value = f"{value:,} ({value / 1e6:.3f} M)"
+        elif key == "params_kept":
+            value = f"{value:.1%} of the unpruned architecture"
         table.add_row(key, str(value))
     console.print(table)
     if json_out:
