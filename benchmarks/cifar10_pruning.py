@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import platform
 import re
 import tarfile
@@ -30,15 +29,15 @@ import time
 from pathlib import Path
 
 import torch
-
-import namprune
-from namprune import TrainConfig
 import torch.utils.benchmark as benchmark
 
+import namprune
+from namprune import TrainConfig, checkpoint, evaluate
 from namprune.export import export_checkpoint, run_onnx, session
 from namprune.files import read_json, write_json, write_text
-from namprune.pipeline import prune_checkpoint, train_model
-from namprune.pruning import PruneConfig
+from namprune.pipeline import compatible_data, prune_checkpoint, train_model
+from namprune.pruning import PruneConfig, prune
+from namprune.saliency import NORMALIZATIONS
 
 ROOT = Path(__file__).resolve().parents[1]
 # base training of each method: (attention, sparsity targets or None for no penalty)
@@ -68,6 +67,7 @@ def main() -> None:
     trainings = sorted({METHODS[m][0] for m in methods})
     for name in trainings:
         train(name, data_dir, args)
+    normalizations = compare_normalizations(data_dir, args, [t for t in trainings if TRAININGS[t][1]])
     results = [prune_and_measure(m, data_dir, args) for m in methods]
     bases = {name: base_figures(name, data_dir, args) for name in trainings}
     # onnxruntime latency of every file, timed side by side in interleaved rounds (one run, one machine state)
@@ -78,10 +78,11 @@ def main() -> None:
         bases[name]["ort_ms"] = latency[f"train-{name}"]
     for r in results:
         r["ort_ms"] = latency[f"prune-{r['method']}"]
-    table = markdown(results, bases, args, time.time() - started)
+    table = markdown(results, bases, args, time.time() - started) + normalization_markdown(normalizations, args)
     print(table)
     out = ROOT / "benchmarks" / "results"
-    write_json(out / "cifar10_pruning.json", {"results": results, "bases": bases, "args": vars(args) | {
+    write_json(out / "cifar10_pruning.json", {"results": results, "bases": bases, "normalizations": normalizations,
+                                              "args": vars(args) | {
         "archive": str(args.archive), "work": str(args.work)}})
     write_text(out / "cifar10_pruning.md", table)
     if not args.no_update:
@@ -135,6 +136,37 @@ def base_figures(training: str, data_dir: Path, args) -> dict:
     summary = read_json(run / "summary.json")
     return {"top1": summary["final"]["test_top1"], "ort_ms": exported(run, data_dir)["latency_ms"]["onnxruntime"],
             "train_time_s": summary["train_time_s"]}
+
+
+def compare_normalizations(data_dir: Path, args, trainings: list[str]) -> list[dict]:
+    """Top-1 right after pruning to the MACs target, for every ranking normalization."""
+    rows = []
+    for training in trainings:
+        run = args.work / f"train-{training}"
+        payload = checkpoint.read(run)
+        data = compatible_data(payload, data_dir, 500, "cpu")
+        importance = "slim" if training == "slim" else "nam"
+        for normalization in NORMALIZATIONS:
+            model = checkpoint.build(payload).eval()
+            prune(model, PruneConfig(ratio=None, target_macs=args.target_macs, importance=importance,
+                                     normalization=normalization))
+            rows.append({"training": training, "importance": importance, "normalization": normalization,
+                         "top1_pruned": evaluate(model, data.test)["top1"]})
+            print(rows[-1], flush=True)
+    return rows
+
+
+def normalization_markdown(rows: list[dict], args) -> str:
+    if not rows:
+        return ""
+    lines = ["", f"Ranking normalization on the same models: top-1 right after pruning to {args.target_macs:.0%} of the "
+             "MACs (no fine-tuning), by normalization:", "",
+             "| training | importance | " + " | ".join(NORMALIZATIONS) + " |", "|---|---|" + "---:|" * len(NORMALIZATIONS)]
+    for training in dict.fromkeys(r["training"] for r in rows):
+        mine = {r["normalization"]: r for r in rows if r["training"] == training}
+        lines.append(f"| {training} | {next(iter(mine.values()))['importance']} | "
+                     + " | ".join(f"{mine[n]['top1_pruned']:.2f}" for n in NORMALIZATIONS) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def side_by_side(files: dict[str, Path], rounds: int = 7, min_run_time: float = 0.2) -> dict[str, dict[str, float]]:

@@ -1,7 +1,7 @@
 """Pictures (PNG, matplotlib's Agg canvas, written atomically):
 
 * ``plot_ranking``: the sparsity-readiness view of ``namprune rank``: the distribution of
-  normalized gamma in every channel group, the near-zero share of each, and a heatmap of
+  saliency (|gamma| relative to the group mean) in every channel group, the near-zero share of each, and a heatmap of
   normalized lambda for every SpatialNAM;
 * ``plot_layer_widths``: each layer's width before and after pruning, for one or more runs;
 * ``plot_pareto``: top-1 against MACs and against measured latency, the Pareto front marked.
@@ -78,7 +78,7 @@ def plot_ranking(ranking: Ranking, path: str | os.PathLike, title: str = "") -> 
     pixels = ranking.pixels
     rows = math.ceil(len(pixels) / MAPS_PER_ROW) if pixels else 0
     fig = _figure(_width_for(len(ranking.groups)), 7.5 + 1.6 * rows)
-    fig.suptitle(title or f"channel saliency ({ranking.importance}, {ranking.normalization}-normalized)", fontsize=12)
+    fig.suptitle(title or f"channel saliency ({ranking.importance} importance, normalization {ranking.normalization})", fontsize=12)
     if pixels:
         top, bottom = fig.subfigures(2, 1, height_ratios=[7.5, 1.6 * rows + 0.6])
         _channel_panels(top, ranking)
@@ -106,7 +106,7 @@ def _channel_panels(fig, ranking: Ranking) -> None:
                  label=f"near zero (< {NEAR_ZERO:g} x the group's mean)")
     dist.axhline(1.0, color=BASE_COLOR, linestyle=":", linewidth=1, label="group mean")
     dist.set_ylabel(f"score / group mean (log; < {LOG_FLOOR:g} drawn at {LOG_FLOOR:g})")
-    dist.set_title(f"normalized |gamma| per channel group: {ranking.channels} channels, {len(names)} groups, "
+    dist.set_title(f"|gamma| / group mean per channel group: {ranking.channels} channels, {len(names)} groups, "
                    f"{ranking.near_zero():.0%} near zero", fontsize=10)
     dist.legend(loc="upper center", ncols=2, fontsize=8)
     dist.grid(axis="y", alpha=0.3)

@@ -17,7 +17,7 @@ import torch.nn as nn
 
 from .errors import NampruneError
 from .graph import dependency_graph
-from .saliency import GroupSaliency, make_importance, score_groups
+from .saliency import DEFAULT_NORMALIZATION, GroupSaliency, make_importance, score_groups
 
 # --------------------------------------------------------------------------- policy
 
@@ -33,7 +33,7 @@ class PruneConfig:
     target_macs: float | None = None
     scope: str = "global"
     importance: str = "nam"
-    normalization: str = "mean"
+    normalization: str = DEFAULT_NORMALIZATION
     round_to: int | None = None
     max_layer_ratio: float = 0.9
     seed: int = 0

@@ -21,7 +21,7 @@ from .engine import AMP_MODES, OPTIMIZERS, SCHEDULES, TrainConfig
 from .errors import NampruneError
 from .nam import ATTENTIONS
 from .pruning import SCOPES, PruneConfig
-from .saliency import IMPORTANCES, NORMALIZATIONS
+from .saliency import DEFAULT_NORMALIZATION, IMPORTANCES, NORMALIZATIONS
 from .sparsity import DEFAULT_STRENGTH, TARGETS
 
 
@@ -78,7 +78,7 @@ class PruneSection(Section):
     target_macs: Optional[float] = Field(None, gt=0, lt=1)
     scope: _choice(SCOPES) = "global"
     importance: _choice(IMPORTANCES) = "nam"
-    normalization: _choice(NORMALIZATIONS) = "mean"
+    normalization: _choice(NORMALIZATIONS) = DEFAULT_NORMALIZATION
     round_to: Optional[int] = Field(None, ge=1)
     max_layer_ratio: float = Field(0.9, gt=0, lt=1)
     seed: int = 0

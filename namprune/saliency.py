@@ -3,16 +3,18 @@ every SpatialNAM, and how ready a model is to be pruned.
 
 A *group* is a set of channels torch-pruning must remove together (a convolution's
 filters plus the BatchNorm, NAM and input slices that depend on them; a whole residual
-stream). A group's saliency comes from its NAM BatchNorm(s) where it has any: NAM's
-normalized weight ``w = |gamma| / sum |gamma|``. A group without NAM falls back to its
-BatchNorm ``|gamma|`` (Network Slimming).
+stream). A group's saliency comes from the scale factors ``|gamma|`` of its NAM
+BatchNorm(s) where it has any, else from those of its plain BatchNorms (Network Slimming);
+the scores of several layers of one group are averaged.
 
-Global ranking compares channels of layers of different width, so scores are normalized
-per group; the default, ``mean``, divides by the group's mean (for NAM this is
-``C * w = |gamma| / mean |gamma|``, which is 1 for a layer whose channels all matter
-equally whatever its width). BENCHMARKS.md compares it with ``sum`` (NAM's ``w`` as is,
-which favours pruning wide layers), ``max`` and ``none`` (raw values, as in Network
-Slimming's global threshold).
+Global ranking compares channels of layers of different width, and the normalization
+decides how. ``sum`` gives NAM's own weight ``w = |gamma| / sum |gamma|`` (which favours
+pruning wide layers), ``mean`` gives ``C * w = |gamma| / mean |gamma|`` (1 for a channel as
+important as its layer's average), ``max`` divides by the layer's largest, and ``none``
+(the default) compares the raw scale factors, as Network Slimming's global threshold does.
+Within a layer all four rank alike. Across layers ``none`` measured best by far once the
+sparsity penalty has put every scale factor on one scale (BENCHMARKS.md, "Ranking
+normalization"): dividing by a layer's own statistics hides that a whole layer is near zero.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ from .errors import NampruneError
 from .graph import dependency_graph, prunable_groups
 from .nam import ChannelNAM, SpatialNAM
 
-NORMALIZATIONS = ("mean", "sum", "max", "none")
+NORMALIZATIONS = ("none", "mean", "sum", "max")
+DEFAULT_NORMALIZATION = "none"
 IMPORTANCES = ("nam", "slim", "l1", "random")
 # A channel whose normalized saliency is below this fraction of its group's mean counts as "near zero".
 NEAR_ZERO = 0.05
@@ -40,10 +43,10 @@ def _normalizer(how: str):
 
 
 class NAMImportance(tp.importance.GroupMagnitudeImportance):
-    """torch-pruning importance from NAM's normalized gamma, |gamma| of plain BatchNorms where a
-    group has no NAM; layer scores of one group are averaged, then normalized."""
+    """torch-pruning importance from the |gamma| of a group's NAM BatchNorms (of its plain
+    BatchNorms where it has no NAM); layer scores of one group are averaged, then normalized."""
 
-    def __init__(self, normalization: str = "mean"):
+    def __init__(self, normalization: str = DEFAULT_NORMALIZATION):
         super().__init__(p=1, group_reduction="mean", normalizer=_normalizer(normalization))
 
     @torch.no_grad()
@@ -52,7 +55,7 @@ class NAMImportance(tp.importance.GroupMagnitudeImportance):
         for item in group:
             layer, fn = item.dep.target.module, item.dep.handler
             if isinstance(layer, ChannelNAM):
-                nam[0].append(layer.saliency()[item.idxs])
+                nam[0].append(layer.bn.weight.detach().abs()[item.idxs])
                 nam[1].append(item.root_idxs)
             elif isinstance(layer, nn.modules.batchnorm._BatchNorm) and fn == tp.prune_batchnorm_out_channels and layer.affine:
                 plain[0].append(layer.weight.detach().abs()[item.idxs])
@@ -73,8 +76,8 @@ class SeededRandomImportance(tp.importance.Importance):
         return torch.rand(len(group[0].idxs), generator=self.generator)
 
 
-def make_importance(name: str = "nam", normalization: str = "mean", seed: int = 0) -> tp.importance.Importance:
-    """``nam``: NAM normalized gamma; ``slim``: BatchNorm |gamma|; ``l1``: filter L1 norm; ``random``."""
+def make_importance(name: str = "nam", normalization: str = DEFAULT_NORMALIZATION, seed: int = 0) -> tp.importance.Importance:
+    """``nam``: |gamma| of NAM BatchNorms; ``slim``: |gamma| of every BatchNorm; ``l1``: filter L1 norm; ``random``."""
     if name == "nam":
         return NAMImportance(normalization)
     if name == "slim":
@@ -188,7 +191,7 @@ class Ranking:
         }
 
 
-def rank_model(model: nn.Module, importance: str = "nam", normalization: str = "mean", seed: int = 0) -> Ranking:
+def rank_model(model: nn.Module, importance: str = "nam", normalization: str = DEFAULT_NORMALIZATION, seed: int = 0) -> Ranking:
     """Rank every channel group and every SpatialNAM's pixels of ``model``."""
     scored = score_groups(model, dependency_graph(model), make_importance(importance, normalization, seed))
     return Ranking(importance, normalization, [s for _, s in scored], pixel_saliency(model))

@@ -14,13 +14,13 @@ from ..files import write_json
 from ..pipeline import prune_checkpoint
 from ..plots import plot_ranking
 from ..pruning import PruneConfig
-from ..saliency import IMPORTANCES, NEAR_ZERO, NORMALIZATIONS, rank_model
+from ..saliency import DEFAULT_NORMALIZATION, IMPORTANCES, NEAR_ZERO, rank_model
 from .app import DataDir, Device, JsonOut, Overwrite, Quiet, app
 
 Importance = Annotated[str, typer.Option("--importance", help=f"How channels are ranked: {', '.join(IMPORTANCES)} "
-                                         "(nam: NAM normalized gamma, BatchNorm gamma where a group has no NAM).")]
-Normalization = Annotated[str, typer.Option("--normalization", help="How scores are made comparable across layers: mean "
-                                            "(default), sum (NAM's w as is), max, none.")]
+                                         "(nam: |gamma| of the NAM BatchNorms, of the plain BatchNorms where a group has no NAM).")]
+Normalization = Annotated[str, typer.Option("--normalization", help="How scores of layers of different width are compared: "
+                                            "none (raw scale factors, the default; measured best), mean, sum (NAM's w as is), max.")]
 Scope = Annotated[str, typer.Option("--scope", help="global: rank all channels together; local: remove the same fraction of every layer.")]
 RoundTo = Annotated[Optional[int], typer.Option("--round-to", min=1, help="Keep channel counts that are multiples of N (hardware-friendly widths).")]
 MaxLayerRatio = Annotated[float, typer.Option("--max-layer-ratio", help="No layer loses more than this fraction of its channels.")]
@@ -34,16 +34,16 @@ Seed = Annotated[int, typer.Option("--seed", help="Seed of the random importance
 def rank(
     ckpt: Annotated[Path, typer.Argument(help="A run folder or its model.pt.")],
     importance: Importance = "nam",
-    normalization: Normalization = "mean",
+    normalization: Normalization = DEFAULT_NORMALIZATION,
     top: Annotated[int, typer.Option("--top", min=0, help="Also list the K channels ranked lowest (pruned first).")] = 10,
     json_out: JsonOut = None,
-    plot: Annotated[Optional[Path], typer.Option("--plot", help="Also draw each group's normalized-gamma distribution "
+    plot: Annotated[Optional[Path], typer.Option("--plot", help="Also draw each group's saliency distribution "
                                                  "and every SpatialNAM's pixel map to this PNG.")] = None,
 ) -> None:
     """Rank channels and pixels by their learned NAM weights; show how ready the model is to prune."""
     model = checkpoint.load(ckpt)
     ranking = rank_model(model, importance, normalization)
-    table = Table(title=f"channel saliency of {checkpoint.model_file(ckpt)} ({importance}, {normalization}-normalized)")
+    table = Table(title=f"channel saliency of {checkpoint.model_file(ckpt)} ({importance} importance, normalization {normalization})")
     for column, justify in [("group (first layer)", "left"), ("layers", "right"), ("width", "right"), ("from", "left"),
                             ("near zero", "right"), ("min", "right"), ("median", "right"), ("max", "right")]:
         table.add_column(column, justify=justify)
@@ -72,8 +72,8 @@ def rank(
     if json_out:
         write_json(json_out, ranking.to_dict())
     if plot:
-        plot_ranking(ranking, plot, title=f"channel saliency of {checkpoint.model_file(ckpt)} ({importance}, "
-                                          f"{normalization}-normalized)")
+        plot_ranking(ranking, plot, title=f"channel saliency of {checkpoint.model_file(ckpt)} ({importance} "
+                                          f"importance, normalization {normalization})")
 
 
 @app.command()
@@ -83,7 +83,7 @@ def prune(
     target_macs: Annotated[Optional[float], typer.Option("--target-macs", help="Instead of --ratio: fraction of the MACs to keep, in (0, 1), met within 2 %.")] = None,
     scope: Scope = "global",
     importance: Importance = "nam",
-    normalization: Normalization = "mean",
+    normalization: Normalization = DEFAULT_NORMALIZATION,
     round_to: RoundTo = None,
     max_layer_ratio: MaxLayerRatio = 0.9,
     finetune_epochs: FinetuneEpochs = 0,

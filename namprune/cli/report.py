@@ -17,6 +17,7 @@ from ..plots import plot_layer_widths, plot_pareto
 from ..pruning import PruneConfig
 from ..report import check_outputs, compare, csv_text, fronts, markdown, print_table
 from ..runs import expand, find_base
+from ..saliency import DEFAULT_NORMALIZATION
 from ..sweep import run_sweep, sweep_configs
 from .app import DataDir, Device, JsonOut, Overwrite, Quiet, app
 from .prune import FinetuneBatch, FinetuneEpochs, FinetuneLr, Importance, MaxLayerRatio, Normalization, RoundTo, Scope, Seed
@@ -106,7 +107,7 @@ def sweep(
     batch_size: FinetuneBatch = None,
     scope: Scope = "global",
     importance: Importance = "nam",
-    normalization: Normalization = "mean",
+    normalization: Normalization = DEFAULT_NORMALIZATION,
     round_to: RoundTo = None,
     max_layer_ratio: MaxLayerRatio = 0.9,
     seed: Seed = 0,
