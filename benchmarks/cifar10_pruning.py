@@ -39,6 +39,8 @@ from namprune.pipeline import compatible_data, prune_checkpoint, train_model
 from namprune.pruning import PruneConfig, prune
 from namprune.saliency import NORMALIZATIONS
 
+COMPARED = [n for n in NORMALIZATIONS if n != "auto"]  # auto is one of these, chosen per importance
+
 ROOT = Path(__file__).resolve().parents[1]
 # base training of each method: (attention, sparsity targets or None for no penalty)
 TRAININGS = {"nam": ("nam", "nam"), "nam-bn": ("nam", "bn"), "slim": ("none", "bn"), "plain": ("none", None)}
@@ -146,7 +148,7 @@ def compare_normalizations(data_dir: Path, args, trainings: list[str]) -> list[d
         payload = checkpoint.read(run)
         data = compatible_data(payload, data_dir, 500, "cpu")
         importance = "slim" if training == "slim" else "nam"
-        for normalization in NORMALIZATIONS:
+        for normalization in COMPARED:
             model = checkpoint.build(payload).eval()
             prune(model, PruneConfig(ratio=None, target_macs=args.target_macs, importance=importance,
                                      normalization=normalization))
@@ -161,11 +163,11 @@ def normalization_markdown(rows: list[dict], args) -> str:
         return ""
     lines = ["", f"Ranking normalization on the same models: top-1 right after pruning to {args.target_macs:.0%} of the "
              "MACs (no fine-tuning), by normalization:", "",
-             "| training | importance | " + " | ".join(NORMALIZATIONS) + " |", "|---|---|" + "---:|" * len(NORMALIZATIONS)]
+             "| training | importance | " + " | ".join(COMPARED) + " |", "|---|---|" + "---:|" * len(COMPARED)]
     for training in dict.fromkeys(r["training"] for r in rows):
         mine = {r["normalization"]: r for r in rows if r["training"] == training}
         lines.append(f"| {training} | {next(iter(mine.values()))['importance']} | "
-                     + " | ".join(f"{mine[n]['top1_pruned']:.2f}" for n in NORMALIZATIONS) + " |")
+                     + " | ".join(f"{mine[n]['top1_pruned']:.2f}" for n in COMPARED) + " |")
     return "\n".join(lines) + "\n"
 
 

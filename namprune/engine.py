@@ -334,6 +334,8 @@ def train_one_epoch(model, loader, optimizer, scaler, penalty, cfg, device, dtyp
 
 
 def _progress_bar(enabled: bool) -> Progress:
+    # In a log file or a pipe a bar cannot redraw; the one line per epoch says enough there.
+    enabled = enabled and (err_console.is_terminal or err_console.is_jupyter)
     return Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
         TextColumn("loss {task.fields[loss]:.3f}  acc {task.fields[acc]:.1f}%  {task.fields[ips]:.0f} img/s"),

@@ -22,6 +22,7 @@ from .errors import NampruneError
 from .files import check_out_dir, read_json, run_dir, staging_dir, write_json
 from .measure import count_macs, count_params
 from .pruning import PruneConfig, prune
+from .saliency import resolve_normalization
 
 
 def train_model(model_name: str, dataset: str, cfg: TrainConfig, out: str | Path, data_dir=None,
@@ -206,7 +207,7 @@ def _report(ckpt, out, payload, cfg, measured, finetuned, finetune_epochs, start
         "source_relative": os.path.relpath(source, Path(out).resolve()),
         "model": payload["arch"]["name"], "attention": payload["arch"]["attention"], "dataset": payload["data"]["name"],
         "ratio": round(measured["ratio"], 4), "requested_ratio": cfg.ratio, "target_macs": cfg.target_macs,
-        "importance": cfg.importance, "scope": cfg.scope, "normalization": cfg.normalization,
+        "importance": cfg.importance, "scope": cfg.scope, "normalization": resolve_normalization(cfg.importance, cfg.normalization),
         "round_to": cfg.round_to, "max_layer_ratio": cfg.max_layer_ratio,
         "channels_before": measured["channels_before"], "channels_after": measured["channels_after"],
         "params_before": before["params"], "params_after": after["params"],

@@ -1,8 +1,8 @@
 """Pictures (PNG, matplotlib's Agg canvas, written atomically):
 
 * ``plot_ranking``: the sparsity-readiness view of ``namprune rank``: the distribution of
-  saliency (|gamma| relative to the group mean) in every channel group, the near-zero share of each, and a heatmap of
-  normalized lambda for every SpatialNAM;
+  saliency (relative to the model's mean score) in every channel group, the near-zero
+  share of each, and a heatmap of normalized lambda for every SpatialNAM;
 * ``plot_layer_widths``: each layer's width before and after pruning, for one or more runs;
 * ``plot_pareto``: top-1 against MACs and against measured latency, the Pareto front marked.
 
@@ -92,8 +92,9 @@ def _channel_panels(fig, ranking: Ranking) -> None:
     groups = sorted(ranking.groups, key=lambda g: _natural(g.name))  # model order, not the graph's
     names = [g.name + (f" (+{len(g.layers) - 1})" if len(g.layers) > 1 else "") for g in groups]
     dist, share = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1])
-    # Relative to the group's mean, so the near-zero line means the same for every normalization.
-    values = [np.clip((g.scores / g.scores.mean().clamp_min(1e-12)).numpy(), LOG_FLOOR, None) for g in groups]
+    # Relative to the model's mean score, so the near-zero line means the same for every normalization.
+    reference = ranking.reference
+    values = [np.clip((g.scores / reference).numpy(), LOG_FLOOR, None) for g in groups]
     dist.boxplot(values, positions=range(len(values)), widths=0.6, whis=(0, 100), showfliers=False,
                  medianprops={"color": FRONT_COLOR})
     jitter = np.random.default_rng(0)
@@ -103,14 +104,14 @@ def _channel_panels(fig, ranking: Ranking) -> None:
     # One scale for every model, with a decade of headroom for the legend above the dots.
     dist.set_ylim(LOG_FLOOR / 2, max(2.0, max(float(v.max()) for v in values)) * 10)
     dist.axhline(NEAR_ZERO, color=FRONT_COLOR, linestyle="--", linewidth=1,
-                 label=f"near zero (< {NEAR_ZERO:g} x the group's mean)")
-    dist.axhline(1.0, color=BASE_COLOR, linestyle=":", linewidth=1, label="group mean")
-    dist.set_ylabel(f"score / group mean (log; < {LOG_FLOOR:g} drawn at {LOG_FLOOR:g})")
-    dist.set_title(f"|gamma| / group mean per channel group: {ranking.channels} channels, {len(names)} groups, "
+                 label=f"near zero (< {NEAR_ZERO:g} x the model's mean)")
+    dist.axhline(1.0, color=BASE_COLOR, linestyle=":", linewidth=1, label="model mean")
+    dist.set_ylabel(f"score / model mean (log; < {LOG_FLOOR:g} drawn at {LOG_FLOOR:g})")
+    dist.set_title(f"saliency per channel group: {ranking.channels} channels, {len(names)} groups, "
                    f"{ranking.near_zero():.0%} near zero", fontsize=10)
     dist.legend(loc="upper center", ncols=2, fontsize=8)
     dist.grid(axis="y", alpha=0.3)
-    share.bar(range(len(names)), [100 * g.near_zero() for g in groups], color=FRONT_COLOR, alpha=0.8)
+    share.bar(range(len(names)), [100 * g.near_zero(reference) for g in groups], color=FRONT_COLOR, alpha=0.8)
     share.set_ylim(0, 100)
     share.set_ylabel("near zero (%)")
     share.set_xlabel("channel group (its first layer; +N: other layers sharing its channels)")

@@ -145,7 +145,7 @@ def prune_ratio(model: nn.Module, cfg: PruneConfig, ratio: float) -> PruneResult
 
 
 def prune(model: nn.Module, cfg: PruneConfig) -> PruneResult:
-    """Prune in place by ``cfg.ratio``, or to keep ``cfg.target_macs`` of the MACs (within 2 %)."""
+    """Prune in place by ``cfg.ratio``, or to keep ``cfg.target_macs`` of the MACs (within 2 % of them)."""
     cfg.validate()
     if cfg.target_macs is None:
         return prune_ratio(model, cfg, cfg.ratio)
@@ -153,7 +153,10 @@ def prune(model: nn.Module, cfg: PruneConfig) -> PruneResult:
 
 
 def ratio_for_macs(model: nn.Module, cfg: PruneConfig, tolerance: float = 0.02, steps: int = 20) -> float:
-    """Bisect the channel ratio whose pruned copy keeps ``cfg.target_macs`` of the MACs.
+    """Bisect the channel ratio whose pruned copy keeps ``cfg.target_macs`` of the MACs, to
+    within ``tolerance`` of the unpruned MACs (one channel of a residual stream can weigh
+    over 1 % of a small network's MACs, so a tolerance relative to the target could be
+    unreachable).
 
     MACs fall monotonically as the ratio grows; each trial prunes a copy of the model.
     Raises when the target lies beyond what the layer floors allow.
@@ -170,19 +173,20 @@ def ratio_for_macs(model: nn.Module, cfg: PruneConfig, tolerance: float = 0.02, 
 
     high = 0.999
     least = kept(high)
-    if least > target * (1 + tolerance):
+    if least > target + tolerance:
         raise NampruneError(f"--target-macs {target} cannot be reached: pruning as far as --max-layer-ratio "
                             f"{cfg.max_layer_ratio} allows keeps {least:.3f} of the MACs")
     low, best = 0.0, (high, least)
     for _ in range(steps):
         mid = (low + high) / 2
         fraction = kept(mid)
-        if abs(fraction / target - 1) < abs(best[1] / target - 1):
+        if abs(fraction - target) < abs(best[1] - target):
             best = (mid, fraction)
-        if abs(fraction / target - 1) <= tolerance / 2:
+        if abs(fraction - target) <= tolerance / 4:
             break
         low, high = (mid, high) if fraction > target else (low, mid)
-    if abs(best[1] / target - 1) > tolerance:
-        raise NampruneError(f"--target-macs {target} cannot be met within {tolerance:.0%}: the closest keeps "
-                            f"{best[1]:.3f} of the MACs (channel steps are too coarse; try --round-to 1)")
+    if abs(best[1] - target) > tolerance:
+        hint = "; a smaller --round-to makes finer steps" if cfg.round_to and cfg.round_to > 1 else ""
+        raise NampruneError(f"--target-macs {target} cannot be met within {tolerance:.0%} of the MACs: the closest "
+                            f"keeps {best[1]:.3f} of them (the channel steps are too coarse{hint})")
     return best[0]

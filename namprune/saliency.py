@@ -3,18 +3,17 @@ every SpatialNAM, and how ready a model is to be pruned.
 
 A *group* is a set of channels torch-pruning must remove together (a convolution's
 filters plus the BatchNorm, NAM and input slices that depend on them; a whole residual
-stream). A group's saliency comes from the scale factors ``|gamma|`` of its NAM
-BatchNorm(s) where it has any, else from those of its plain BatchNorms (Network Slimming);
-the scores of several layers of one group are averaged.
+stream). A group's saliency comes from NAM's normalized weight ``w = |gamma| / sum |gamma|``
+of its NAM BatchNorm(s) where it has any, else from the ``|gamma|`` of its plain BatchNorms
+(Network Slimming); the scores of several layers of one group are averaged.
 
 Global ranking compares channels of layers of different width, and the normalization
-decides how. ``sum`` gives NAM's own weight ``w = |gamma| / sum |gamma|`` (which favours
-pruning wide layers), ``mean`` gives ``C * w = |gamma| / mean |gamma|`` (1 for a channel as
-important as its layer's average), ``max`` divides by the layer's largest, and ``none``
-(the default) compares the raw scale factors, as Network Slimming's global threshold does.
-Within a layer all four rank alike. Across layers ``none`` measured best by far once the
-sparsity penalty has put every scale factor on one scale (BENCHMARKS.md, "Ranking
-normalization"): dividing by a layer's own statistics hides that a whole layer is near zero.
+decides how: ``none`` compares the scores as they are, ``mean`` divides each group's by
+their mean, ``sum`` by their sum, ``max`` by their largest. Within a group all rank alike.
+``auto`` (the default) picks the one measured best for the importance (BENCHMARKS.md,
+"Ranking normalization"): ``none`` for ``nam`` and ``slim``, ``sum`` for ``l1``.
+Dividing NAM's or Network Slimming's scores by a group's own statistics hides that the
+sparsity penalty drove a whole layer toward zero.
 """
 
 from __future__ import annotations
@@ -29,24 +28,33 @@ from .errors import NampruneError
 from .graph import dependency_graph, prunable_groups
 from .nam import ChannelNAM, SpatialNAM
 
-NORMALIZATIONS = ("none", "mean", "sum", "max")
-DEFAULT_NORMALIZATION = "none"
+NORMALIZATIONS = ("auto", "none", "mean", "sum", "max")
+DEFAULT_NORMALIZATION = "auto"
+# What "auto" means for each importance: the normalization measured best for it
+# (BENCHMARKS.md, "Ranking normalization").
+AUTO_NORMALIZATION = {"nam": "none", "slim": "none", "l1": "sum", "random": "none"}
 IMPORTANCES = ("nam", "slim", "l1", "random")
-# A channel whose normalized saliency is below this fraction of its group's mean counts as "near zero".
+# A channel whose score is below this fraction of the model's mean score counts as "near zero".
 NEAR_ZERO = 0.05
 
 
+def resolve_normalization(importance: str, normalization: str) -> str:
+    """The normalization ``auto`` stands for with this importance; any other name as is."""
+    if normalization not in NORMALIZATIONS:
+        raise NampruneError(f"unknown normalization {normalization!r}; choose one of {', '.join(NORMALIZATIONS)}")
+    return AUTO_NORMALIZATION.get(importance, "none") if normalization == "auto" else normalization
+
+
 def _normalizer(how: str):
-    if how not in NORMALIZATIONS:
-        raise NampruneError(f"unknown normalization {how!r}; choose one of {', '.join(NORMALIZATIONS)}")
     return None if how == "none" else how
 
 
 class NAMImportance(tp.importance.GroupMagnitudeImportance):
-    """torch-pruning importance from the |gamma| of a group's NAM BatchNorms (of its plain
-    BatchNorms where it has no NAM); layer scores of one group are averaged, then normalized."""
+    """torch-pruning importance from NAM's normalized weight ``w = |gamma| / sum |gamma|`` of a
+    group's NAM BatchNorms (the |gamma| of its plain BatchNorms where it has no NAM); layer
+    scores of one group are averaged, then normalized."""
 
-    def __init__(self, normalization: str = DEFAULT_NORMALIZATION):
+    def __init__(self, normalization: str = "none"):
         super().__init__(p=1, group_reduction="mean", normalizer=_normalizer(normalization))
 
     @torch.no_grad()
@@ -55,7 +63,7 @@ class NAMImportance(tp.importance.GroupMagnitudeImportance):
         for item in group:
             layer, fn = item.dep.target.module, item.dep.handler
             if isinstance(layer, ChannelNAM):
-                nam[0].append(layer.bn.weight.detach().abs()[item.idxs])
+                nam[0].append(layer.saliency()[item.idxs])
                 nam[1].append(item.root_idxs)
             elif isinstance(layer, nn.modules.batchnorm._BatchNorm) and fn == tp.prune_batchnorm_out_channels and layer.affine:
                 plain[0].append(layer.weight.detach().abs()[item.idxs])
@@ -77,16 +85,17 @@ class SeededRandomImportance(tp.importance.Importance):
 
 
 def make_importance(name: str = "nam", normalization: str = DEFAULT_NORMALIZATION, seed: int = 0) -> tp.importance.Importance:
-    """``nam``: |gamma| of NAM BatchNorms; ``slim``: |gamma| of every BatchNorm; ``l1``: filter L1 norm; ``random``."""
+    """``nam``: NAM's normalized weight; ``slim``: |gamma| of every BatchNorm; ``l1``: filter L1 norm; ``random``."""
+    if name not in IMPORTANCES:
+        raise NampruneError(f"unknown importance {name!r}; choose one of {', '.join(IMPORTANCES)}")
+    normalization = resolve_normalization(name, normalization)
     if name == "nam":
         return NAMImportance(normalization)
     if name == "slim":
         return tp.importance.BNScaleImportance(normalizer=_normalizer(normalization))
     if name == "l1":
         return tp.importance.MagnitudeImportance(p=1, group_reduction="mean", normalizer=_normalizer(normalization))
-    if name == "random":
-        return SeededRandomImportance(seed)
-    raise NampruneError(f"unknown importance {name!r}; choose one of {', '.join(IMPORTANCES)}")
+    return SeededRandomImportance(seed)
 
 
 @dataclass
@@ -102,10 +111,9 @@ class GroupSaliency:
     def width(self) -> int:
         return len(self.scores)
 
-    def near_zero(self) -> float:
-        """Fraction of channels whose score is under NEAR_ZERO of the group's mean."""
-        mean = self.scores.mean().clamp_min(1e-12)
-        return float((self.scores / mean < NEAR_ZERO).float().mean())
+    def near_zero(self, reference: float) -> float:
+        """Fraction of channels whose score is under NEAR_ZERO x ``reference`` (the model's mean score)."""
+        return float((self.scores < NEAR_ZERO * reference).float().mean())
 
 
 def group_source(group, importance: tp.importance.Importance) -> str:
@@ -168,8 +176,14 @@ class Ranking:
     def channels(self) -> int:
         return sum(g.width for g in self.groups)
 
+    @property
+    def reference(self) -> float:
+        """The mean score over every channel of the model: "near zero" is relative to it, so a
+        group whose scale factors all collapsed counts as near zero as a whole."""
+        return max(float(torch.cat([g.scores for g in self.groups]).mean()), 1e-12) if self.groups else 1.0
+
     def near_zero(self) -> float:
-        return sum(g.near_zero() * g.width for g in self.groups) / max(1, self.channels)
+        return sum(g.near_zero(self.reference) * g.width for g in self.groups) / max(1, self.channels)
 
     def largest_safe_ratio(self) -> float:
         return largest_safe_ratio(self.groups)
@@ -185,7 +199,7 @@ class Ranking:
             "near_zero": round(self.near_zero(), 4), "near_zero_threshold": NEAR_ZERO,
             "largest_safe_ratio": round(self.largest_safe_ratio(), 4),
             "groups": [{"name": g.name, "layers": g.layers, "width": g.width, "source": g.source,
-                        "near_zero": round(g.near_zero(), 4), "scores": [round(float(v), 6) for v in g.scores]}
+                        "near_zero": round(g.near_zero(self.reference), 4), "scores": [round(float(v), 6) for v in g.scores]}
                        for g in self.groups],
             "pixels": {name: [[round(float(v), 6) for v in row] for row in m] for name, m in self.pixels.items()},
         }
@@ -194,7 +208,8 @@ class Ranking:
 def rank_model(model: nn.Module, importance: str = "nam", normalization: str = DEFAULT_NORMALIZATION, seed: int = 0) -> Ranking:
     """Rank every channel group and every SpatialNAM's pixels of ``model``."""
     scored = score_groups(model, dependency_graph(model), make_importance(importance, normalization, seed))
-    return Ranking(importance, normalization, [s for _, s in scored], pixel_saliency(model))
+    return Ranking(importance, resolve_normalization(importance, normalization), [s for _, s in scored],
+                   pixel_saliency(model))
 
 
 __all__ = ["IMPORTANCES", "NORMALIZATIONS", "GroupSaliency", "NAMImportance", "Ranking", "largest_safe_ratio",

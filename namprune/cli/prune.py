@@ -18,9 +18,9 @@ from ..saliency import DEFAULT_NORMALIZATION, IMPORTANCES, NEAR_ZERO, rank_model
 from .app import DataDir, Device, JsonOut, Overwrite, Quiet, app
 
 Importance = Annotated[str, typer.Option("--importance", help=f"How channels are ranked: {', '.join(IMPORTANCES)} "
-                                         "(nam: |gamma| of the NAM BatchNorms, of the plain BatchNorms where a group has no NAM).")]
+                                         "(nam: NAM's normalized weight w, BatchNorm |gamma| where a group has no NAM).")]
 Normalization = Annotated[str, typer.Option("--normalization", help="How scores of layers of different width are compared: "
-                                            "none (raw scale factors, the default; measured best), mean, sum (NAM's w as is), max.")]
+                                            "auto (the one measured best for the importance), none, mean, sum, max.")]
 Scope = Annotated[str, typer.Option("--scope", help="global: rank all channels together; local: remove the same fraction of every layer.")]
 RoundTo = Annotated[Optional[int], typer.Option("--round-to", min=1, help="Keep channel counts that are multiples of N (hardware-friendly widths).")]
 MaxLayerRatio = Annotated[float, typer.Option("--max-layer-ratio", help="No layer loses more than this fraction of its channels.")]
@@ -48,8 +48,8 @@ def rank(
                             ("near zero", "right"), ("min", "right"), ("median", "right"), ("max", "right")]:
         table.add_column(column, justify=justify)
     for g in ranking.groups:
-        table.add_row(g.name, str(len(g.layers)), str(g.width), g.source, f"{g.near_zero():.0%}",
-                      f"{g.scores.min():.3f}", f"{g.scores.median():.3f}", f"{g.scores.max():.3f}")
+        table.add_row(g.name, str(len(g.layers)), str(g.width), g.source, f"{g.near_zero(ranking.reference):.0%}",
+                      f"{g.scores.min():.3g}", f"{g.scores.median():.3g}", f"{g.scores.max():.3g}")
     console.print(table)
     if ranking.pixels:
         pixels = Table(title="pixel saliency (normalized lambda x H*W; 1 = average pixel)")
@@ -64,10 +64,10 @@ def rank(
         for column in ("group", "channel", "score"):
             lowest.add_column(column, justify="left" if column == "group" else "right")
         for name, index, score in ranking.lowest(top):
-            lowest.add_row(name, str(index), f"{score:.4f}")
+            lowest.add_row(name, str(index), f"{score:.3g}")
         console.print(lowest)
     console.print(f"{ranking.near_zero():.1%} of {ranking.channels} channels are near zero "
-                  f"(under {NEAR_ZERO:.0%} of their group's mean); the largest global ratio that empties no layer "
+                  f"(under {NEAR_ZERO:.0%} of the model's mean score); the largest global ratio that empties no layer "
                   f"is {ranking.largest_safe_ratio():.2f}")
     if json_out:
         write_json(json_out, ranking.to_dict())
@@ -80,7 +80,7 @@ def rank(
 def prune(
     ckpt: Annotated[Path, typer.Argument(help="A trained run folder or its model.pt (a pruned one can be pruned again).")],
     ratio: Annotated[Optional[float], typer.Option("--ratio", "-r", help="Fraction of the prunable channels to remove, in (0, 1).")] = None,
-    target_macs: Annotated[Optional[float], typer.Option("--target-macs", help="Instead of --ratio: fraction of the MACs to keep, in (0, 1), met within 2 %.")] = None,
+    target_macs: Annotated[Optional[float], typer.Option("--target-macs", help="Instead of --ratio: fraction of the MACs to keep, in (0, 1), met within 0.02.")] = None,
     scope: Scope = "global",
     importance: Importance = "nam",
     normalization: Normalization = DEFAULT_NORMALIZATION,
