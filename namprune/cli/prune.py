@@ -43,7 +43,9 @@ def rank(
     """Rank channels and pixels by their learned NAM weights; show how ready the model is to prune."""
     model = checkpoint.load(ckpt)
     ranking = rank_model(model, importance, normalization)
-    table = Table(title=f"channel saliency of {checkpoint.model_file(ckpt)} ({importance} importance, normalization {normalization})")
+    how = f"{importance} importance, normalization " + (f"auto: {ranking.normalization}" if normalization == "auto"
+                                                       else ranking.normalization)
+    table = Table(title=f"channel saliency of {checkpoint.model_file(ckpt)} ({how})")
     for column, justify in [("group (first layer)", "left"), ("layers", "right"), ("width", "right"), ("from", "left"),
                             ("near zero", "right"), ("min", "right"), ("median", "right"), ("max", "right")]:
         table.add_column(column, justify=justify)
@@ -72,8 +74,7 @@ def rank(
     if json_out:
         write_json(json_out, ranking.to_dict())
     if plot:
-        plot_ranking(ranking, plot, title=f"channel saliency of {checkpoint.model_file(ckpt)} ({importance} "
-                                          f"importance, normalization {normalization})")
+        plot_ranking(ranking, plot, title=f"channel saliency of {checkpoint.model_file(ckpt)} ({how})")
 
 
 @app.command()

@@ -45,7 +45,7 @@ def demo(
     overwrite: Overwrite = False,
     quiet: Quiet = False,
 ) -> None:
-    """The digits recipe end to end, offline, in about two minutes on two CPU cores."""
+    """The digits recipe end to end, offline, in about a minute on two CPU cores."""
     done = run_recipe(load_recipe("digits-resnet20", overrides or []), out, device, overwrite, progress=not quiet)
     show_results(done)
 
