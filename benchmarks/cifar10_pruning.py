@@ -214,7 +214,7 @@ def markdown(results: list[dict], bases: dict, args, elapsed: float) -> str:
             f"{speedup[0]:.2f}x / {speedup[1]:.2f}x |")
     lines += ["", "Unpruned bases (ONNX, onnxruntime): " + "; ".join(
         f"{name}: top-1 {b['top1']:.2f} %, {b['ort_ms']['1']:.2f} / {b['ort_ms']['32']:.1f} ms, trained in "
-        f"{b['train_time_s'] / 60:.0f} min" for name, b in bases.items())]
+        f"{b['train_time_s'] / 60:.0f} min (wall clock)" for name, b in bases.items())]
     return "\n".join(lines) + "\n"
 
 
