@@ -19,6 +19,7 @@ sparsity penalty drove a whole layer toward zero.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 import torch.nn as nn
@@ -176,7 +177,7 @@ class Ranking:
     def channels(self) -> int:
         return sum(g.width for g in self.groups)
 
-    @property
+    @cached_property
     def reference(self) -> float:
         """The mean score over every channel of the model: "near zero" is relative to it, so a
         group whose scale factors all collapsed counts as near zero as a whole."""
