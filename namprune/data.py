@@ -66,6 +66,13 @@ class DataBundle:
     train: "TensorLoader | StreamLoader"
     test: "TensorLoader | StreamLoader"
     info: DataInfo
+    # training images as the model sees them at inference (no augmentation), in the same order
+    # on every torchrun process: what pruning scores and BatchNorm recalibration read
+    calibration: "TensorLoader | StreamLoader | None" = None
+
+    def __post_init__(self):
+        if self.calibration is None:
+            self.calibration = self.train
 
 
 # --------------------------------------------------------------------------- in-memory path
@@ -356,8 +363,11 @@ def load_data(name: str, data_dir: str | Path | None = None, image_size: int | N
     common = dict(mean=mean, std=std, device=device, seed=seed)
     train = TensorLoader(train_images, source.train_labels, batch_size, augment=source.augment if augment else None,
                          shuffle=True, drop_last=True, rank=rank, world_size=world_size, **common)
+    # shares the images already on the device; unaugmented, because statistics measured on
+    # augmented images misdescribe test images (measured: BENCHMARKS.md, "BatchNorm recalibration")
+    calibration = TensorLoader(train.images, train.labels, batch_size, shuffle=True, **common)
     test = TensorLoader(test_images, source.test_labels, eval_batch_size or 2 * batch_size, **common)
-    return DataBundle(train, test, info)
+    return DataBundle(train, test, info, calibration)
 
 
 def _is_small_folder(data_dir) -> bool:
@@ -398,5 +408,8 @@ def _stream_folder(data_dir, size, batch_size, device, workers, seed, rank, worl
                     tuple(train_set.classes), len(train_set), len(test_set))
     common = dict(workers=workers, device=device, seed=seed)
     train = StreamLoader(train_set, min(batch_size, len(train_set)), True, True, rank=rank, world_size=world_size, **common)
+    unaugmented = _image_folder(train_dir, train_set.mode)
+    unaugmented.transform = test_set.transform
+    calibration = StreamLoader(unaugmented, train.batch_size, True, False, **common)
     test = StreamLoader(test_set, eval_batch_size or 2 * batch_size, False, False, **common)
-    return DataBundle(train, test, info)
+    return DataBundle(train, test, info, calibration)

@@ -25,10 +25,10 @@ from .console import err_console, is_main_process, note
 from .data import DataBundle
 from .errors import NampruneError
 from .files import write_json, write_jsonl
-from .sparsity import SparsityPenalty
+from .sparsity import DEFAULT_STRENGTH, DEFAULT_TARGETS, TARGETS, SparsityPenalty
 
 OPTIMIZERS = ("sgd", "adamw")
-SCHEDULES = ("multistep", "cosine", "constant")
+SCHEDULES = ("onecycle", "multistep", "cosine", "constant")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 
 
@@ -41,14 +41,18 @@ class TrainConfig:
     lr: float = 0.1
     optimizer: str = "sgd"
     momentum: float = 0.9
+    nesterov: bool = True
     weight_decay: float = 5e-4
-    schedule: str = "multistep"
+    bn_weight_decay: bool = False  # weight decay on BatchNorm / NAM scale factors and shifts too (the NAM code does)
+    schedule: str = "onecycle"
     milestones: list[int] | None = None  # epochs; default 30 %, 60 % and 80 % of the run (the NAM paper's 60/120/160 of 200)
     lr_decay: float = 0.2
     warmup_epochs: int = 0
     label_smoothing: float = 0.0
-    sparsity: float = 1e-4
-    sparsity_targets: str = "nam"
+    sparsity: float = DEFAULT_STRENGTH
+    sparsity_targets: str = DEFAULT_TARGETS
+    distill: float = 0.0  # weight of the distillation term when fit() is given a teacher (0: plain task loss)
+    distill_temperature: float = 4.0
     seed: int = 0
     device: str = "auto"
     amp: str = "auto"
@@ -72,6 +76,9 @@ class TrainConfig:
             (self.sparsity >= 0, f"sparsity must be >= 0, got {self.sparsity}"),
             (0 < self.lr_decay <= 1, f"lr decay must be in (0, 1], got {self.lr_decay}"),
             (0 <= self.warmup_epochs < self.epochs, f"warmup epochs must be in [0, epochs), got {self.warmup_epochs}"),
+            (self.sparsity_targets in TARGETS, f"unknown sparsity targets {self.sparsity_targets!r}; choose one of {', '.join(TARGETS)}"),
+            (0 <= self.distill <= 1, f"distillation weight must be in [0, 1], got {self.distill}"),
+            (self.distill_temperature > 0, f"distillation temperature must be positive, got {self.distill_temperature}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -111,24 +118,57 @@ def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[amp]
 
 
-def lr_factor(cfg: TrainConfig, epoch: int) -> float:
-    """Learning-rate multiplier for an epoch: linear warmup, then the schedule."""
-    if epoch < cfg.warmup_epochs:
-        return (epoch + 1) / (cfg.warmup_epochs + 1)
+# One-cycle shape (Smith & Topin, 2018): the share of the run spent rising, and how far below
+# the peak the learning rate starts and ends.
+ONECYCLE_RISE = 0.3
+ONECYCLE_START_DIV, ONECYCLE_END_DIV = 25.0, 1e4
+
+
+def lr_factor(cfg: TrainConfig, t: float) -> float:
+    """Learning-rate multiplier after ``t`` epochs (fractional: the schedule moves every step).
+
+    ``onecycle`` rises from 1/25 of the peak to the peak over the first 30 % of the run and
+    falls to nearly zero, both halves along a cosine; ``multistep`` multiplies by ``lr_decay``
+    at each milestone; ``cosine`` falls along a cosine after ``warmup_epochs`` of linear warmup.
+    """
+    if cfg.schedule == "onecycle":
+        rise = ONECYCLE_RISE * cfg.epochs
+        low, high, end = 1 / ONECYCLE_START_DIV, 1.0, 1 / (ONECYCLE_START_DIV * ONECYCLE_END_DIV)
+        if t < rise:
+            return _cosine_between(low, high, t / rise)
+        return _cosine_between(high, end, (t - rise) / (cfg.epochs - rise))
+    if t < cfg.warmup_epochs:
+        return (t + 1 / ONECYCLE_START_DIV) / (cfg.warmup_epochs + 1 / ONECYCLE_START_DIV)
     if cfg.schedule == "multistep":
         milestones = cfg.milestones or [round(cfg.epochs * f) for f in (0.3, 0.6, 0.8)]
-        return cfg.lr_decay ** sum(epoch >= m for m in milestones)
+        return cfg.lr_decay ** sum(t >= m for m in milestones)
     if cfg.schedule == "cosine":
         span = max(1, cfg.epochs - cfg.warmup_epochs)
-        return 0.5 * (1 + math.cos(math.pi * (epoch - cfg.warmup_epochs) / span))
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (t - cfg.warmup_epochs) / span)))
     return 1.0
 
 
+def _cosine_between(start: float, end: float, progress: float) -> float:
+    return end + (start - end) * 0.5 * (1 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
+
+
+def scale_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The parameters of every BatchNorm (NAM's included): the scale factors the sparsity
+    penalty acts on and their shifts, which weight decay leaves alone unless asked."""
+    return [p for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) for p in m.parameters(recurse=False)]
+
+
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    # Weight decay on gamma would fight the L1 penalty (5e-4 * gamma outweighs a 1e-4 pull
+    # once |gamma| > 0.2), so scale factors get none by default.
     params = [p for p in model.parameters() if p.requires_grad]
+    exempt = set() if cfg.bn_weight_decay else {id(p) for p in scale_parameters(model)}
+    groups = [{"params": [p for p in params if id(p) not in exempt], "weight_decay": cfg.weight_decay},
+              {"params": [p for p in params if id(p) in exempt], "weight_decay": 0.0}]
+    groups = [g for g in groups if g["params"]]
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=False)
-    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
+    return torch.optim.AdamW(groups, lr=cfg.lr)
 
 
 @torch.no_grad()
@@ -204,9 +244,14 @@ CUDA_CHECK_EVERY = 50
 
 
 def fit(model: nn.Module, data: DataBundle, cfg: TrainConfig, out_dir: str | Path | None = None,
-        progress: bool = True, stage: str = "train", resume: dict | None = None) -> dict:
+        progress: bool = True, stage: str = "train", resume: dict | None = None,
+        teacher: nn.Module | None = None) -> dict:
     """Train ``model`` in place; with ``out_dir``, write a checkpoint, the metrics and the
     training state (``train_state.pt``) every epoch.
+
+    With a ``teacher`` (the unpruned model, when fine-tuning a pruned one) and ``cfg.distill``
+    above zero, the loss mixes the task loss with the distance to the teacher's softened
+    predictions (knowledge distillation, Hinton et al. 2015).
 
     ``resume`` is the ``train_state`` of an interrupted run (see ``load_train_state``), whose
     weights ``model`` already holds: training continues after its last complete epoch with
@@ -225,8 +270,10 @@ def fit(model: nn.Module, data: DataBundle, cfg: TrainConfig, out_dir: str | Pat
     if cfg.sparsity > 0 and not penalty.active:
         note(f"[yellow]note:[/] the model has no {cfg.sparsity_targets.upper()} scale factors; "
              "the sparsity penalty is off (use --sparsity-targets bn for Network Slimming)")
+    objective = Objective(cfg, penalty, _ready_teacher(teacher, device, cfg))
     optimizer = build_optimizer(model, cfg)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: lr_factor(cfg, e))
+    steps_per_epoch = max(1, len(data.train))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(cfg, step / steps_per_epoch))
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     out_dir = Path(out_dir) if out_dir is not None else None
     history: list[dict] = []
@@ -248,7 +295,7 @@ def fit(model: nn.Module, data: DataBundle, cfg: TrainConfig, out_dir: str | Pat
     for epoch in range(first_epoch, cfg.epochs):
         data.train.set_epoch(epoch)
         try:
-            train_stats = train_one_epoch(net, data.train, optimizer, scaler, penalty, cfg, device, dtype,
+            train_stats = train_one_epoch(net, data.train, optimizer, scheduler, scaler, objective, cfg, device, dtype,
                                           epoch, progress and is_main_process())
         except Divergence as exc:
             kept = "" if out_dir is None else (f"; the last good checkpoint (epoch {epoch}) is kept in {out_dir}" if epoch
@@ -257,9 +304,8 @@ def fit(model: nn.Module, data: DataBundle, cfg: TrainConfig, out_dir: str | Pat
         distributed.average_buffers(model)
         # every rank evaluates the whole test set (it is not sharded), so all agree on the metrics
         test_stats = evaluate(model, data.test, device, cfg.amp)
-        row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], **train_stats,
+        row = {"epoch": epoch + 1, "lr": train_stats.pop("lr"), **train_stats,
                "test_top1": test_stats["top1"], "test_top5": test_stats["top5"], "test_loss": test_stats["loss"]}
-        scheduler.step()
         history.append(row)
         _report_epoch(row, cfg.epochs, stage)
         if out_dir is not None and is_main_process():
@@ -284,8 +330,39 @@ def _training_module(model: nn.Module, device: torch.device, cfg: TrainConfig) -
     return torch.compile(net) if cfg.compile else net
 
 
-def train_one_epoch(model, loader, optimizer, scaler, penalty, cfg, device, dtype, epoch, show_progress) -> dict:
+def _ready_teacher(teacher: nn.Module | None, device: torch.device, cfg: TrainConfig) -> nn.Module | None:
+    if teacher is None or cfg.distill == 0:
+        return None
+    teacher = teacher.to(device).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher.to(memory_format=torch.channels_last) if cfg.channels_last else teacher
+
+
+class Objective:
+    """What a training step minimises: the task loss (mixed with distillation from a teacher
+    when there is one) plus the sparsity penalty, which is reported apart."""
+
+    def __init__(self, cfg: TrainConfig, penalty: SparsityPenalty, teacher: nn.Module | None):
+        self.cfg, self.penalty, self.teacher = cfg, penalty, teacher
+
+    def task_loss(self, logits: torch.Tensor, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        loss = F.cross_entropy(logits, labels, label_smoothing=self.cfg.label_smoothing)
+        if self.teacher is None:
+            return loss
+        with torch.no_grad():
+            target = self.teacher(images)
+        t = self.cfg.distill_temperature
+        # t^2 keeps the soft term's gradients on the scale of the hard term's (Hinton et al.)
+        soft = F.kl_div(F.log_softmax(logits.float() / t, 1), F.log_softmax(target.float() / t, 1),
+                        reduction="batchmean", log_target=True) * t * t
+        return (1 - self.cfg.distill) * loss + self.cfg.distill * soft
+
+
+def train_one_epoch(model, loader, optimizer, scheduler, scaler, objective: Objective, cfg, device, dtype, epoch,
+                    show_progress) -> dict:
     model.train()
+    lr = optimizer.param_groups[0]["lr"]
     loss_sum = torch.zeros((), device=device)
     penalty_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device)
@@ -302,8 +379,8 @@ def train_one_epoch(model, loader, optimizer, scaler, penalty, cfg, device, dtyp
                 images = images.contiguous(memory_format=torch.channels_last)
             with _autocast(device, dtype):
                 logits = model(images)
-                loss = F.cross_entropy(logits, labels, label_smoothing=cfg.label_smoothing)
-            reg = penalty()
+                loss = objective.task_loss(logits, images, labels)
+            reg = objective.penalty()
             total = loss if reg is None else loss + reg
             watch.record(total, step)
             if (step + 1) % check_every == 0 or step + 1 == len(loader):
@@ -312,6 +389,7 @@ def train_one_epoch(model, loader, optimizer, scaler, penalty, cfg, device, dtyp
             scaler.scale(total).backward()
             scaler.step(optimizer)
             scaler.update()
+            scheduler.step()
             loss_sum += loss.detach() * len(labels)
             if reg is not None:
                 penalty_sum += reg.detach() * len(labels)
@@ -328,7 +406,7 @@ def train_one_epoch(model, loader, optimizer, scaler, penalty, cfg, device, dtyp
     loss_sum, penalty_sum, correct, seen = distributed.all_reduce_sum(totals).tolist()
     elapsed = time.perf_counter() - start  # after the sync above, so pending GPU work is counted
     seen = max(seen, 1)
-    return {"train_loss": round(loss_sum / seen, 6), "train_top1": round(100 * correct / seen, 4),
+    return {"lr": lr, "train_loss": round(loss_sum / seen, 6), "train_top1": round(100 * correct / seen, 4),
             "penalty": round(penalty_sum / seen, 8), "images_per_s": round(seen / elapsed, 1),
             "epoch_time_s": round(elapsed, 2)}
 

@@ -27,7 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .errors import NampruneError
-from .nam import ChannelNAM, SpatialNAM, normalized_weight
+from .nam import ChannelNAM, SpatialNAM, gate_weight
 
 
 class FoldedNAM(nn.Module):
@@ -79,14 +79,14 @@ class FoldedSpatialNAM(FoldedNAM):
         return torch.addcmul(self.b, self.a, x)
 
 
-def affine_logits(bn: nn.modules.batchnorm._BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
+def affine_logits(bn: nn.modules.batchnorm._BatchNorm, scaled: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """``(a, b)`` with ``w * bn(x) == a * x + b`` for ``bn`` in eval mode (flat, one per feature)."""
     if not bn.track_running_stats or bn.running_mean is None:
         raise NampruneError("a NAM whose BatchNorm keeps no running statistics cannot be folded")
     # float64 so the folded gate is as close to the unfolded one as float32 allows
     gamma, beta = bn.weight.detach().double(), bn.bias.detach().double()
     inv_std = torch.rsqrt(bn.running_var.double() + bn.eps)
-    w = normalized_weight(gamma)
+    w = gate_weight(gamma, scaled)
     a = w * gamma * inv_std
     b = w * (beta - gamma * bn.running_mean.double() * inv_std)
     return a.to(bn.weight.dtype), b.to(bn.weight.dtype)
@@ -94,7 +94,7 @@ def affine_logits(bn: nn.modules.batchnorm._BatchNorm) -> tuple[torch.Tensor, to
 
 def fold_branch(nam: ChannelNAM | SpatialNAM) -> FoldedNAM:
     """The exact eval-mode replacement of one NAM branch."""
-    a, b = affine_logits(nam.bn)
+    a, b = affine_logits(nam.bn, nam.scaled)
     if isinstance(nam, ChannelNAM):
         return FoldedChannelNAM(a, b)
     return FoldedSpatialNAM(a.view(1, nam.height, nam.width), b.view(1, nam.height, nam.width))

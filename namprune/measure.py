@@ -23,31 +23,12 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn as nn
 import torch.utils.benchmark as benchmark
-import torch_pruning as tp
 
+from .cost import MACS_COUNTER, count_macs, count_params
 from .data import DataBundle
 from .engine import evaluate
 from .errors import NampruneError
 from .graph import example_input
-
-MACS_COUNTER = f"torch-pruning {tp.__version__} count_ops_and_params (conv/linear MACs, BN/ReLU/pool per element, NAM gates not counted)"
-
-
-def count_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-@torch.no_grad()
-def count_macs(model: nn.Module, input_tensor: torch.Tensor | None = None) -> int:
-    """MACs for one image of the model's input size.
-
-    Counts convolution and linear multiply-accumulates, plus one operation per element for
-    BatchNorm (two when affine), ReLU/ReLU6 and pooling (torch-pruning's counter). The NAM
-    gates (a sigmoid and a multiply per element) are not counted.
-    """
-    x = input_tensor if input_tensor is not None else example_input(model)
-    macs, _ = tp.utils.count_ops_and_params(model, x[:1])  # counts on a deep copy in eval mode
-    return int(macs)
 
 
 def measure_cost(model: nn.Module) -> dict:

@@ -9,6 +9,11 @@ turns them into attention weights and, with an L1 penalty on them, into a prunin
   per pixel.
 * ``NAM``: channel branch, then spatial branch.
 
+``w`` sums to 1 over a layer, so ``w ~ 1/C``: the gate's logit is about ``BN(x) / C`` and the
+gate stays near 0.5 whatever was learned. The ``scaled`` form (attention ``nam-scaled``)
+multiplies ``w`` by the number of channels (pixels), ``w_i = C |gamma_i| / sum |gamma|``:
+mean weight 1, so the logit has the scale of ``BN(x)`` in a layer of any width.
+
 Unlike the reference code, ``w`` is computed from the parameter itself (not ``.data``), so
 the gradient flows through the normalization, and ``w * BN(x)`` is done in a single
 ``batch_norm`` call with scale ``gamma * w`` and shift ``beta * w``, which is the same
@@ -25,13 +30,21 @@ import torch.nn.functional as F
 
 from .errors import NampruneError
 
-ATTENTIONS = {"none": None, "nam": "both", "nam-channel": "channel", "nam-spatial": "spatial"}
+# attention name -> which NAM branches it has; the names in SCALED use the width-invariant weights
+ATTENTIONS = {"none": None, "nam": "both", "nam-channel": "channel", "nam-spatial": "spatial", "nam-scaled": "both"}
+SCALED = frozenset({"nam-scaled"})
 
 
 def normalized_weight(gamma: torch.Tensor) -> torch.Tensor:
     """``|gamma| / sum |gamma|``: the NAM weight of each channel or pixel (sums to 1)."""
     magnitude = gamma.abs()
     return magnitude / magnitude.sum().clamp_min(torch.finfo(magnitude.dtype).tiny)
+
+
+def gate_weight(gamma: torch.Tensor, scaled: bool) -> torch.Tensor:
+    """NAM's weight per channel (pixel): ``w``, or ``len(gamma) * w`` in the scaled form."""
+    w = normalized_weight(gamma)
+    return w * w.numel() if scaled else w
 
 
 def _scaled_batch_norm(bn: nn.modules.batchnorm._BatchNorm, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -50,33 +63,35 @@ def _scaled_batch_norm(bn: nn.modules.batchnorm._BatchNorm, x: torch.Tensor, sca
 class ChannelNAM(nn.Module):
     """Channel attention from the normalized BatchNorm scale factors."""
 
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, scaled: bool = False):
         super().__init__()
         self.bn = nn.BatchNorm2d(channels)
+        self.scaled = scaled
 
     @property
     def channels(self) -> int:
         return self.bn.num_features
 
     def saliency(self) -> torch.Tensor:
-        """The normalized weight ``w`` of every channel (detached)."""
+        """The normalized weight ``w`` of every channel (detached; sums to 1)."""
         return normalized_weight(self.bn.weight.detach())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logits = _scaled_batch_norm(self.bn, x, normalized_weight(self.bn.weight))
+        logits = _scaled_batch_norm(self.bn, x, gate_weight(self.bn.weight, self.scaled))
         return x * torch.sigmoid(logits)
 
     def extra_repr(self) -> str:
-        return f"channels={self.channels}"
+        return f"channels={self.channels}" + (", scaled" if self.scaled else "")
 
 
 class SpatialNAM(nn.Module):
     """Pixel attention: BatchNorm over the H*W positions of a fixed-size feature map."""
 
-    def __init__(self, height: int, width: int):
+    def __init__(self, height: int, width: int, scaled: bool = False):
         super().__init__()
         self.height, self.width = int(height), int(width)
         self.bn = nn.BatchNorm1d(self.height * self.width)
+        self.scaled = scaled
 
     def saliency(self) -> torch.Tensor:
         """The normalized weight of every pixel as an (H, W) map (detached)."""
@@ -93,7 +108,7 @@ class SpatialNAM(nn.Module):
         # views below are free (no copy) for their layout, and give the same statistics; the
         # (N*C, HW) one reaches BatchNorm's fast 2-D kernel, about 4x faster than the 3-D one
         # on an NCHW tensor (see BENCHMARKS.md, NAM overhead).
-        scale = normalized_weight(self.bn.weight)
+        scale = gate_weight(self.bn.weight, self.scaled)
         if x.is_contiguous():
             logits = _scaled_batch_norm(self.bn, x.view(n * c, h * w), scale).view(n, c, h, w)
         else:  # channels-last: (N, HW, C)
@@ -101,7 +116,7 @@ class SpatialNAM(nn.Module):
         return x * torch.sigmoid(logits)
 
     def extra_repr(self) -> str:
-        return f"size={self.height}x{self.width}"
+        return f"size={self.height}x{self.width}" + (", scaled" if self.scaled else "")
 
 
 class NAM(nn.Sequential):
@@ -109,26 +124,28 @@ class NAM(nn.Sequential):
 
     MODES = ("channel", "spatial", "both")
 
-    def __init__(self, channels: int, spatial_size: tuple[int, int] | int | None = None, mode: str = "both"):
+    def __init__(self, channels: int, spatial_size: tuple[int, int] | int | None = None, mode: str = "both",
+                 scaled: bool = False):
         if mode not in self.MODES:
             raise NampruneError(f"unknown NAM mode {mode!r}; choose one of {', '.join(self.MODES)}")
         branches = OrderedDict()
         if mode in ("channel", "both"):
-            branches["channel"] = ChannelNAM(channels)
+            branches["channel"] = ChannelNAM(channels, scaled)
         if mode in ("spatial", "both"):
             if spatial_size is None:
                 raise NampruneError("the spatial NAM branch needs the feature-map size (spatial_size=(H, W))")
             h, w = (spatial_size, spatial_size) if isinstance(spatial_size, int) else spatial_size
-            branches["spatial"] = SpatialNAM(h, w)
+            branches["spatial"] = SpatialNAM(h, w, scaled)
         super().__init__(branches)
         self.mode = mode
 
 
 def create_attention(name: str, channels: int, spatial_size: tuple[int, int] | int | None = None) -> nn.Module:
-    """The attention layer a block asks for by short name: ``none``, ``nam``, ``nam-channel``, ``nam-spatial``."""
+    """The attention layer a block asks for by short name: ``none``, ``nam``, ``nam-channel``,
+    ``nam-spatial``, ``nam-scaled``."""
     check_attention(name)
     mode = ATTENTIONS[name]
-    return nn.Identity() if mode is None else NAM(channels, spatial_size, mode)
+    return nn.Identity() if mode is None else NAM(channels, spatial_size, mode, scaled=name in SCALED)
 
 
 def check_attention(name: str) -> str:

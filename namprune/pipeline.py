@@ -17,12 +17,15 @@ import torch.nn as nn
 from . import checkpoint, distributed, models
 from .console import is_main_process
 from .data import DataBundle, load_data
+from .calibrate import recalibrate_batchnorm
 from .engine import TRAIN_STATE, TrainConfig, evaluate, fit, load_train_state, resolve_device, seed_everything
 from .errors import NampruneError
 from .files import check_out_dir, read_json, run_dir, staging_dir, write_json
-from .measure import count_macs, count_params
+from .cost import count_macs, count_params
 from .pruning import PruneConfig, prune
 from .saliency import resolve_normalization
+
+DEFAULT_DISTILL = 0.0  # weight of distillation from the unpruned model while fine-tuning
 
 
 def train_model(model_name: str, dataset: str, cfg: TrainConfig, out: str | Path, data_dir=None,
@@ -66,13 +69,15 @@ def resume_training(out: str | Path, data_dir=None, device: str = "auto", worker
 
 
 def finetune_config(train_config: dict, epochs: int, lr: float | None = None, sparsity: float = 0.0,
-                    device: str = "auto", batch_size: int | None = None, seed: int | None = None) -> TrainConfig:
+                    device: str = "auto", batch_size: int | None = None, seed: int | None = None,
+                    distill: float = DEFAULT_DISTILL) -> TrainConfig:
     """Fine-tuning settings: those the model was trained with, at a tenth of its learning rate
-    (unless ``lr`` is given), a cosine schedule, and no sparsity penalty (unless asked)."""
+    (unless ``lr`` is given), a cosine schedule, no sparsity penalty (unless asked), and
+    distillation from the unpruned model with weight ``distill``."""
     base = TrainConfig.from_dict(train_config) if train_config else TrainConfig()
     return replace(base, epochs=epochs, lr=lr if lr is not None else base.lr * 0.1, schedule="cosine",
                    warmup_epochs=0, milestones=None, sparsity=sparsity, device=device,
-                   batch_size=batch_size or base.batch_size, seed=base.seed if seed is None else seed)
+                   batch_size=batch_size or base.batch_size, seed=base.seed if seed is None else seed, distill=distill)
 
 
 def compatible_data(payload: dict, data_dir, batch_size: int, device, seed: int = 0, workers: int = 2,
@@ -103,7 +108,7 @@ PRUNED = "pruned.json"  # measurements before and right after pruning, kept whil
 def prune_checkpoint(ckpt: str | Path, cfg: PruneConfig, out: str | Path, finetune_epochs: int = 0,
                      finetune_lr: float | None = None, finetune_sparsity: float = 0.0, data_dir=None,
                      device: str = "auto", batch_size: int | None = None, overwrite: bool = False,
-                     progress: bool = True, resume: bool = False) -> dict:
+                     progress: bool = True, resume: bool = False, distill: float = DEFAULT_DISTILL) -> dict:
     """Prune a checkpoint, fine-tune it, and write ``out/model.pt`` and ``out/report.json``.
 
     With ``resume``, an interrupted fine-tuning in ``out`` continues from its last epoch.
@@ -117,7 +122,7 @@ def prune_checkpoint(ckpt: str | Path, cfg: PruneConfig, out: str | Path, finetu
     if not resuming:
         check_out_dir(out, overwrite)
     ft = finetune_config(payload.get("config", {}), max(finetune_epochs, 1), finetune_lr, finetune_sparsity,
-                         device, batch_size)  # also sets the data's batch size when there is no fine-tuning
+                         device, batch_size, distill=distill)  # also sets the data's batch size when there is no fine-tuning
     device_ = resolve_device(device)
     data = compatible_data(payload, data_dir, ft.batch_size, device_, ft.seed, rank=distributed.rank(),
                            world_size=distributed.world_size())
@@ -135,7 +140,7 @@ def prune_checkpoint(ckpt: str | Path, cfg: PruneConfig, out: str | Path, finetu
         finetuned = None
         if finetune_epochs > 0:
             finetuned = _finetune(model, data, replace(ft, epochs=finetune_epochs), stage, progress,
-                                  saved["train_state"] if resuming else None)
+                                  saved["train_state"] if resuming else None, teacher=_teacher(payload, ft))
         report = _report(ckpt, out, payload, cfg, measured, finetuned, finetune_epochs, started)
         _save_pruned(stage, model, data, {**payload.get("config", {}), "prune": cfg.to_dict(),
                                           "finetune": ft.to_dict() if finetune_epochs else None}, report)
@@ -144,7 +149,7 @@ def prune_checkpoint(ckpt: str | Path, cfg: PruneConfig, out: str | Path, finetu
 
 def finetune_pruned(pruned: str | Path, out: str | Path, epochs: int, lr: float | None = None, sparsity: float = 0.0,
                     data_dir=None, device: str = "auto", batch_size: int | None = None, overwrite: bool = False,
-                    progress: bool = True, resume: bool = False) -> dict:
+                    progress: bool = True, resume: bool = False, distill: float = DEFAULT_DISTILL) -> dict:
     """Fine-tune a pruned run (written by ``prune_checkpoint``) into ``out``; its report gains
     the fine-tuned accuracy. With ``resume``, an interrupted fine-tuning continues."""
     started = time.perf_counter()
@@ -153,24 +158,32 @@ def finetune_pruned(pruned: str | Path, out: str | Path, epochs: int, lr: float 
     saved = load_train_state(staging_dir(out)) if resume else None
     if saved is None:
         check_out_dir(out, overwrite)
-    ft = finetune_config(payload.get("config", {}), epochs, lr, sparsity, device, batch_size)
+    ft = finetune_config(payload.get("config", {}), epochs, lr, sparsity, device, batch_size, distill=distill)
     device_ = resolve_device(device)
     data = compatible_data(payload, data_dir, ft.batch_size, device_, ft.seed, rank=distributed.rank(),
                            world_size=distributed.world_size())
     model = checkpoint.build(saved or payload).to(device_)
     with run_dir(out, overwrite=overwrite, resume=saved is not None) as stage:
-        finetuned = _finetune(model, data, ft, stage, progress, saved["train_state"] if saved else None)
+        teacher = _teacher(checkpoint.read(prior["source"]), ft) if ft.distill else None  # read only when used
+        finetuned = _finetune(model, data, ft, stage, progress, saved["train_state"] if saved else None, teacher)
         source = Path(prior["source"])
         report = {**prior, "source_relative": os.path.relpath(source, out.resolve()),
                   "top1_finetuned": finetuned["top1"], "top5_finetuned": finetuned["top5"], "finetune_epochs": epochs,
+                  "finetune_distill": finetuned["distill"],
                   "time_s": round(prior.get("time_s", 0) + time.perf_counter() - started, 2)}
         _save_pruned(stage, model, data, {**payload.get("config", {}), "finetune": ft.to_dict()}, report)
     return report
 
 
-def _finetune(model: nn.Module, data: DataBundle, ft: TrainConfig, stage: Path, progress: bool, resume: dict | None) -> dict:
-    fit(model, data, ft, stage, progress=progress, stage="finetune", resume=resume)
-    return _accuracy(model, data, resolve_device(ft.device))
+def _teacher(payload: dict, ft: TrainConfig) -> nn.Module | None:
+    """The unpruned model the pruned one learns from while fine-tuning, when it distills."""
+    return checkpoint.build(payload) if ft.distill else None
+
+
+def _finetune(model: nn.Module, data: DataBundle, ft: TrainConfig, stage: Path, progress: bool, resume: dict | None,
+              teacher: nn.Module | None = None) -> dict:
+    fit(model, data, ft, stage, progress=progress, stage="finetune", resume=resume, teacher=teacher)
+    return {**_accuracy(model, data, resolve_device(ft.device)), "distill": ft.distill}
 
 
 def _save_pruned(stage: Path, model: nn.Module, data: DataBundle, config: dict, report: dict) -> None:
@@ -187,11 +200,15 @@ def _save_pruned(stage: Path, model: nn.Module, data: DataBundle, config: dict, 
 
 
 def _prune_and_measure(model: nn.Module, cfg: PruneConfig, data: DataBundle, device: torch.device) -> dict:
+    """Accuracy and cost before pruning, right after it, and after BatchNorm recalibration."""
     before = {**cost(model), **_accuracy(model, data, device)}
-    result = prune(model, cfg)
+    result = prune(model, replace(cfg, recalibrate=False), data.calibration)
+    uncalibrated = _accuracy(model, data, device)
+    if cfg.recalibrate:
+        recalibrate_batchnorm(model, data.calibration, cfg.calibration_images)
     after = {**cost(model), **_accuracy(model, data, device)}
-    return {"before": before, "after": after, "ratio": result.ratio, "channels_before": result.channels_before,
-            "channels_after": result.channels_after, "layers": result.layers}
+    return {"before": before, "after": after, "uncalibrated": uncalibrated, "ratio": result.ratio,
+            "channels_before": result.channels_before, "channels_after": result.channels_after, "layers": result.layers}
 
 
 def _accuracy(model: nn.Module, data: DataBundle, device: torch.device) -> dict:
@@ -215,9 +232,12 @@ def _report(ckpt, out, payload, cfg, measured, finetuned, finetune_epochs, start
         "macs_kept": round(after["macs"] / before["macs"], 4), "macs_speedup": round(before["macs"] / after["macs"], 3),
         "top1_before": before["top1"], "top5_before": before["top5"],
         "top1_pruned": after["top1"], "top5_pruned": after["top5"],
+        "recalibrated": cfg.recalibrate, "calibration_images": cfg.calibration_images,
+        "top1_pruned_uncalibrated": measured["uncalibrated"]["top1"],
         "top1_finetuned": finetuned["top1"] if finetuned else None,
         "top5_finetuned": finetuned["top5"] if finetuned else None,
         "finetune_epochs": finetune_epochs,
+        "finetune_distill": finetuned["distill"] if finetuned else None,
         "layers": measured["layers"],
         "time_s": round(time.perf_counter() - started, 2),
     }

@@ -1,9 +1,17 @@
 """Pruning policy: how many channels each group loses, and which.
 
-The ranking comes from ``saliency``; torch-pruning's DependencyGraph (``graph``) removes
-the chosen channels together with every layer coupled to them. A group never loses more
-than ``max_layer_ratio`` of its channels, which torch-pruning does not enforce inside one
-global step, so the allocation here does it.
+The scores come from ``saliency``; torch-pruning's DependencyGraph (``graph``) removes the
+chosen channels together with every layer coupled to them. Two ways to say how much:
+
+* ``ratio``: remove that fraction of all prunable channels, lowest scores first.
+* ``target_macs``: keep that fraction of the MACs. Channels are taken in order of score per
+  MAC their removal saves (``cost.channel_macs``), so a target does not empty the costly
+  layers first nor spare them merely for being costly; the plan is then checked by counting
+  the MACs of a pruned copy, and corrected in a few direct steps when the first-order
+  estimate missed.
+
+A group never loses more than ``max_layer_ratio`` of its channels (torch-pruning does not
+enforce that inside one global step), and ``round_to`` keeps widths at a multiple.
 """
 
 from __future__ import annotations
@@ -11,32 +19,39 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import asdict, dataclass
+from typing import Iterable
 
 import torch
 import torch.nn as nn
 
+from .calibrate import DEFAULT_IMAGES, recalibrate_batchnorm
+from .cost import channel_macs, count_macs
 from .errors import NampruneError
 from .graph import dependency_graph
-from .saliency import DEFAULT_NORMALIZATION, GroupSaliency, make_importance, score_groups
-
-# --------------------------------------------------------------------------- policy
+from .saliency import (DEFAULT_IMPORTANCE, DEFAULT_NORMALIZATION, NEEDS_DATA, GroupSaliency, check_importance,
+                       make_importance, resolve_normalization, score_groups)
 
 SCOPES = ("global", "local")
+DEFAULT_RATIO = 0.3
+MACS_TOLERANCE = 0.02  # of the unpruned MACs: one stream channel of a small net can weigh over 1 %
 
 
 @dataclass
 class PruneConfig:
     """How to prune: how much (ratio of channels, or fraction of MACs to keep), where to rank
-    (globally or per layer), by what, and the limits that keep every layer usable."""
+    (globally or per layer), by what, the limits that keep every layer usable, and whether to
+    re-estimate BatchNorm statistics afterwards."""
 
-    ratio: float | None = 0.3
+    ratio: float | None = DEFAULT_RATIO
     target_macs: float | None = None
     scope: str = "global"
-    importance: str = "nam"
+    importance: str = DEFAULT_IMPORTANCE
     normalization: str = DEFAULT_NORMALIZATION
     round_to: int | None = None
     max_layer_ratio: float = 0.9
     seed: int = 0
+    calibration_images: int = DEFAULT_IMAGES  # for data-driven scores and BatchNorm recalibration
+    recalibrate: bool = True
 
     def __post_init__(self):
         self.validate()
@@ -54,7 +69,14 @@ class PruneConfig:
             raise NampruneError(f"unknown scope {self.scope!r}; choose global or local")
         if self.round_to is not None and self.round_to < 1:
             raise NampruneError(f"--round-to must be a positive channel count, got {self.round_to}")
-        make_importance(self.importance, self.normalization)  # validates both names
+        if self.calibration_images < 1:
+            raise NampruneError(f"--calibration-images must be at least 1, got {self.calibration_images}")
+        check_importance(self.importance)
+        resolve_normalization(self.importance, self.normalization)
+
+    @property
+    def needs_data(self) -> bool:
+        return self.importance in NEEDS_DATA or self.recalibrate
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -67,43 +89,28 @@ class PruneResult:
     channels_after: int
     layers: list[dict]  # name, before, after (output channels of every conv / linear layer)
     groups: list[GroupSaliency]  # the ranking the decision was made from
+    recalibrated: int = 0  # BatchNorms whose statistics were re-estimated
 
 
-def allocate(saliencies: list[GroupSaliency], cfg: PruneConfig, ratio: float) -> list[int]:
-    """How many channels to remove from each group.
+@dataclass
+class Plan:
+    """Which channels of which group go: replayable on the model or on a copy of it."""
 
-    Global scope removes the lowest scores across all groups; local removes the same
-    fraction of every group. Either way a group keeps at least ``ceil(width * (1 -
-    max_layer_ratio))`` channels (and one), which torch-pruning does not enforce within
-    a single global step, and ``round_to`` rounds what is kept to a multiple.
-    """
-    widths = [g.width for g in saliencies]
-    floors = [_floor(w, cfg) for w in widths]
-    if cfg.scope == "local":
-        removed = [min(round(ratio * w), w - f) for w, f in zip(widths, floors)]
-    else:
-        target = round(ratio * sum(widths))
-        owner = torch.cat([torch.full((w,), i) for i, w in enumerate(widths)])
-        removed = [0] * len(widths)
-        taken = 0
-        for i in owner[_global_order(saliencies)].tolist():
-            if taken == target:
-                break
-            if removed[i] < widths[i] - floors[i]:
-                removed[i] += 1
-                taken += 1
-    if cfg.round_to:
-        removed = [w - max(f, _round(w - r, cfg.round_to, w)) for w, f, r in zip(widths, floors, removed)]
-    return removed
+    roots: list[tuple[str, object]]  # (root layer name, torch-pruning handler) of every group
+    removed: list[list[int]]  # channel indices removed from each group
+
+    def apply(self, model: nn.Module) -> nn.Module:
+        graph = dependency_graph(model)
+        was_training = model.training
+        for (name, handler), idxs in zip(self.roots, self.removed):
+            if idxs:
+                graph.get_pruning_group(model.get_submodule(name), handler, idxs).prune()
+        model.train(was_training)
+        model.namprune_history = list(getattr(model, "namprune_history", [])) + [list(s) for s in graph.pruning_history()]
+        return model
 
 
-def _global_order(saliencies: list[GroupSaliency]) -> torch.Tensor:
-    """All channels, lowest score first; equal scores are taken from every group in turn
-    (by their relative rank inside the group) rather than emptying the first group."""
-    scores = torch.cat([g.scores for g in saliencies])
-    relative_rank = torch.cat([torch.argsort(torch.argsort(g.scores, stable=True)).float() / g.width for g in saliencies])
-    by_rank = torch.argsort(relative_rank, stable=True)
-    return by_rank[torch.argsort(scores[by_rank], stable=True)]
+# --------------------------------------------------------------------------- how many per group
 
 
 def _floor(width: int, cfg: PruneConfig) -> int:
@@ -117,76 +124,160 @@ def _round(kept: int, multiple: int, width: int) -> int:
     return min(width, max(multiple, int(round(kept / multiple)) * multiple))
 
 
+def _rounded(removed: list[int], widths: list[int], floors: list[int], cfg: PruneConfig) -> list[int]:
+    if not cfg.round_to:
+        return removed
+    return [w - max(f, _round(w - r, cfg.round_to, w)) for w, f, r in zip(widths, floors, removed)]
+
+
+def allocate_ratio(groups: list[GroupSaliency], cfg: PruneConfig, ratio: float) -> list[int]:
+    """How many channels each group loses to remove ``ratio`` of all channels.
+
+    Global scope removes the lowest scores across all groups; local removes the same
+    fraction of every group. Either way no group goes below its floor.
+    """
+    widths = [g.width for g in groups]
+    floors = [_floor(w, cfg) for w in widths]
+    if cfg.scope == "local":
+        return _rounded([min(round(ratio * w), w - f) for w, f in zip(widths, floors)], widths, floors, cfg)
+    return _rounded(_take_in_order(groups, floors, torch.cat([g.scores for g in groups]), round(ratio * sum(widths))),
+                    widths, floors, cfg)
+
+
+def allocate_macs(groups: list[GroupSaliency], costs: list[float], cfg: PruneConfig, macs_to_remove: float) -> list[int]:
+    """How many channels each group loses to save ``macs_to_remove`` MACs (first-order
+    estimate), taking channels in order of squared score per MAC saved.
+
+    Scores are magnitudes (``nam``'s is the root of the share of signal a channel carries);
+    their squares add up over removed channels, so squared score per MAC is what a greedy
+    removal minimizes the total of. Plain score per MAC over-prunes the costly layers
+    (measured: BENCHMARKS.md, "Allocation")."""
+    widths = [g.width for g in groups]
+    floors = [_floor(w, cfg) for w in widths]
+    if cfg.scope == "local":
+        fraction = min(1.0, macs_to_remove / max(sum(c * w for c, w in zip(costs, widths)), 1e-12))
+        # the MACs of a layer fall with the product of its input and output widths
+        ratio = 1 - math.sqrt(1 - fraction)
+        return _rounded([min(round(ratio * w), w - f) for w, f in zip(widths, floors)], widths, floors, cfg)
+    per_mac = torch.cat([g.scores.pow(2) / max(c, 1e-12) for g, c in zip(groups, costs)])
+    channel_cost = torch.cat([torch.full((g.width,), float(c)) for g, c in zip(groups, costs)])
+    order = _global_order(groups, per_mac)
+    saved = torch.cumsum(channel_cost[order], 0)
+    count = int(torch.searchsorted(saved, torch.tensor(float(macs_to_remove)))) + 1
+    return _rounded(_take_in_order(groups, floors, per_mac, count), widths, floors, cfg)
+
+
+def _take_in_order(groups: list[GroupSaliency], floors: list[int], keys: torch.Tensor, count: int) -> list[int]:
+    """Remove ``count`` channels, lowest ``keys`` first, skipping groups at their floor."""
+    widths = [g.width for g in groups]
+    owner = torch.cat([torch.full((w,), i) for i, w in enumerate(widths)])
+    removed, taken = [0] * len(groups), 0
+    for i in owner[_global_order(groups, keys)].tolist():
+        if taken >= count:
+            break
+        if removed[i] < widths[i] - floors[i]:
+            removed[i] += 1
+            taken += 1
+    return removed
+
+
+def _global_order(groups: list[GroupSaliency], keys: torch.Tensor) -> torch.Tensor:
+    """All channels, lowest key first; equal keys are taken from every group in turn (by
+    their relative rank inside the group) rather than emptying the first group."""
+    relative_rank = torch.cat([torch.argsort(torch.argsort(g.scores, stable=True)).float() / g.width for g in groups])
+    by_rank = torch.argsort(relative_rank, stable=True)
+    return by_rank[torch.argsort(keys[by_rank], stable=True)]
+
+
+# --------------------------------------------------------------------------- pruning
+
+
 def layer_widths(model: nn.Module) -> dict[str, int]:
     return {n: (m.out_channels if isinstance(m, nn.Conv2d) else m.out_features)
             for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
 
 
-def prune_ratio(model: nn.Module, cfg: PruneConfig, ratio: float) -> PruneResult:
-    """Remove ``ratio`` of the prunable channels of ``model`` in place, lowest saliency first."""
+def _plan(model: nn.Module, ranked: list, removed: list[int]) -> Plan:
+    names = {m: n for n, m in model.named_modules()}
+    roots = [(names[group[0].dep.target.module], group[0].dep.handler) for group, _ in ranked]
+    chosen = [torch.argsort(s.scores, stable=True)[:n].tolist() for (_, s), n in zip(ranked, removed)]
+    return Plan(roots, chosen)
+
+
+def prune(model: nn.Module, cfg: PruneConfig, calibration: Iterable | None = None) -> PruneResult:
+    """Prune ``model`` in place by ``cfg.ratio``, or to keep ``cfg.target_macs`` of its MACs
+    (within ``MACS_TOLERANCE`` of them), then re-estimate BatchNorm statistics.
+
+    ``calibration`` is an iterable of training ``(images, labels)`` batches (a DataLoader or
+    namprune's loader): data-driven scores and the recalibration read ``cfg.calibration_images``
+    images of it. Without it, only scores that need no data can be used and nothing is
+    recalibrated.
+    """
+    cfg.validate()
+    if cfg.importance in NEEDS_DATA and calibration is None:
+        raise NampruneError(f"--importance {cfg.importance} needs calibration images (training data)")
     before = layer_widths(model)
     graph = dependency_graph(model)
-    ranked = score_groups(model, graph, make_importance(cfg.importance, cfg.normalization, cfg.seed))
+    scorer = make_importance(cfg.importance, cfg.normalization, cfg.seed, model, calibration, cfg.calibration_images)
+    ranked = score_groups(model, graph, scorer)
     if not ranked:
         raise NampruneError("the model has no channel group that can be pruned")
-    removed = allocate([s for _, s in ranked], cfg, ratio)
-    was_training = model.training
-    for (group, saliency), n in zip(ranked, removed):
-        if n > 0:
-            idxs = torch.argsort(saliency.scores, stable=True)[:n].tolist()
-            graph.get_pruning_group(group[0].dep.target.module, group[0].dep.handler, idxs).prune()
-    model.train(was_training)
-    model.namprune_history = list(getattr(model, "namprune_history", [])) + [list(s) for s in graph.pruning_history()]
-    after = layer_widths(model)
-    total = sum(s.width for _, s in ranked)
-    return PruneResult(sum(removed) / total, total, total - sum(removed),
-                       [{"name": n, "before": before[n], "after": after[n]} for n in before],
-                       [s for _, s in ranked])
-
-
-def prune(model: nn.Module, cfg: PruneConfig) -> PruneResult:
-    """Prune in place by ``cfg.ratio``, or to keep ``cfg.target_macs`` of the MACs (within 2 % of them)."""
-    cfg.validate()
+    groups = [s for _, s in ranked]
     if cfg.target_macs is None:
-        return prune_ratio(model, cfg, cfg.ratio)
-    return prune_ratio(model, cfg, ratio_for_macs(model, cfg))
+        removed = allocate_ratio(groups, cfg, cfg.ratio)
+    else:
+        removed = _removal_for_macs(model, ranked, cfg)
+    _plan(model, ranked, removed).apply(model)
+    recalibrated = recalibrate_batchnorm(model, calibration, cfg.calibration_images) \
+        if cfg.recalibrate and calibration is not None else 0
+    after = layer_widths(model)
+    total = sum(g.width for g in groups)
+    return PruneResult(sum(removed) / total, total, total - sum(removed),
+                       [{"name": n, "before": before[n], "after": after[n]} for n in before], groups, recalibrated)
 
 
-def ratio_for_macs(model: nn.Module, cfg: PruneConfig, tolerance: float = 0.02, steps: int = 20) -> float:
-    """Bisect the channel ratio whose pruned copy keeps ``cfg.target_macs`` of the MACs, to
-    within ``tolerance`` of the unpruned MACs (one channel of a residual stream can weigh
-    over 1 % of a small network's MACs, so a tolerance relative to the target could be
-    unreachable).
+def _removal_for_macs(model: nn.Module, ranked: list, cfg: PruneConfig, attempts: int = 6) -> list[int]:
+    """Channels to remove per group so that a pruned copy keeps ``cfg.target_macs`` of the MACs.
 
-    MACs fall monotonically as the ratio grows; each trial prunes a copy of the model.
-    Raises when the target lies beyond what the layer floors allow.
+    The first-order estimate (each channel's MACs at the unpruned widths) overstates what
+    removing channels of two coupled layers saves, so the budget handed to the allocation is
+    corrected by what a pruned copy actually keeps, a secant step at a time.
     """
-    from .measure import count_macs
-
+    groups = [s for _, s in ranked]
+    costs = channel_macs(model, [g for g, _ in ranked])
     base = count_macs(model)
-    target = cfg.target_macs
+    goal = cfg.target_macs * base
 
-    def kept(ratio: float) -> float:
-        trial = copy.deepcopy(model)
-        prune_ratio(trial, cfg, ratio)
-        return count_macs(trial) / base
+    def kept(budget: float) -> tuple[list[int], float]:
+        removed = allocate_macs(groups, costs, cfg, budget)
+        return removed, count_macs(_plan(model, ranked, removed).apply(copy.deepcopy(model)))
 
-    high = 0.999
-    least = kept(high)
-    if least > target + tolerance:
-        raise NampruneError(f"--target-macs {target} cannot be reached: pruning as far as --max-layer-ratio "
-                            f"{cfg.max_layer_ratio} allows keeps {least:.3f} of the MACs")
-    low, best = 0.0, (high, least)
-    for _ in range(steps):
-        mid = (low + high) / 2
-        fraction = kept(mid)
-        if abs(fraction - target) < abs(best[1] - target):
-            best = (mid, fraction)
-        if abs(fraction - target) <= tolerance / 4:
+    everything = sum(c * g.width for c, g in zip(costs, groups))  # first order counts a conv in two groups
+    budget = base - goal
+    tried = []
+    for _ in range(attempts):
+        removed, macs = kept(budget)
+        tried.append((abs(macs - goal), budget, removed, macs))
+        if abs(macs - goal) <= MACS_TOLERANCE * base / 4:
             break
-        low, high = (mid, high) if fraction > target else (low, mid)
-    if abs(best[1] - target) > tolerance:
+        if len(tried) > 1 and tried[-1][3] != tried[-2][3]:  # secant through the last two attempts
+            (_, b0, _, m0), (_, b1, _, m1) = tried[-2], tried[-1]
+            budget = b1 + (goal - m1) * (b1 - b0) / (m1 - m0)
+        else:
+            budget += macs - goal
+        budget = min(max(budget, 0.0), everything)
+    error, _, removed, macs = min(tried, key=lambda t: t[0])
+    if error > MACS_TOLERANCE * base:
+        least = count_macs(_plan(model, ranked, allocate_macs(groups, costs, cfg, everything)).apply(copy.deepcopy(model)))
+        if least > goal + MACS_TOLERANCE * base:
+            raise NampruneError(f"--target-macs {cfg.target_macs} cannot be reached: pruning as far as "
+                                f"--max-layer-ratio {cfg.max_layer_ratio} allows keeps {least / base:.3f} of the MACs")
         hint = "; a smaller --round-to makes finer steps" if cfg.round_to and cfg.round_to > 1 else ""
-        raise NampruneError(f"--target-macs {target} cannot be met within {tolerance:.0%} of the MACs: the closest "
-                            f"keeps {best[1]:.3f} of them (the channel steps are too coarse{hint})")
-    return best[0]
+        raise NampruneError(f"--target-macs {cfg.target_macs} cannot be met within {MACS_TOLERANCE:.0%} of the MACs: "
+                            f"the closest keeps {macs / base:.3f} of them (the channel steps are too coarse{hint})")
+    return removed
+
+
+__all__ = ["MACS_TOLERANCE", "SCOPES", "Plan", "PruneConfig", "PruneResult", "allocate_macs", "allocate_ratio",
+           "layer_widths", "prune"]
+

@@ -20,9 +20,11 @@ from .data import DATASETS
 from .engine import AMP_MODES, OPTIMIZERS, SCHEDULES, TrainConfig
 from .errors import NampruneError
 from .nam import ATTENTIONS
-from .pruning import SCOPES, PruneConfig
-from .saliency import DEFAULT_NORMALIZATION, IMPORTANCES, NORMALIZATIONS
-from .sparsity import DEFAULT_STRENGTH, TARGETS
+from .calibrate import DEFAULT_IMAGES
+from .pipeline import DEFAULT_DISTILL
+from .pruning import DEFAULT_RATIO, SCOPES, PruneConfig
+from .saliency import DEFAULT_IMPORTANCE, DEFAULT_NORMALIZATION, IMPORTANCES, NORMALIZATIONS
+from .sparsity import DEFAULT_STRENGTH, DEFAULT_TARGETS, TARGETS
 
 
 def _choice(values):
@@ -51,8 +53,10 @@ class TrainSection(Section):
     lr: float = Field(0.1, gt=0)
     optimizer: _choice(OPTIMIZERS) = "sgd"
     momentum: float = Field(0.9, ge=0, lt=1)
+    nesterov: bool = True
     weight_decay: float = Field(5e-4, ge=0)
-    schedule: _choice(SCHEDULES) = "multistep"
+    bn_weight_decay: bool = False
+    schedule: _choice(SCHEDULES) = "onecycle"
     milestones: Optional[list[int]] = None
     lr_decay: float = Field(0.2, gt=0, le=1)
     warmup_epochs: int = Field(0, ge=0)
@@ -70,25 +74,27 @@ class TrainSection(Section):
 
 class SparsitySection(Section):
     strength: float = Field(DEFAULT_STRENGTH, ge=0)
-    targets: _choice(TARGETS) = "nam"
+    targets: _choice(TARGETS) = DEFAULT_TARGETS
 
 
 class PruneSection(Section):
     ratio: Optional[float] = Field(None, gt=0, lt=1)
     target_macs: Optional[float] = Field(None, gt=0, lt=1)
     scope: _choice(SCOPES) = "global"
-    importance: _choice(IMPORTANCES) = "nam"
+    importance: _choice(IMPORTANCES) = DEFAULT_IMPORTANCE
     normalization: _choice(NORMALIZATIONS) = DEFAULT_NORMALIZATION
     round_to: Optional[int] = Field(None, ge=1)
     max_layer_ratio: float = Field(0.9, gt=0, lt=1)
     seed: int = 0
+    calibration_images: int = Field(DEFAULT_IMAGES, ge=1)
+    recalibrate: bool = True
 
     @model_validator(mode="after")
     def _one_amount(self):
         if self.ratio is not None and self.target_macs is not None:
             raise ValueError("give ratio or target_macs, not both")
         if self.ratio is None and self.target_macs is None:
-            self.ratio = 0.3
+            self.ratio = DEFAULT_RATIO
         return self
 
 
@@ -96,6 +102,7 @@ class FinetuneSection(Section):
     epochs: int = Field(10, ge=0)
     lr: Optional[float] = Field(None, gt=0)
     sparsity: float = Field(0.0, ge=0)
+    distill: float = Field(DEFAULT_DISTILL, ge=0, le=1)
 
 
 class ExportSection(Section):
@@ -128,7 +135,8 @@ class Recipe(Section):
     def train_config(self, device: str = "auto") -> TrainConfig:
         t = self.train
         return TrainConfig(epochs=t.epochs, batch_size=self.data.batch_size, lr=t.lr, optimizer=t.optimizer,
-                           momentum=t.momentum, weight_decay=t.weight_decay, schedule=t.schedule,
+                           momentum=t.momentum, nesterov=t.nesterov, weight_decay=t.weight_decay,
+                           bn_weight_decay=t.bn_weight_decay, schedule=t.schedule,
                            milestones=t.milestones, lr_decay=t.lr_decay, warmup_epochs=t.warmup_epochs,
                            label_smoothing=t.label_smoothing, sparsity=self.sparsity.strength,
                            sparsity_targets=self.sparsity.targets, seed=t.seed, device=device, amp=t.amp,

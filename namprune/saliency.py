@@ -1,40 +1,56 @@
-"""Which channels matter: per-channel saliency of every prunable group, per-pixel saliency of
-every SpatialNAM, and how ready a model is to be pruned.
+"""Which channels matter: a score for every channel of every prunable group, the pixel
+saliency of every SpatialNAM, and how ready a model is to be pruned.
 
-A *group* is a set of channels torch-pruning must remove together (a convolution's
-filters plus the BatchNorm, NAM and input slices that depend on them; a whole residual
-stream). A group's saliency comes from NAM's normalized weight ``w = |gamma| / sum |gamma|``
-of its NAM BatchNorm(s) where it has any, else from the ``|gamma|`` of its plain BatchNorms
-(Network Slimming); the scores of several layers of one group are averaged.
+A *group* is a set of channels torch-pruning must remove together (a convolution's filters
+plus the BatchNorm, NAM and input slices that depend on them; a whole residual stream).
 
-Global ranking compares channels of layers of different width, and the normalization
-decides how: ``none`` compares the scores as they are, ``mean`` divides each group's by
-their mean, ``sum`` by their sum, ``max`` by their largest. Within a group all rank alike.
-``auto`` (the default) picks the one measured best for the importance (BENCHMARKS.md,
-"Ranking normalization"): ``none`` for ``nam`` and ``slim``, ``sum`` for ``l1``.
-Dividing NAM's or Network Slimming's scores by a group's own statistics hides that the
-sparsity penalty drove a whole layer toward zero.
+The default score, ``nam``, asks what each channel carries into the network, in one unit
+for groups of any width. For every layer ``L`` that reads channel ``c`` (a convolution or
+the classifier), measured on calibration images in eval mode::
+
+    e_c(L) = Var(x_c) * ||W_L[:, c]||^2          how much of L's input signal c provides
+    f_c(L) = e_c(L) / sum_k e_k(L)                the same as a fraction of L's whole input
+    score_c = sqrt( sum_L f_c(L) )                the RMS relative change removing c causes
+
+``x_c`` is the channel as the reading layer sees it: after its BatchNorm, its ReLU and its NAM
+gate (the learned normalized weights act there), summed over every block that writes a
+residual stream. A channel the sparsity penalty silenced has ``Var(x_c) ~ 0``, and a wide
+layer is no longer cheaper to cut merely for being wide. The other scores:
+
+* ``nam-w``: NAM's normalized weight ``w = |gamma| / sum |gamma|`` of the group's NAM
+  BatchNorms (the paper's ranking; plain-BatchNorm ``|gamma|`` where a group has none).
+* ``slim``: ``|gamma|`` of every BatchNorm of the group (Network Slimming).
+* ``l1``: L1 norm of the filters (Li et al., 2017).
+* ``taylor``: torch-pruning's first-order Taylor estimate ``|w * dL/dw|`` from the gradients
+  of calibration images (Molchanov et al., 2019).
+* ``random``: seeded random scores, the floor every ranking must beat.
+
+``nam`` and ``taylor`` need calibration images (a few hundred training images).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Iterable
 
 import torch
 import torch.nn as nn
 import torch_pruning as tp
 
+from .calibrate import DEFAULT_IMAGES, accumulate_gradients, input_energy
 from .errors import NampruneError
 from .graph import dependency_graph, prunable_groups
 from .nam import ChannelNAM, SpatialNAM
 
+IMPORTANCES = ("nam", "nam-w", "slim", "l1", "taylor", "random")
+DEFAULT_IMPORTANCE = "nam"
+NEEDS_DATA = ("nam", "taylor")
 NORMALIZATIONS = ("auto", "none", "mean", "sum", "max")
 DEFAULT_NORMALIZATION = "auto"
 # What "auto" means for each importance: the normalization measured best for it
-# (BENCHMARKS.md, "Ranking normalization").
-AUTO_NORMALIZATION = {"nam": "none", "slim": "none", "l1": "sum", "random": "none"}
-IMPORTANCES = ("nam", "slim", "l1", "random")
+# (BENCHMARKS.md, "Ranking normalization"). ``nam`` is a fraction already: it takes none.
+AUTO_NORMALIZATION = {"nam": "none", "nam-w": "none", "slim": "none", "l1": "sum", "taylor": "mean", "random": "none"}
 # A channel whose score is below this fraction of the model's mean score counts as "near zero".
 NEAR_ZERO = 0.05
 
@@ -50,8 +66,40 @@ def _normalizer(how: str):
     return None if how == "none" else how
 
 
-class NAMImportance(tp.importance.GroupMagnitudeImportance):
-    """torch-pruning importance from NAM's normalized weight ``w = |gamma| / sum |gamma|`` of a
+def check_importance(name: str) -> str:
+    if name not in IMPORTANCES:
+        raise NampruneError(f"unknown importance {name!r}; choose one of {', '.join(IMPORTANCES)}")
+    return name
+
+
+class CarriedSignalImportance(tp.importance.Importance):
+    """The ``nam`` score: ``sqrt(sum_L f_c(L))`` over the layers ``L`` that read the group's
+    channels, from ``energy`` (``calibrate.input_energy``)."""
+
+    READERS = (tp.prune_conv_in_channels, tp.prune_linear_in_channels)
+
+    def __init__(self, energy: dict[nn.Module, torch.Tensor]):
+        self.energy = energy
+
+    @torch.no_grad()
+    def __call__(self, group) -> torch.Tensor | None:
+        fractions = torch.zeros(len(group[0].idxs))
+        read = False
+        for item in group:
+            layer, fn = item.dep.target.module, item.dep.handler
+            if fn not in self.READERS or layer not in self.energy or None in item.root_idxs:
+                continue
+            if isinstance(layer, nn.Conv2d) and layer.groups == layer.in_channels > 1:
+                continue  # a depthwise conv passes channel c on alone: its readers are counted instead
+            energy = self.energy[layer]
+            share = energy[item.idxs] / energy.sum().clamp_min(torch.finfo(energy.dtype).tiny)
+            fractions.scatter_add_(0, torch.tensor(item.root_idxs), share)
+            read = True
+        return fractions.sqrt() if read else None
+
+
+class NAMWeightImportance(tp.importance.GroupMagnitudeImportance):
+    """The NAM paper's ranking: NAM's normalized weight ``w = |gamma| / sum |gamma|`` of a
     group's NAM BatchNorms (the |gamma| of its plain BatchNorms where it has no NAM); layer
     scores of one group are averaged, then normalized."""
 
@@ -85,13 +133,23 @@ class SeededRandomImportance(tp.importance.Importance):
         return torch.rand(len(group[0].idxs), generator=self.generator)
 
 
-def make_importance(name: str = "nam", normalization: str = DEFAULT_NORMALIZATION, seed: int = 0) -> tp.importance.Importance:
-    """``nam``: NAM's normalized weight; ``slim``: |gamma| of every BatchNorm; ``l1``: filter L1 norm; ``random``."""
-    if name not in IMPORTANCES:
-        raise NampruneError(f"unknown importance {name!r}; choose one of {', '.join(IMPORTANCES)}")
+def make_importance(name: str = DEFAULT_IMPORTANCE, normalization: str = DEFAULT_NORMALIZATION, seed: int = 0,
+                    model: nn.Module | None = None, calibration: Iterable | None = None,
+                    images: int = DEFAULT_IMAGES) -> tp.importance.Importance:
+    """The torch-pruning importance called ``name``; ``nam`` and ``taylor`` measure ``model``
+    on ``images`` images of ``calibration`` first."""
+    check_importance(name)
     normalization = resolve_normalization(name, normalization)
-    if name == "nam":
-        return NAMImportance(normalization)
+    if name in NEEDS_DATA:
+        if model is None or calibration is None:
+            raise NampruneError(f"the {name} importance measures the model on calibration images: "
+                                "pass training data (--data-dir for datasets that are not embedded)")
+        if name == "nam":
+            return CarriedSignalImportance(input_energy(model, calibration, images))
+        accumulate_gradients(model, calibration, images)
+        return tp.importance.GroupTaylorImportance(normalizer=_normalizer(normalization))
+    if name == "nam-w":
+        return NAMWeightImportance(normalization)
     if name == "slim":
         return tp.importance.BNScaleImportance(normalizer=_normalizer(normalization))
     if name == "l1":
@@ -105,8 +163,8 @@ class GroupSaliency:
 
     name: str  # the group's first layer, e.g. "layers.0.0.conv1"
     layers: list[str]  # every layer whose output channels are these channels
-    scores: torch.Tensor  # one per channel, normalized
-    source: str  # "nam" or "bn" (or the importance name for l1 / random)
+    scores: torch.Tensor  # one per channel
+    source: str  # what the scores were computed from
 
     @property
     def width(self) -> int:
@@ -118,18 +176,20 @@ class GroupSaliency:
 
 
 def group_source(group, importance: tp.importance.Importance) -> str:
-    """What a group's scores were computed from: nam, bn, l1 or random."""
-    if isinstance(importance, NAMImportance):
-        return "nam" if any(isinstance(item.dep.target.module, ChannelNAM) for item in group) else "bn"
-    return {tp.importance.BNScaleImportance: "bn", SeededRandomImportance: "random"}.get(type(importance), "l1")
+    """What a group's scores were computed from."""
+    if isinstance(importance, NAMWeightImportance):
+        return "nam-w" if any(isinstance(item.dep.target.module, ChannelNAM) for item in group) else "bn"
+    return {CarriedSignalImportance: "carried", tp.importance.BNScaleImportance: "bn",
+            tp.importance.GroupTaylorImportance: "taylor", SeededRandomImportance: "random"}.get(type(importance), "l1")
+
+
+OUT_HANDLERS = (tp.prune_conv_out_channels, tp.prune_linear_out_channels, tp.prune_depthwise_conv_out_channels)
 
 
 def output_layers(group, names: dict[nn.Module, str]) -> list[str]:
     """Names of the convolutions / linear layers whose output channels the group removes."""
     return [names[item.dep.target.module] for item in group
-            if isinstance(item.dep.target.module, (nn.Conv2d, nn.Linear))
-            and item.dep.handler in (tp.prune_conv_out_channels, tp.prune_linear_out_channels,
-                                     tp.prune_depthwise_conv_out_channels)]
+            if isinstance(item.dep.target.module, (nn.Conv2d, nn.Linear)) and item.dep.handler in OUT_HANDLERS]
 
 
 def pixel_saliency(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -156,7 +216,7 @@ def score_groups(model: nn.Module, graph: tp.DependencyGraph, importance: tp.imp
     scored = []
     for group in prunable_groups(model, graph):
         scores = importance(group)
-        if scores is None:  # no layer with weights to judge by
+        if scores is None:  # nothing to judge the group by (no weighted layer reads or writes it)
             continue
         layers = output_layers(group, names)
         name = layers[0] if layers else names.get(group[0].dep.target.module, "?")
@@ -200,18 +260,21 @@ class Ranking:
             "near_zero": round(self.near_zero(), 4), "near_zero_threshold": NEAR_ZERO,
             "largest_safe_ratio": round(self.largest_safe_ratio(), 4),
             "groups": [{"name": g.name, "layers": g.layers, "width": g.width, "source": g.source,
-                        "near_zero": round(g.near_zero(self.reference), 4), "scores": [round(float(v), 6) for v in g.scores]}
+                        "near_zero": round(g.near_zero(self.reference), 4), "median": round(float(g.scores.median()), 6),
+                        "scores": [round(float(v), 6) for v in g.scores]}
                        for g in self.groups],
             "pixels": {name: [[round(float(v), 6) for v in row] for row in m] for name, m in self.pixels.items()},
         }
 
 
-def rank_model(model: nn.Module, importance: str = "nam", normalization: str = DEFAULT_NORMALIZATION, seed: int = 0) -> Ranking:
+def rank_model(model: nn.Module, importance: str = DEFAULT_IMPORTANCE, normalization: str = DEFAULT_NORMALIZATION,
+               seed: int = 0, calibration: Iterable | None = None, images: int = DEFAULT_IMAGES) -> Ranking:
     """Rank every channel group and every SpatialNAM's pixels of ``model``."""
-    scored = score_groups(model, dependency_graph(model), make_importance(importance, normalization, seed))
+    scorer = make_importance(importance, normalization, seed, model, calibration, images)
+    scored = score_groups(model, dependency_graph(model), scorer)
     return Ranking(importance, resolve_normalization(importance, normalization), [s for _, s in scored],
                    pixel_saliency(model))
 
 
-__all__ = ["IMPORTANCES", "NORMALIZATIONS", "GroupSaliency", "NAMImportance", "Ranking", "largest_safe_ratio",
-           "make_importance", "pixel_saliency", "rank_model", "score_groups"]
+__all__ = ["IMPORTANCES", "NORMALIZATIONS", "CarriedSignalImportance", "GroupSaliency", "NAMWeightImportance",
+           "Ranking", "largest_safe_ratio", "make_importance", "pixel_saliency", "rank_model", "score_groups"]

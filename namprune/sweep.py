@@ -20,7 +20,7 @@ from .console import note
 from .errors import NampruneError
 from .files import check_out_dir, run_dir, write_json
 from .measure import LatencySettings
-from .pipeline import prune_checkpoint
+from .pipeline import DEFAULT_DISTILL, prune_checkpoint
 from .plots import plot_layer_widths, plot_pareto
 from .pruning import PruneConfig
 from .report import compare, fronts
@@ -47,7 +47,8 @@ def point_name(cfg: PruneConfig) -> str:
 
 def run_sweep(ckpt: str | Path, configs: list[PruneConfig], out: str | Path, finetune_epochs: int = 1,
               finetune_lr: float | None = None, data_dir=None, device: str = "auto", batch_size: int | None = None,
-              settings: LatencySettings = LatencySettings(), overwrite: bool = False, progress: bool = True) -> dict:
+              settings: LatencySettings = LatencySettings(), overwrite: bool = False, progress: bool = True,
+              distill: float = DEFAULT_DISTILL) -> dict:
     """Prune ``ckpt`` at every point of ``configs`` into ``out`` and compare them; returns sweep.json."""
     out = Path(out)
     source = checkpoint.model_file(ckpt).resolve()  # absolute: the points' reports must find it later
@@ -57,7 +58,7 @@ def run_sweep(ckpt: str | Path, configs: list[PruneConfig], out: str | Path, fin
         for i, cfg in enumerate(configs, 1):
             note(f"sweep point {i}/{len(configs)}: {point_name(cfg)}")
             prune_checkpoint(source, cfg, stage / point_name(cfg), finetune_epochs, finetune_lr, data_dir=data_dir,
-                             device=device, batch_size=batch_size, progress=progress)
+                             device=device, batch_size=batch_size, progress=progress, distill=distill)
         note("measuring the base and every point side by side")
         points = [load_run(stage / point_name(cfg)) for cfg in configs]
         result = compare(points, load_run(source), settings)

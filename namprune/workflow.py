@@ -28,7 +28,7 @@ from .console import note
 from .errors import NampruneError
 from .files import commit_dir, run_dir, staging_dir, write_json, write_text
 from .measure import LatencySettings
-from .pipeline import finetune_pruned, prune_checkpoint, resume_training, train_model
+from .pipeline import compatible_data, finetune_pruned, prune_checkpoint, resume_training, train_model
 from .recipes import Recipe
 from .report import compare, csv_text, fronts, markdown
 from .runs import load_run
@@ -108,7 +108,10 @@ def _train(job: Job) -> None:
 
 def _rank(job: Job) -> None:
     r = job.recipe
-    ranking = rank_model(checkpoint.load(job.folder("train")), r.prune.importance, r.prune.normalization, r.prune.seed)
+    payload = checkpoint.read(job.folder("train"))
+    calibration = compatible_data(payload, job.data_dir, r.data.batch_size, "cpu").calibration
+    ranking = rank_model(checkpoint.build(payload).eval(), r.prune.importance, r.prune.normalization, r.prune.seed,
+                         calibration, r.prune.calibration_images)
     with run_dir(job.folder("rank"), overwrite=True) as stage:
         write_json(stage / "rank.json", ranking.to_dict())
         plots.plot_ranking(ranking, stage / "ranking.png", title=f"{r.name or r.model.name}: channel and pixel saliency")
@@ -122,7 +125,7 @@ def _prune(job: Job) -> None:
 def _finetune(job: Job) -> None:
     f = job.recipe.finetune
     finetune_pruned(job.folder("prune"), job.folder("finetune"), f.epochs, f.lr, f.sparsity, job.data_dir,
-                    job.device, overwrite=True, progress=job.progress, resume=True)
+                    job.device, overwrite=True, progress=job.progress, resume=True, distill=f.distill)
 
 
 def _report(job: Job) -> None:

@@ -5,7 +5,7 @@ import torch
 
 import namprune
 from namprune import NampruneError, TrainConfig, checkpoint, fit, load_data, models
-from namprune.engine import Divergence, lr_factor
+from namprune.engine import Divergence, build_optimizer, lr_factor
 
 FAST = dict(batch_size=32, lr=0.1, schedule="cosine", weight_decay=5e-4)
 
@@ -39,12 +39,55 @@ def test_schedules():
     multistep = TrainConfig(epochs=200, schedule="multistep", milestones=[60, 120, 160], lr_decay=0.2)
     assert [lr_factor(multistep, e) for e in (0, 59, 60, 120, 199)] == pytest.approx([1, 1, 0.2, 0.04, 0.008])
     cosine = TrainConfig(epochs=10, schedule="cosine", warmup_epochs=1)
-    assert lr_factor(cosine, 0) == 0.5 and lr_factor(cosine, 1) == 1.0 and lr_factor(cosine, 9) < 0.05
+    assert lr_factor(cosine, 0) < 0.05 and lr_factor(cosine, 0.5) == pytest.approx(0.5, abs=0.02)
+    assert lr_factor(cosine, 1) == 1.0 and lr_factor(cosine, 9.9) < 0.01
+    onecycle = TrainConfig(epochs=10)  # the default: up for 30 % of the run, then down to nearly zero
+    assert onecycle.schedule == "onecycle"
+    assert lr_factor(onecycle, 0) == pytest.approx(1 / 25) and lr_factor(onecycle, 3) == pytest.approx(1)
+    assert lr_factor(onecycle, 1.5) < lr_factor(onecycle, 2.9) and lr_factor(onecycle, 5) > lr_factor(onecycle, 8)
+    assert lr_factor(onecycle, 10) < 1e-5
+
+
+def test_the_learning_rate_moves_every_step(tmp_path):
+    data = load_data("digits", batch_size=32)
+    model = models.create("resnet20", num_classes=10, attention="none", input_size=16, in_channels=1)
+    fit(model, data, TrainConfig(epochs=2, **FAST), tmp_path, progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    # each row has the rate the epoch began with; per-step cosine: already halfway down after one of two epochs
+    assert rows[0]["lr"] == pytest.approx(0.1) and rows[1]["lr"] == pytest.approx(0.05, rel=0.05)
+
+
+def test_scale_factors_get_no_weight_decay_by_default():
+    model = models.create("resnet20", num_classes=10, attention="nam", input_size=16, in_channels=1)
+    decayed = {id(p) for g in build_optimizer(model, TrainConfig()).param_groups if g["weight_decay"] > 0 for p in g["params"]}
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    assert norms and not any(id(m.weight) in decayed or id(m.bias) in decayed for m in norms)
+    assert id(model.conv1.weight) in decayed
+    everything = build_optimizer(model, TrainConfig(bn_weight_decay=True)).param_groups
+    assert all(g["weight_decay"] == 5e-4 for g in everything)
+
+
+def test_distillation_pulls_the_student_toward_the_teacher():
+    data = load_data("digits", batch_size=32)
+    torch.manual_seed(0)
+    teacher = models.create("resnet20", num_classes=10, attention="none", input_size=16, in_channels=1)
+    fit(teacher, data, TrainConfig(epochs=3, **FAST), progress=False)
+    agreement = {}
+    for weight in (0.0, 1.0):
+        torch.manual_seed(1)
+        student = models.create("resnet20", num_classes=10, attention="none", input_size=16, in_channels=1)
+        fit(student, data, TrainConfig(epochs=1, distill=weight, **FAST), progress=False, teacher=teacher)
+        with torch.no_grad():
+            images = torch.cat([x for x, _ in data.test])
+            soft = [torch.softmax(m.eval()(images), 1) for m in (student, teacher)]
+        agreement[weight] = float((soft[0] - soft[1]).abs().sum(1).mean())
+    assert agreement[1.0] < agreement[0.0], agreement  # closer to the teacher's predictions
 
 
 @pytest.mark.parametrize("bad,match", [
     (dict(optimizer="lamb"), "unknown optimizer"), (dict(epochs=0), "epochs"), (dict(lr=0), "learning rate"),
     (dict(schedule="step"), "unknown schedule"), (dict(amp="fp8"), "amp"), (dict(warmup_epochs=5, epochs=5), "warmup"),
+    (dict(sparsity_targets="every"), "unknown sparsity targets"), (dict(distill=1.5), "distillation weight"),
 ])
 def test_config_validation(bad, match):
     with pytest.raises(NampruneError, match=match):

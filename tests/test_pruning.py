@@ -18,6 +18,13 @@ ARCHITECTURES = [("resnet20", "nam", "nam"), ("resnet56", "nam", "nam"), ("resne
                  ("tv:resnet18", "none", "slim"), ("resnet56", "none", "random")]
 
 
+def _calibration(size, channels=3, batches=2, seed=0):
+    """Random calibration batches: enough for data-driven scores to run on any architecture."""
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(8, channels, size, size, generator=g), torch.randint(0, 10, (8,), generator=g))
+            for _ in range(batches)]
+
+
 def _scramble_scales(model, seed=0):
     """Give every BatchNorm distinct scale factors, as training would, so rankings are not all ties."""
     g = torch.Generator().manual_seed(seed)
@@ -34,7 +41,7 @@ def test_every_architecture_prunes_and_still_trains(name, attention, importance)
     _scramble_scales(model)
     params, macs = count_params(model), count_macs(model)
     before = layer_widths(model)
-    result = prune(model, PruneConfig(ratio=0.3, importance=importance, max_layer_ratio=0.8))
+    result = prune(model, PruneConfig(ratio=0.3, importance=importance, max_layer_ratio=0.8), _calibration(size))
     assert result.ratio == pytest.approx(0.3, abs=0.01)
     assert count_params(model) < params and count_macs(model) < macs
     after = layer_widths(model)
@@ -54,7 +61,7 @@ def sparse_digits(tmp_path_factory):
     model = models.create("resnet20", num_classes=10, attention="nam-channel", input_size=16, in_channels=1)
     out = tmp_path_factory.mktemp("sparse") / "run"
     fit(model, data, TrainConfig(epochs=12, batch_size=32, lr=0.1, schedule="cosine", sparsity=0.01,
-                                 sparsity_targets="bn"), out, progress=False)
+                                 sparsity_targets="all"), out, progress=False)
     return model.eval(), data, out
 
 
@@ -64,28 +71,48 @@ def test_nam_ranking_keeps_far_more_accuracy_than_random(sparse_digits):
     accuracy = {}
     for importance in ("nam", "random"):
         pruned = copy.deepcopy(model)
-        prune(pruned, PruneConfig(ratio=0.5, importance=importance))
+        prune(pruned, PruneConfig(ratio=0.5, importance=importance, recalibrate=False), data.calibration)
         accuracy[importance] = evaluate(pruned, data.test)["top1"]
     assert base > 95
     assert accuracy["random"] < 30, accuracy  # chance is 10 %
     assert accuracy["nam"] > accuracy["random"] + 35, accuracy
 
 
+def test_recalibration_raises_accuracy_right_after_pruning(sparse_digits):
+    model, data, _ = sparse_digits
+    accuracy = {}
+    for recalibrate in (False, True):
+        pruned = copy.deepcopy(model)
+        result = prune(pruned, PruneConfig(ratio=None, target_macs=0.4, importance="random", recalibrate=recalibrate),
+                       data.calibration)
+        assert result.recalibrated == (30 if recalibrate else 0)  # 21 BatchNorms and 9 channel NAMs
+        accuracy[recalibrate] = evaluate(pruned, data.test)["top1"]
+    assert accuracy[True] > accuracy[False] + 10, accuracy
+
+
 def test_sparse_model_is_ready_to_prune(sparse_digits):
-    ranking = rank_model(sparse_digits[0])
-    assert ranking.near_zero() > 0.3  # the penalty drove many scale factors to zero
-    assert 0.3 < ranking.largest_safe_ratio() < 1
-    assert {g.source for g in ranking.groups} == {"nam", "bn"}
+    model, data, _ = sparse_digits
+    ranking = rank_model(model, calibration=data.calibration)
+    assert ranking.near_zero() > 0.2  # the penalty silenced many channels
+    assert 0.2 < ranking.largest_safe_ratio() < 1
+    assert {g.source for g in ranking.groups} == {"carried"}
     lowest = ranking.lowest(5)
     assert [score for *_, score in lowest] == sorted(score for *_, score in lowest)
 
 
-def test_nam_scores_are_nams_normalized_weight_and_auto_picks_per_importance(sparse_digits):
-    model = sparse_digits[0]
-    ranking = rank_model(model)  # nam, auto
+def test_nam_scores_are_shares_of_what_the_reading_layers_receive(sparse_digits):
+    model, data, _ = sparse_digits
+    ranking = rank_model(model, calibration=data.calibration)  # nam, auto
     assert ranking.normalization == "none"
+    readers = {"layers.0.0.conv1": 1, "conv1": 5, "layers.1.0.shortcut.0": 4, "layers.2.0.shortcut.0": 3}
     for group in ranking.groups:
-        if group.source == "nam":  # the mean of NAM's w over the group's NAMs: sums to 1
+        # every reading layer's input comes whole from one group in a ResNet: the squared scores
+        # (shares of each reader's input signal) add up to the number of readers
+        if group.name in readers:
+            assert float(group.scores.pow(2).sum()) == pytest.approx(readers[group.name], rel=1e-4), group.name
+    nam_w = rank_model(model, "nam-w")
+    for group in nam_w.groups:  # the mean of NAM's w over the group's NAMs: sums to 1
+        if group.source == "nam-w":
             assert float(group.scores.sum()) == pytest.approx(1.0, abs=1e-4), group.name
     assert rank_model(model, "slim").normalization == "none"
     l1 = rank_model(model, "l1")
@@ -93,43 +120,71 @@ def test_nam_scores_are_nams_normalized_weight_and_auto_picks_per_importance(spa
     assert all(float(g.scores.sum()) == pytest.approx(1.0, abs=1e-4) for g in l1.groups)
     with pytest.raises(namprune.NampruneError, match="unknown normalization 'median'"):
         rank_model(model, "nam", "median")
+    with pytest.raises(namprune.NampruneError, match="calibration images"):
+        rank_model(model, "taylor")
+
+
+def test_a_fresh_model_is_not_ranked_by_layer_width():
+    """Every scale factor equal: no group may look far less important merely for being wide.
+    NAM's w alone ranks a 64-wide stream 64x below a 16-wide inner group."""
+    torch.manual_seed(0)
+    model = models.create("resnet20", num_classes=10, attention="nam", input_size=32).eval()
+    medians = {}
+    for importance in ("nam", "nam-w"):
+        ranking = rank_model(model, importance, calibration=_calibration(32, batches=4))
+        medians[importance] = [float(g.scores.median()) for g in ranking.groups]
+    assert max(medians["nam"]) / min(medians["nam"]) < 8, medians["nam"]
+    assert max(medians["nam-w"]) / min(medians["nam-w"]) > 32  # the paper's ranking, shown failing
 
 
 def test_floor_holds_when_the_ranking_would_empty_layers(sparse_digits):
     model = copy.deepcopy(sparse_digits[0])
     before = layer_widths(model)
-    prune(model, PruneConfig(ratio=0.6, max_layer_ratio=0.5))
+    prune(model, PruneConfig(ratio=0.6, max_layer_ratio=0.5), sparse_digits[1].calibration)
     after = layer_widths(model)
     assert all(after[n] >= math.ceil(before[n] / 2) for n in before), {n: (before[n], after[n]) for n in before}
 
 
 @pytest.mark.parametrize("name", ["resnet20", "mobilenetv2"])
 @pytest.mark.parametrize("target", [0.5, 0.3])
-def test_target_macs_lands_within_two_percent_of_the_macs(name, target):
+@pytest.mark.parametrize("importance", ["nam", "slim"])
+def test_target_macs_lands_within_two_percent_of_the_macs(name, target, importance):
     model = models.create(name, num_classes=10, attention="nam", input_size=16)
     _scramble_scales(model)
     base = count_macs(model)
-    prune(model, PruneConfig(ratio=None, target_macs=target))
+    prune(model, PruneConfig(ratio=None, target_macs=target, importance=importance), _calibration(16))
     assert count_macs(model) / base == pytest.approx(target, abs=0.02)
+
+
+def test_macs_allocation_spends_score_per_mac():
+    """Two groups with equal scores: the one whose channels cost more MACs loses more of them."""
+    from namprune.pruning import allocate_macs
+    from namprune.saliency import GroupSaliency
+
+    groups = [GroupSaliency("cheap", [], torch.ones(10), "test"), GroupSaliency("costly", [], torch.ones(10), "test")]
+    removed = allocate_macs(groups, [1.0, 4.0], PruneConfig(ratio=None, target_macs=0.5), macs_to_remove=20)
+    assert removed == [0, 5]  # 5 costly channels save the 20 MACs; cheap ones would have taken 20 channels
+    scores = [GroupSaliency("weak", [], torch.full((10,), 0.1), "test"), GroupSaliency("strong", [], torch.ones(10), "test")]
+    assert allocate_macs(scores, [1.0, 2.0], PruneConfig(ratio=None, target_macs=0.5), 4) == [4, 0]
 
 
 def test_unreachable_macs_target_is_refused():
     model = models.create("resnet20", attention="nam", input_size=16)
     with pytest.raises(namprune.NampruneError, match="cannot be reached"):
-        prune(model, PruneConfig(ratio=None, target_macs=0.01, max_layer_ratio=0.5))
+        prune(model, PruneConfig(ratio=None, target_macs=0.01, max_layer_ratio=0.5), _calibration(16))
 
 
 def test_round_to_and_local_scope():
     model = models.create("resnet56", attention="nam", input_size=32)
     _scramble_scales(model)
     before = layer_widths(model)
-    prune(model, PruneConfig(ratio=0.4, round_to=8))
+    prune(model, PruneConfig(ratio=0.4, round_to=8), _calibration(32))
     changed = {n: w for n, w in layer_widths(model).items() if w != before[n]}
     assert changed and all(w % 8 == 0 for w in changed.values())
 
     model = models.create("resnet20", attention="nam", input_size=32)
     _scramble_scales(model)
-    prune(model, PruneConfig(ratio=0.25, scope="local"))
+    prune(model, PruneConfig(ratio=0.25, scope="local"), _calibration(32))
     widths = layer_widths(model)
     assert widths["layers.0.0.conv1"] == 12 and widths["layers.2.0.conv1"] == 48  # a quarter of 16 and of 64
 
@@ -143,7 +198,7 @@ def test_pruned_checkpoint_reloads_identically_and_prunes_again(tmp_path, name):
     info = {"name": "fake", "num_classes": 10, "in_channels": 3, "image_size": size, "mean": [0] * 3, "std": [1] * 3,
             "classes": list(map(str, range(10))), "train_size": 1, "test_size": 1}
     for round_ in (1, 2):
-        prune(model, PruneConfig(ratio=0.3, seed=round_))
+        prune(model, PruneConfig(ratio=0.3, seed=round_), _calibration(size, seed=round_))
         model.eval()
         path = checkpoint.save(tmp_path / f"round{round_}.pt", model, info)
         payload = torch.load(path, weights_only=True)
@@ -163,13 +218,15 @@ def test_prune_cli_report_and_reload(sparse_digits, tmp_path, capsys):
     assert code == 0, err
     report = json.loads((out / "report.json").read_text())
     for key in ("ratio", "params_before", "params_after", "macs_before", "macs_after", "top1_before", "top1_pruned",
-                "top1_finetuned", "layers"):
+                "top1_pruned_uncalibrated", "top1_finetuned", "layers"):
         assert key in report
     assert report["ratio"] == pytest.approx(0.5, abs=0.01)
     assert report["params_after"] < report["params_before"] and report["macs_after"] < report["macs_before"]
     assert report["top1_finetuned"] > 85
+    assert report["recalibrated"] and report["top1_pruned_uncalibrated"] <= 100
     assert {"name", "before", "after"} <= set(report["layers"][0])
-    assert "before" in stdout and "fine-tuned" in stdout
+    assert "before" in stdout and "fine-tuned" in stdout and "BatchNorm recalibrated" in stdout
+    assert report["recalibrated"] and report["calibration_images"] == 1024
     reloaded = namprune.load(out)
     assert count_params(reloaded) == report["params_after"]
     data = load_data("digits", batch_size=64)
@@ -191,7 +248,7 @@ def test_rank_cli_json(sparse_digits, tmp_path, capsys):
     (["--ratio", "0"], "--ratio must be in (0, 1)"),
     (["--ratio", "0.3", "--target-macs", "0.5"], "exactly one"),
     (["--target-macs", "0.01", "--max-layer-ratio", "0.5"], "cannot be reached"),
-    (["--importance", "taylor"], "unknown importance"),
+    (["--importance", "fisher"], "unknown importance"),
     (["--scope", "layer"], "unknown scope"),
 ])
 def test_prune_bad_input_writes_nothing(sparse_digits, tmp_path, capsys, args, fragment):

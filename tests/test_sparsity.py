@@ -15,16 +15,15 @@ def _randomize_scales(model):
                 m.weight.uniform_(-1, 1)
 
 
-@pytest.mark.parametrize("targets", ["nam", "bn"])
+@pytest.mark.parametrize("targets", ["nam", "bn", "all"])
 def test_penalty_value_and_gradient(targets):
     model = models.create("resnet20", attention="nam", input_size=16)
     _randomize_scales(model)
-    if targets == "nam":
-        expected_layers = [m.bn for m in model.modules() if isinstance(m, (ChannelNAM, SpatialNAM))]
-    else:
-        expected_layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    nam = [m.bn for m in model.modules() if isinstance(m, (ChannelNAM, SpatialNAM))]
+    every = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    expected_layers = {"nam": nam, "bn": [m for m in every if not any(m is n for n in nam)], "all": every}[targets]
     # ResNet-20: 9 blocks, one channel and one spatial NAM each; 19 + 2 shortcut BatchNorms besides
-    assert len(expected_layers) == (18 if targets == "nam" else 18 + 21)
+    assert len(expected_layers) == {"nam": 18, "bn": 21, "all": 39}[targets]
     assert {id(p) for p in penalized_parameters(model, targets)} == {id(m.weight) for m in expected_layers}
 
     p = 3e-4
@@ -46,6 +45,6 @@ def test_penalty_off_and_bad_arguments():
     assert SparsityPenalty(model, 1e-4, "nam")() is None  # no NAM layers: nothing to penalise
     assert SparsityPenalty(model, 0.0, "bn")() is None
     with pytest.raises(NampruneError, match="unknown sparsity targets"):
-        penalized_parameters(model, "all")
+        penalized_parameters(model, "every")
     with pytest.raises(NampruneError, match=">= 0"):
-        SparsityPenalty(model, -1.0)
+        SparsityPenalty(model, -1.0, "all")

@@ -11,16 +11,27 @@ from rich.table import Table
 from .. import checkpoint
 from ..console import console
 from ..files import write_json
-from ..pipeline import prune_checkpoint
+from ..calibrate import DEFAULT_IMAGES
+from ..engine import resolve_device
+from ..pipeline import DEFAULT_DISTILL, compatible_data, prune_checkpoint
 from ..plots import plot_ranking
-from ..pruning import PruneConfig
-from ..saliency import DEFAULT_NORMALIZATION, IMPORTANCES, NEAR_ZERO, rank_model
+from ..pruning import DEFAULT_RATIO, PruneConfig
+from ..saliency import DEFAULT_IMPORTANCE, DEFAULT_NORMALIZATION, IMPORTANCES, NEAR_ZERO, NEEDS_DATA, rank_model
 from .app import DataDir, Device, JsonOut, Overwrite, Quiet, app
 
-Importance = Annotated[str, typer.Option("--importance", help=f"How channels are ranked: {', '.join(IMPORTANCES)} "
-                                         "(nam: NAM's normalized weight w, BatchNorm |gamma| where a group has no NAM).")]
+Importance = Annotated[str, typer.Option("--importance", help=f"How channels are ranked: {', '.join(IMPORTANCES)}. "
+                                         "nam: what each channel carries through its BatchNorm and NAM gate into the "
+                                         "layers that read it (measured on calibration images); nam-w: NAM's normalized "
+                                         "weight w (the paper); slim: BatchNorm |gamma|; l1: filter norm; taylor: "
+                                         "first-order loss change.")]
 Normalization = Annotated[str, typer.Option("--normalization", help="How scores of layers of different width are compared: "
                                             "auto (the one measured best for the importance), none, mean, sum, max.")]
+CalibrationImages = Annotated[int, typer.Option("--calibration-images", min=1, help="Training images the data-driven scores "
+                                                "(nam, taylor) and the BatchNorm recalibration read.")]
+Recalibrate = Annotated[bool, typer.Option("--recalibrate/--no-recalibrate", help="Re-estimate BatchNorm statistics on "
+                                           "calibration images right after pruning.")]
+Distill = Annotated[float, typer.Option("--distill", min=0.0, max=1.0, help="Fine-tune with distillation from the unpruned "
+                                        "model: the weight of its soft targets in the loss (0: plain fine-tuning).")]
 Scope = Annotated[str, typer.Option("--scope", help="global: rank all channels together; local: remove the same fraction of every layer.")]
 RoundTo = Annotated[Optional[int], typer.Option("--round-to", min=1, help="Keep channel counts that are multiples of N (hardware-friendly widths).")]
 MaxLayerRatio = Annotated[float, typer.Option("--max-layer-ratio", help="No layer loses more than this fraction of its channels.")]
@@ -33,16 +44,22 @@ Seed = Annotated[int, typer.Option("--seed", help="Seed of the random importance
 @app.command()
 def rank(
     ckpt: Annotated[Path, typer.Argument(help="A run folder or its model.pt.")],
-    importance: Importance = "nam",
+    importance: Importance = DEFAULT_IMPORTANCE,
     normalization: Normalization = DEFAULT_NORMALIZATION,
+    calibration_images: CalibrationImages = DEFAULT_IMAGES,
+    data_dir: DataDir = None,
     top: Annotated[int, typer.Option("--top", min=0, help="Also list the K channels ranked lowest (pruned first).")] = 10,
     json_out: JsonOut = None,
     plot: Annotated[Optional[Path], typer.Option("--plot", help="Also draw each group's saliency distribution "
                                                  "and every SpatialNAM's pixel map to this PNG.")] = None,
 ) -> None:
     """Rank channels and pixels by their learned NAM weights; show how ready the model is to prune."""
-    model = checkpoint.load(ckpt)
-    ranking = rank_model(model, importance, normalization)
+    payload = checkpoint.read(ckpt)
+    model = checkpoint.build(payload).eval()
+    calibration = None
+    if importance in NEEDS_DATA:
+        calibration = compatible_data(payload, data_dir, 128, resolve_device("cpu")).calibration
+    ranking = rank_model(model, importance, normalization, calibration=calibration, images=calibration_images)
     how = f"{importance} importance, normalization " + (f"auto: {ranking.normalization}" if normalization == "auto"
                                                        else ranking.normalization)
     table = Table(title=f"channel saliency of {checkpoint.model_file(ckpt)} ({how})")
@@ -83,11 +100,14 @@ def prune(
     ratio: Annotated[Optional[float], typer.Option("--ratio", "-r", help="Fraction of the prunable channels to remove, in (0, 1).")] = None,
     target_macs: Annotated[Optional[float], typer.Option("--target-macs", help="Instead of --ratio: fraction of the MACs to keep, in (0, 1), met within 0.02.")] = None,
     scope: Scope = "global",
-    importance: Importance = "nam",
+    importance: Importance = DEFAULT_IMPORTANCE,
     normalization: Normalization = DEFAULT_NORMALIZATION,
     round_to: RoundTo = None,
     max_layer_ratio: MaxLayerRatio = 0.9,
+    calibration_images: CalibrationImages = DEFAULT_IMAGES,
+    recalibrate: Recalibrate = True,
     finetune_epochs: FinetuneEpochs = 0,
+    distill: Distill = DEFAULT_DISTILL,
     lr: FinetuneLr = None,
     finetune_sparsity: Annotated[float, typer.Option("--finetune-sparsity", min=0.0, help="Keep the sparsity penalty on while fine-tuning (default off).")] = 0.0,
     batch_size: FinetuneBatch = None,
@@ -101,11 +121,12 @@ def prune(
 ) -> None:
     """Remove the lowest-ranked channels structurally, fine-tune, and report the trade-off."""
     if ratio is None and target_macs is None:
-        ratio = 0.3
+        ratio = DEFAULT_RATIO
     cfg = PruneConfig(ratio=ratio, target_macs=target_macs, scope=scope, importance=importance,
-                      normalization=normalization, round_to=round_to, max_layer_ratio=max_layer_ratio, seed=seed)
+                      normalization=normalization, round_to=round_to, max_layer_ratio=max_layer_ratio, seed=seed,
+                      calibration_images=calibration_images, recalibrate=recalibrate)
     report = prune_checkpoint(ckpt, cfg, out, finetune_epochs, lr, finetune_sparsity, data_dir, device, batch_size,
-                              overwrite, progress=not quiet, resume=resume)
+                              overwrite, progress=not quiet, resume=resume, distill=distill)
     print_prune_report(report)
     console.print(f"pruned model: {out / 'model.pt'}   report: {out / 'report.json'}")
 
@@ -117,10 +138,15 @@ def print_prune_report(report: dict) -> None:
         table.add_column(column, justify="left" if not column else "right")
     table.add_row("before", f"{report['params_before']:,}", f"{report['macs_before']:,}",
                   f"{report['top1_before']:.2f}", f"{report['top5_before']:.2f}")
-    table.add_row("pruned", f"{report['params_after']:,}", f"{report['macs_after']:,}",
+    if report.get("recalibrated"):
+        table.add_row("pruned", f"{report['params_after']:,}", f"{report['macs_after']:,}",
+                      f"{report['top1_pruned_uncalibrated']:.2f}", "")
+    table.add_row("pruned, BatchNorm recalibrated" if report.get("recalibrated") else "pruned",
+                  f"{report['params_after']:,}", f"{report['macs_after']:,}",
                   f"{report['top1_pruned']:.2f}", f"{report['top5_pruned']:.2f}")
     if report["top1_finetuned"] is not None:
-        table.add_row(f"fine-tuned ({report['finetune_epochs']} ep)", f"{report['params_after']:,}",
+        how = ", distilled" if report.get("finetune_distill") else ""
+        table.add_row(f"fine-tuned ({report['finetune_epochs']} ep{how})", f"{report['params_after']:,}",
                       f"{report['macs_after']:,}", f"{report['top1_finetuned']:.2f}", f"{report['top5_finetuned']:.2f}")
     table.add_row("change", f"{report['params_after'] / report['params_before'] - 1:+.1%}",
                   f"{report['macs_after'] / report['macs_before'] - 1:+.1%} ({report['macs_speedup']:.2f}x)",

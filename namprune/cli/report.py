@@ -17,10 +17,13 @@ from ..plots import plot_layer_widths, plot_pareto
 from ..pruning import PruneConfig
 from ..report import check_outputs, compare, csv_text, fronts, markdown, print_table
 from ..runs import expand, find_base
-from ..saliency import DEFAULT_NORMALIZATION
+from ..calibrate import DEFAULT_IMAGES
+from ..pipeline import DEFAULT_DISTILL
+from ..saliency import DEFAULT_IMPORTANCE, DEFAULT_NORMALIZATION
 from ..sweep import run_sweep, sweep_configs
 from .app import DataDir, Device, JsonOut, Overwrite, Quiet, app
-from .prune import FinetuneBatch, FinetuneEpochs, FinetuneLr, Importance, MaxLayerRatio, Normalization, RoundTo, Scope, Seed
+from .prune import (CalibrationImages, Distill, FinetuneBatch, FinetuneEpochs, FinetuneLr, Importance, MaxLayerRatio,
+                    Normalization, Recalibrate, RoundTo, Scope, Seed)
 
 LatencyBatch = Annotated[int, typer.Option("--batch", min=1, help="The larger batch latency is also measured at (batch 1 always is).")]
 Threads = Annotated[Optional[int], typer.Option("--threads", min=1, help="CPU threads while timing (default: torch's current count; recorded with every figure; on a busy machine 1 is steadier).")]
@@ -106,10 +109,13 @@ def sweep(
     lr: FinetuneLr = None,
     batch_size: FinetuneBatch = None,
     scope: Scope = "global",
-    importance: Importance = "nam",
+    importance: Importance = DEFAULT_IMPORTANCE,
     normalization: Normalization = DEFAULT_NORMALIZATION,
     round_to: RoundTo = None,
     max_layer_ratio: MaxLayerRatio = 0.9,
+    calibration_images: CalibrationImages = DEFAULT_IMAGES,
+    recalibrate: Recalibrate = True,
+    distill: Distill = DEFAULT_DISTILL,
     seed: Seed = 0,
     data_dir: DataDir = None,
     device: Device = "auto",
@@ -124,11 +130,12 @@ def sweep(
 ) -> None:
     """Prune one checkpoint at several ratios / MACs targets, fine-tune each, and draw the Pareto front."""
     base_cfg = PruneConfig(scope=scope, importance=importance, normalization=normalization, round_to=round_to,
-                           max_layer_ratio=max_layer_ratio, seed=seed)
+                           max_layer_ratio=max_layer_ratio, seed=seed, calibration_images=calibration_images,
+                           recalibrate=recalibrate)
     configs = sweep_configs(base_cfg, _fractions(ratios, "--ratios"), _fractions(target_macs, "--target-macs"))
     settings = latency_settings(batch, threads, latency_device, min_time, rounds)
     record = run_sweep(ckpt, configs, out, finetune_epochs, lr, data_dir, device, batch_size, settings, overwrite,
-                       progress=not quiet)
+                       progress=not quiet, distill=distill)
     print_table({"base": record["base"]["name"], "settings": record["settings"],
                  "runs": [record["base"], *record["points"]]})
     console.print(f"Pareto front (top-1 against MACs): {', '.join(record['front']['macs'])}")
