@@ -33,7 +33,7 @@ import torch.utils.benchmark as benchmark
 
 import namprune
 from namprune import TrainConfig, checkpoint, evaluate
-from namprune.export import export_checkpoint, run_onnx, session
+from namprune.export import export_checkpoint, record_path, run_onnx, session
 from namprune.files import read_json, write_json, write_text
 from namprune.pipeline import compatible_data, prune_checkpoint, train_model
 from namprune.pruning import PruneConfig, prune
@@ -115,7 +115,7 @@ def exported(run: Path, data_dir: Path) -> dict:
     target = run.with_name(f"onnx-{run.name}") / "model.onnx"
     if not target.exists():
         export_checkpoint(run, target, data_dir=data_dir)
-    return read_json(target.with_name("export.json"))
+    return read_json(record_path(target))
 
 
 def prune_and_measure(method: str, data_dir: Path, args) -> dict:

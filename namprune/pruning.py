@@ -15,8 +15,9 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn as nn
 
+from .attach import remember_input
 from .errors import NampruneError
-from .graph import dependency_graph
+from .graph import channel_groups, dependency_graph, grouped_indices, ignored_names
 from .saliency import DEFAULT_NORMALIZATION, GroupSaliency, make_importance, score_groups
 
 # --------------------------------------------------------------------------- policy
@@ -122,19 +123,23 @@ def layer_widths(model: nn.Module) -> dict[str, int]:
             for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
 
 
-def prune_ratio(model: nn.Module, cfg: PruneConfig, ratio: float) -> PruneResult:
-    """Remove ``ratio`` of the prunable channels of ``model`` in place, lowest saliency first."""
+def prune_ratio(model: nn.Module, cfg: PruneConfig, ratio: float, ignored: list[str] = ()) -> PruneResult:
+    """Remove ``ratio`` of the prunable channels of ``model`` in place, lowest saliency first
+    (never the outputs of the classifier or of the ``ignored`` layers)."""
     before = layer_widths(model)
-    graph = dependency_graph(model)
+    graph = dependency_graph(model, ignored=ignored)
     ranked = score_groups(model, graph, make_importance(cfg.importance, cfg.normalization, cfg.seed))
     if not ranked:
         raise NampruneError("the model has no channel group that can be pruned")
     removed = allocate([s for _, s in ranked], cfg, ratio)
     was_training = model.training
-    for (group, saliency), n in zip(ranked, removed):
+    for i, ((group, saliency), n) in enumerate(zip(ranked, removed)):
         if n > 0:
-            idxs = torch.argsort(saliency.scores, stable=True)[:n].tolist()
-            graph.get_pruning_group(group[0].dep.target.module, group[0].dep.handler, idxs).prune()
+            # a grouped convolution keeps equal groups: whole positions go from every group
+            idxs = grouped_indices(saliency.scores, n, channel_groups(group))
+            removed[i] = len(idxs)
+            if idxs:
+                graph.get_pruning_group(group[0].dep.target.module, group[0].dep.handler, idxs).prune()
     model.train(was_training)
     model.namprune_history = list(getattr(model, "namprune_history", [])) + [list(s) for s in graph.pruning_history()]
     after = layer_widths(model)
@@ -144,15 +149,25 @@ def prune_ratio(model: nn.Module, cfg: PruneConfig, ratio: float) -> PruneResult
                        [s for _, s in ranked])
 
 
-def prune(model: nn.Module, cfg: PruneConfig) -> PruneResult:
-    """Prune in place by ``cfg.ratio``, or to keep ``cfg.target_macs`` of the MACs (within 2 % of them)."""
+def prune(model: nn.Module, cfg: PruneConfig, example_input: torch.Tensor | None = None,
+          ignored: list = ()) -> PruneResult:
+    """Prune in place by ``cfg.ratio``, or to keep ``cfg.target_macs`` of the MACs (within 2 % of them).
+
+    ``model`` is any traceable ``nn.Module``; ``example_input`` (one batch it takes) is needed
+    once for a model namprune did not build. The classifier (the last ``nn.Linear``) keeps
+    its outputs, and so do the ``ignored`` layers (names or modules).
+    """
     cfg.validate()
+    if example_input is not None:
+        remember_input(model, example_input)
+    ignored = ignored_names(model, ignored)
     if cfg.target_macs is None:
-        return prune_ratio(model, cfg, cfg.ratio)
-    return prune_ratio(model, cfg, ratio_for_macs(model, cfg))
+        return prune_ratio(model, cfg, cfg.ratio, ignored)
+    return prune_ratio(model, cfg, ratio_for_macs(model, cfg, ignored=ignored), ignored)
 
 
-def ratio_for_macs(model: nn.Module, cfg: PruneConfig, tolerance: float = 0.02, steps: int = 20) -> float:
+def ratio_for_macs(model: nn.Module, cfg: PruneConfig, tolerance: float = 0.02, steps: int = 20,
+                   ignored: list[str] = ()) -> float:
     """Bisect the channel ratio whose pruned copy keeps ``cfg.target_macs`` of the MACs, to
     within ``tolerance`` of the unpruned MACs (one channel of a residual stream can weigh
     over 1 % of a small network's MACs, so a tolerance relative to the target could be
@@ -168,7 +183,7 @@ def ratio_for_macs(model: nn.Module, cfg: PruneConfig, tolerance: float = 0.02, 
 
     def kept(ratio: float) -> float:
         trial = copy.deepcopy(model)
-        prune_ratio(trial, cfg, ratio)
+        prune_ratio(trial, cfg, ratio, ignored)
         return count_macs(trial) / base
 
     high = 0.999
