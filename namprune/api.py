@@ -64,7 +64,7 @@ def load(path: str | Path, model: nn.Module | None = None, device: str | torch.d
     file = checkpoint.model_file(path)
     arch = payload["arch"]
     shape = arch.get("input_shape") or [arch["in_channels"], arch["input_size"], arch["input_size"]]
-    x = torch.zeros(1, *shape)
+    x = torch.zeros(1, *shape, device=next(model.parameters()).device)
     misfit = f"{file} does not fit the given {type(model).__name__}"
     if arch["attention"] != "none" and not has_nam(model):
         try:

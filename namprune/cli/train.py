@@ -43,7 +43,7 @@ def _milestones(text: Optional[str]) -> Optional[list[int]]:
 
 @app.command()
 def train(
-    model: Annotated[str, typer.Option("--model", "-m", help="Registry name (resnet20, resnet56, resnet18/34/50, mobilenetv2), tv:<torchvision name>, timm:<timm name> (pip install \"namprune[timm]\") or path/to/file.py:function (your own constructor, called with the arguments it declares among num_classes, in_channels, input_size).")] = "resnet20",
+    model: Annotated[str, typer.Option("--model", "-m", help="Registry name (resnet20, resnet56, resnet18/34/50, mobilenetv2), tv:<torchvision name>, timm:<timm name> (pip install \"namprune\\[timm]\") or path/to/file.py:function (your own constructor, called with the arguments it declares among num_classes, in_channels, input_size).")] = "resnet20",
     weights: Annotated[Optional[Path], typer.Option("--weights", help="Start from this local state_dict (saved by torchvision, timm or any PyTorch code; read with weights_only=True). A classifier of another class count starts fresh, with a note.", metavar="FILE")] = None,
     nam_after: Annotated[Optional[str], typer.Option("--nam-after", help="Attach NAM after these layers (comma-separated module names) instead of at the residual branches namprune recognises; for tv:, timm: and file models.", metavar="NAMES")] = None,
     dataset: Annotated[str, typer.Option("--dataset", "-d", help=f"One of {', '.join(DATASETS)}.")] = "digits",

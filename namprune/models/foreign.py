@@ -18,6 +18,7 @@ import difflib
 import hashlib
 import importlib.util
 import inspect
+import sys
 from pathlib import Path
 
 import torch
@@ -145,11 +146,14 @@ def file_sha256(path: Path) -> str:
 def _load_file(path: Path, sha256: str):
     key = (str(path), sha256)
     if key not in _loaded_files:
-        spec = importlib.util.spec_from_file_location(f"namprune_user_model_{sha256[:12]}", path)
+        name = f"namprune_user_model_{sha256[:12]}"
+        spec = importlib.util.spec_from_file_location(name, path)
         module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # as an import does: dataclasses and pickling look the module up there
         try:
             spec.loader.exec_module(module)
         except Exception as exc:
+            del sys.modules[name]
             raise NampruneError(f"{path} failed to run: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
         _loaded_files[key] = module
     return _loaded_files[key]
