@@ -170,7 +170,7 @@ def create_from_file(path: Path, function: str, num_classes: int, in_channels: i
         raise NampruneError(f"{path} changed since the checkpoint was made (its SHA-256 differs); namprune rebuilds a "
                             "model only from the unchanged file it was trained with")
     constructor = getattr(_load_file(path, digest), function)
-    values = {"num_classes": num_classes, "in_channels": in_channels, "input_size": input_size}
+    values = dict(zip(FILE_ARGUMENTS, (num_classes, in_channels, input_size)))
     try:
         params = inspect.signature(constructor).parameters
         takes_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
