@@ -26,18 +26,20 @@ FORMAT = "namprune-checkpoint"
 VERSION = 1
 
 
-def save(path: str | Path, model: nn.Module, data_info: dict, metrics: dict | None = None,
-         config: dict | None = None, extra: dict | None = None) -> Path:
+def save(path: str | Path, model: nn.Module, data_info: dict | None = None, metrics: dict | None = None,
+         config: dict | None = None, extra: dict | None = None, arch: dict | None = None) -> Path:
     """Write ``model`` (built by ``namprune.models.create``, maybe pruned) to ``path`` atomically.
 
     A DDP or torch.compile wrapper is looked through: the plain module's weights are saved.
     ``extra`` adds entries (such as a training state); they must be weights_only-safe too.
+    ``arch`` describes a model namprune did not build (see ``namprune.save``).
     """
     model = unwrap(model)
     refuse_folded(model, "save")
-    spec = getattr(model, "namprune_spec", None)
+    spec = arch if arch is not None else getattr(model, "namprune_spec", None)
     if spec is None:
-        raise NampruneError("only models built by namprune.models.create can be saved as namprune checkpoints")
+        raise NampruneError("this model was not built by namprune.models.create: save it with "
+                            "namprune.save(model, path, example_input=x)")
     from . import __version__
 
     payload = {
@@ -47,7 +49,7 @@ def save(path: str | Path, model: nn.Module, data_info: dict, metrics: dict | No
         "arch": dict(spec),
         "pruning_history": [list(step) for step in getattr(model, "namprune_history", [])],
         "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
-        "data": dict(data_info),
+        "data": dict(data_info or {}),
         "metrics": dict(metrics or {}),
         "config": dict(config or {}),
         **(extra or {}),
@@ -56,9 +58,16 @@ def save(path: str | Path, model: nn.Module, data_info: dict, metrics: dict | No
 
 
 def model_file(path: str | Path) -> Path:
-    """``DIR`` -> ``DIR/model.pt``; a file path is returned as is."""
+    """``DIR`` -> ``DIR/model.pt``; a file path is returned as is. The folder of a recipe run
+    (``namprune run``) stands for the model it delivers: ``finetune/``, else ``prune/``."""
     path = Path(path)
-    return path / "model.pt" if path.is_dir() else path
+    if not path.is_dir():
+        return path
+    if not (path / "model.pt").exists() and (path / "recipe.yaml").is_file():
+        for stage in ("finetune", "prune"):
+            if (path / stage / "model.pt").is_file():
+                return path / stage / "model.pt"
+    return path / "model.pt"
 
 
 def read(path: str | Path) -> dict:
@@ -66,6 +75,10 @@ def read(path: str | Path) -> dict:
     file = model_file(path)
     if not file.exists():
         raise NampruneError(f"no checkpoint at {path} (expected a model.pt file or a run folder holding one)")
+    if file.suffix.lower() == ".onnx" or _is_onnx(file):
+        raise NampruneError(f"{file} is an ONNX file (an exported model), not a checkpoint; give the namprune checkpoint "
+                            "it was exported from (a run folder or its model.pt); `namprune export CKPT --out FILE "
+                            "--check-only` checks an ONNX file against it")
     try:
         with warnings.catch_warnings():  # torch warns about pickle protocols of foreign files
             warnings.simplefilter("ignore", UserWarning)
@@ -89,20 +102,43 @@ def read(path: str | Path) -> dict:
     return payload
 
 
+def _is_onnx(file: Path) -> bool:
+    """An ONNX model under another name: a protobuf (no zip or pickle header) that onnx parses
+    into a graph with nodes."""
+    with open(file, "rb") as f:
+        head = f.read(2)
+    if head[:1] != b"\x08":  # protobuf field 1 (ir_version), the first byte of every ONNX file
+        return False
+    try:
+        import onnx
+
+        proto = onnx.load(str(file), load_external_data=False)
+        return proto.ir_version > 0 and len(proto.graph.node) > 0
+    except Exception:  # not protobuf, or not ONNX
+        return False
+
+
 # The fields a checkpoint must have, and their types: checked before anything is built from them.
 _FIELDS = {"version": int, "arch": dict, "state_dict": dict, "data": dict}
 _ARCH = {"name": str, "num_classes": int, "attention": str, "input_size": int, "in_channels": int}
+_OPTIONAL_ARCH = {"nam_after": list, "file": str, "sha256": str, "class": str, "input_shape": list}
 _DATA = {"name": str, "num_classes": int, "in_channels": int, "image_size": int, "classes": (list, tuple)}
 
 
 def _schema_problem(payload: dict) -> str | None:
     """What is wrong with the structure of a checkpoint's contents, or None."""
-    for section, fields in ((payload, _FIELDS), (payload.get("arch"), _ARCH), (payload.get("data"), _DATA)):
+    data = payload.get("data")
+    # a model saved with namprune.save outside a training run names no dataset
+    sections = [(payload, _FIELDS), (payload.get("arch"), _ARCH)] + ([(data, _DATA)] if data != {} else [])
+    for section, fields in sections:
         if not isinstance(section, dict):
             return "arch and data must be mappings"
         for key, kind in fields.items():
             if not isinstance(section.get(key), kind) or isinstance(section.get(key), bool):
                 return f"{key!r} is missing or not a {getattr(kind, '__name__', 'list')}"
+    for key, kind in _OPTIONAL_ARCH.items():
+        if key in payload["arch"] and not isinstance(payload["arch"][key], kind):
+            return f"{key!r} is not a {kind.__name__}"
     arch = payload["arch"]
     if not (2 <= arch["num_classes"] <= 1_000_000 and 1 <= arch["input_size"] <= 8192 and 1 <= arch["in_channels"] <= 64):
         return "the architecture's sizes are out of range"

@@ -25,6 +25,7 @@ from .console import err_console, is_main_process, note
 from .data import DataBundle
 from .errors import NampruneError
 from .files import write_json, write_jsonl
+from .loaders import as_bundle
 from .sparsity import DEFAULT_STRENGTH, DEFAULT_TARGETS, TARGETS, SparsityPenalty
 
 OPTIMIZERS = ("sgd", "adamw")
@@ -244,10 +245,13 @@ CUDA_CHECK_EVERY = 50
 
 
 def fit(model: nn.Module, data: DataBundle, cfg: TrainConfig, out_dir: str | Path | None = None,
-        progress: bool = True, stage: str = "train", resume: dict | None = None,
+        progress: bool = True, stage: str = "train", resume: dict | None = None, test=None,
         teacher: nn.Module | None = None) -> dict:
     """Train ``model`` in place; with ``out_dir``, write a checkpoint, the metrics and the
     training state (``train_state.pt``) every epoch.
+
+    ``data`` is a ``load_data`` bundle, or any re-iterable of ``(images, labels)`` batches
+    with a length (your own ``DataLoader``), evaluated each epoch on ``test`` when given.
 
     With a ``teacher`` (the unpruned model, when fine-tuning a pruned one) and ``cfg.distill``
     above zero, the loss mixes the task loss with the distance to the teacher's softened
@@ -259,6 +263,7 @@ def fit(model: nn.Module, data: DataBundle, cfg: TrainConfig, out_dir: str | Pat
     an uninterrupted run. Returns the summary (also written to ``out_dir/summary.json``).
     """
     cfg.validate()
+    data = as_bundle(data, test)
     device = resolve_device(cfg.device)
     distributed.setup(device)
     dtype = autocast_dtype(cfg.amp, device)
@@ -303,9 +308,10 @@ def fit(model: nn.Module, data: DataBundle, cfg: TrainConfig, out_dir: str | Pat
             raise Divergence(f"{exc}; lower the learning rate{kept}") from None
         distributed.average_buffers(model)
         # every rank evaluates the whole test set (it is not sharded), so all agree on the metrics
-        test_stats = evaluate(model, data.test, device, cfg.amp)
+        test_stats = evaluate(model, data.test, device, cfg.amp) if data.test is not None else {}
         row = {"epoch": epoch + 1, "lr": train_stats.pop("lr"), **train_stats,
-               "test_top1": test_stats["top1"], "test_top5": test_stats["top5"], "test_loss": test_stats["loss"]}
+               "test_top1": test_stats.get("top1"), "test_top5": test_stats.get("top5"),
+               "test_loss": test_stats.get("loss")}
         history.append(row)
         _report_epoch(row, cfg.epochs, stage)
         if out_dir is not None and is_main_process():
@@ -313,7 +319,8 @@ def fit(model: nn.Module, data: DataBundle, cfg: TrainConfig, out_dir: str | Pat
             _save_state(model, data, cfg, out_dir, optimizer, scheduler, scaler, history, epoch + 1,
                         time.perf_counter() - start)
 
-    summary = {"stage": stage, "epochs": cfg.epochs, "final": history[-1], "best_top1": max(r["test_top1"] for r in history),
+    tested = [r["test_top1"] for r in history if r["test_top1"] is not None]
+    summary = {"stage": stage, "epochs": cfg.epochs, "final": history[-1], "best_top1": max(tested, default=None),
                "train_time_s": round(time.perf_counter() - start, 2), "device": str(device), "config": cfg.to_dict()}
     if out_dir is not None and is_main_process():
         write_json(out_dir / "summary.json", summary)
@@ -422,8 +429,9 @@ def _progress_bar(enabled: bool) -> Progress:
 
 
 def _report_epoch(row: dict, epochs: int, stage: str) -> None:
+    tested = "" if row["test_top1"] is None else f"test top-1 {row['test_top1']:.2f}%  top-5 {row['test_top5']:.2f}%  "
     note(f"{stage} epoch {row['epoch']:>3}/{epochs}  loss {row['train_loss']:.4f}  train {row['train_top1']:.2f}%  "
-         f"test top-1 {row['test_top1']:.2f}%  top-5 {row['test_top5']:.2f}%  {row['images_per_s']:.0f} img/s")
+         f"{tested}{row['images_per_s']:.0f} img/s")
 
 
 def _save_state(model, data, cfg, out_dir, optimizer, scheduler, scaler, history, epoch, elapsed) -> None:
@@ -433,13 +441,17 @@ def _save_state(model, data, cfg, out_dir, optimizer, scheduler, scaler, history
         rng["cuda"] = torch.cuda.get_rng_state_all()
     state = {"epoch": epoch, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
              "scaler": scaler.state_dict(), "rng": rng, "history": history, "elapsed_s": elapsed}
-    checkpoint.save(out_dir / TRAIN_STATE, model, data.info.as_dict(), config=cfg.to_dict(), extra={"train_state": state})
+    checkpoint.save(out_dir / TRAIN_STATE, model, _info(data), config=cfg.to_dict(), extra={"train_state": state})
 
 
 def _set_rng_state(rng: dict) -> None:
     torch.set_rng_state(rng["torch"])
     if "cuda" in rng and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+def _info(data: DataBundle) -> dict | None:
+    return data.info.as_dict() if data.info is not None else None  # your own loaders describe no dataset
 
 
 def load_train_state(run_dir: str | Path) -> dict | None:
@@ -451,5 +463,5 @@ def load_train_state(run_dir: str | Path) -> dict | None:
 def _save_epoch(model, data: DataBundle, cfg: TrainConfig, out_dir: Path, history: list[dict]) -> None:
     last = history[-1]
     metrics = {"epoch": last["epoch"], "top1": last["test_top1"], "top5": last["test_top5"], "loss": last["test_loss"]}
-    checkpoint.save(out_dir / "model.pt", model, data.info.as_dict(), metrics=metrics, config=cfg.to_dict())
+    checkpoint.save(out_dir / "model.pt", model, _info(data), metrics=metrics, config=cfg.to_dict())
     write_jsonl(out_dir / "metrics.jsonl", history)

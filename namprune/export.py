@@ -3,8 +3,9 @@
 ``export_checkpoint`` folds the NAM branches (``fold_nam``), exports with torch's dynamo
 exporter (falling back to the TorchScript exporter when it fails, or when it cannot give
 the opset asked for), runs the file in onnxruntime next to the unfolded torch model, and
-only then writes the ONNX file and ``export.json`` beside it. A file that fails the check
-is not written.
+only then writes the ONNX file and its record beside it (``model.onnx`` ->
+``model.export.json``, so several exports share a folder). A file that fails the check is
+not written.
 
 Parity: on every input batch both runtimes produce logits ``a`` (torch, the reference) and
 ``b`` (onnxruntime). The *relative difference* is ``max|a - b| / max|a|`` over all logits
@@ -33,6 +34,7 @@ from .console import note
 from .errors import NampruneError
 from .files import write_atomic, write_json
 from .fold import fold_nam
+from .graph import example_input
 from .measure import count_params
 from .pipeline import compatible_data
 
@@ -81,12 +83,15 @@ def check_opset(opset: int | None) -> int | None:
     return opset
 
 
+def record_path(onnx_path: str | Path) -> Path:
+    """The JSON record of an export, named after its ONNX file: ``dir/a.onnx`` -> ``dir/a.export.json``."""
+    return Path(onnx_path).with_suffix(".export.json")
+
+
 def output_paths(out: str | Path, overwrite: bool) -> tuple[Path, Path]:
-    """The ONNX file and the ``export.json`` beside it; refuses to replace either without ``overwrite``."""
+    """The ONNX file and its record beside it; refuses to replace either without ``overwrite``."""
     onnx_path = Path(out)
-    json_path = onnx_path.with_name("export.json")
-    if onnx_path == json_path:
-        raise NampruneError("--out names the report file export.json; give the ONNX file another name")
+    json_path = record_path(onnx_path)
     if onnx_path.is_dir():
         raise NampruneError(f"--out {onnx_path} is a folder; give the path of the ONNX file to write")
     for path in (onnx_path, json_path):
@@ -99,8 +104,7 @@ def output_paths(out: str | Path, overwrite: bool) -> tuple[Path, Path]:
 
 
 def input_shape(model: nn.Module, batch: int) -> tuple[int, ...]:
-    spec = model.namprune_spec
-    return batch, spec["in_channels"], spec["input_size"], spec["input_size"]
+    return tuple(example_input(model, batch).shape)
 
 
 def to_onnx(model: nn.Module, batch: int | None, opset: int | None = None,
@@ -311,7 +315,7 @@ def measure_latency(models: dict[str, nn.Module], sess: ort.InferenceSession, th
 def export_checkpoint(ckpt: str | Path, out: str | Path, opset: int | None = None, batch: str | int = "dynamic",
                       fold: bool = True, check: bool = True, optimize: bool = True, latency: bool = True,
                       data_dir=None, overwrite: bool = False, threads: int | None = None) -> dict:
-    """Export a checkpoint to ``out`` (ONNX) and ``export.json`` beside it; returns the report.
+    """Export a checkpoint to ``out`` (ONNX) and its record beside it (``record_path``); returns the report.
 
     Raises ``NampruneError`` for bad arguments (before any work) and ``ExportError`` when
     both exporters fail or the check fails; then nothing is written. ``threads``: for the

@@ -2,7 +2,8 @@
 and a run's folder appears only when the run is complete.
 
 A crash or a failed run therefore never leaves a half-written file behind and never
-destroys an earlier result.
+destroys an earlier result. A file gets the mode a plain ``open`` would give it (0666 less
+the umask), not the temporary file's private 0600.
 """
 
 from __future__ import annotations
@@ -31,9 +32,17 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's private 0600 would survive the rename
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _umask() -> int:
+    """The process's umask (reading it means setting it; it is set straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def write_atomic(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
@@ -116,7 +125,9 @@ def run_dir(out: str | os.PathLike, overwrite: bool = False, resume: bool = Fals
 
 
 def commit_dir(stage: Path, out: Path) -> None:
-    """Move a finished staging folder to its final name, replacing an older result."""
+    """Move a finished staging folder to its final name, replacing an older result. The
+    records in it are repointed first, so none names the staging folder that is gone."""
+    repoint_records(stage, out)
     old = None
     if out.exists():
         old = out.with_name(f".{out.name}.old-{os.getpid()}")
@@ -124,3 +135,31 @@ def commit_dir(stage: Path, out: Path) -> None:
     os.replace(stage, out)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def repoint_records(stage: Path, out: Path) -> None:
+    """Rewrite the paths under ``stage`` in every JSON record below it to the same paths under
+    ``out`` (as given and as absolute paths), atomically, file by file."""
+    stage, out = Path(stage), Path(out)
+    moves = [(str(stage), str(out)), (str(stage.resolve()), str(stage.resolve().with_name(out.name)))]
+    for record in stage.rglob("*.json"):
+        try:
+            original = read_json(record)
+        except (OSError, ValueError):  # not a record of ours
+            continue
+        moved = _moved(original, moves)
+        if moved != original:
+            write_json(record, moved)
+
+
+def _moved(value, moves: list[tuple[str, str]]):
+    if isinstance(value, str):
+        for old, new in moves:
+            if value == old or value.startswith(old + os.sep):
+                return new + value[len(old):]
+        return value
+    if isinstance(value, list):
+        return [_moved(v, moves) for v in value]
+    if isinstance(value, dict):
+        return {k: _moved(v, moves) for k, v in value.items()}
+    return value

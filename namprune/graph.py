@@ -8,12 +8,14 @@ runs over pixels, not channels) passes channel pruning through untouched.
 
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+import math
+from typing import Iterable, Iterator, Sequence
 
 import torch
 import torch.nn as nn
 import torch_pruning as tp
 
+from .attach import remember_input
 from .errors import NampruneError
 from .fold import refuse_folded
 from .nam import ChannelNAM, SpatialNAM
@@ -52,41 +54,146 @@ CUSTOM_PRUNERS = {ChannelNAM: ChannelNAMPruner(), SpatialNAM: PassThroughPruner(
 
 
 def example_input(model: nn.Module, batch: int = 1) -> torch.Tensor:
-    """A zero input of the shape the model was built for (from ``model.namprune_spec``)."""
-    spec = model.namprune_spec
+    """A zero input of the shape the model was built for: from ``model.namprune_spec`` (models
+    namprune built), else from the input a namprune function was last given for it
+    (``attach_nam``, ``prune(..., example_input=x)``, ``save``)."""
+    spec = getattr(model, "namprune_spec", None)
+    if spec is not None:
+        shape = (spec["in_channels"], spec["input_size"], spec["input_size"])
+    else:
+        shape = getattr(model, "namprune_input_shape", None)
+        if shape is None:
+            raise NampruneError(f"namprune does not know the input size of this {type(model).__name__}; pass "
+                                "example_input= (one batch of inputs, e.g. torch.randn(1, 3, 224, 224))")
     device = next(model.parameters()).device
-    return torch.zeros(batch, spec["in_channels"], spec["input_size"], spec["input_size"], device=device)
+    return torch.zeros(batch, *shape, device=device)
 
 
-def dependency_graph(model: nn.Module) -> tp.DependencyGraph:
-    """Trace ``model`` into a torch-pruning DependencyGraph that knows the NAM layers."""
+def dependency_graph(model: nn.Module, inputs: torch.Tensor | None = None,
+                     ignored: Iterable[str | nn.Module] = ()) -> tp.DependencyGraph:
+    """Trace ``model`` into a torch-pruning DependencyGraph that knows the NAM layers.
+
+    ``inputs`` (one batch) is remembered as the model's input size; ``ignored`` layers (by
+    name or module) keep all their output channels, like the classifier always does.
+    """
     refuse_folded(model, "prune")  # a folded gate's buffers are not channel layers torch-pruning knows
+    if inputs is not None:
+        remember_input(model, inputs)
+    protected = layers_named(model, ignored)
     was_training = model.training
     try:
         with torch.enable_grad():
-            return tp.DependencyGraph().build_dependency(
+            graph = tp.DependencyGraph().build_dependency(
                 model, example_input(model), customized_pruners=CUSTOM_PRUNERS, verbose=False)
     finally:
         model.train(was_training)
+    graph.namprune_ignored = protected
+    return graph
 
 
 def replay_history(model: nn.Module, history: list) -> nn.Module:
-    """Re-apply a saved pruning history to a freshly built model, in place."""
+    """Re-apply a saved pruning history to a freshly built model, in place.
+
+    Each step is checked before it is applied: torch-pruning itself skips channel indices
+    beyond a layer's width, so a history made for another model would otherwise "fit".
+    """
     graph = dependency_graph(model)
-    graph.load_pruning_history([(name, bool(is_out), list(idxs)) for name, is_out, idxs in history])
+    for name, is_out, idxs in history:
+        try:
+            layer = model.get_submodule(name)
+        except AttributeError:
+            raise NampruneError(f"the pruning history prunes {name!r}, a layer this {type(model).__name__} "
+                                "does not have") from None
+        pruner = graph.get_pruner_of_module(layer)
+        if pruner is None:
+            raise NampruneError(f"the pruning history prunes {name!r}, which is not a prunable layer here")
+        prune_fn = pruner.prune_out_channels if is_out else pruner.prune_in_channels
+        width = pruner.get_out_channels(layer) if is_out else pruner.get_in_channels(layer)
+        if width is not None and idxs and (max(idxs) >= width or len(set(idxs)) >= width):
+            raise NampruneError(f"the pruning history removes channel {max(idxs)} ({len(idxs)} in all) of {name!r}, "
+                                f"which has {width} {'output' if is_out else 'input'} channels here")
+        graph.get_pruning_group(layer, prune_fn, list(idxs)).prune(record_history=False)
     model.namprune_history = [list(step) for step in history]
     return model
 
 
+def classifier_name(model: nn.Module) -> str:
+    """The final layer, whose outputs are the classes: the last ``nn.Linear``, else the last
+    convolution (a fully convolutional classifier)."""
+    layers = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)] or \
+             [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    if not layers:
+        raise NampruneError("the model has no nn.Linear or nn.Conv2d classifier; name the layers to keep whole "
+                            "with ignored=[...]")
+    return layers[-1]
+
+
 def classifier(model: nn.Module) -> nn.Module:
-    """The final linear layer, whose outputs are the classes: never pruned."""
-    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    if not linears:
-        raise NampruneError("the model has no final nn.Linear classifier to protect from pruning")
-    return linears[-1]
+    return model.get_submodule(classifier_name(model))
 
 
-def prunable_groups(model: nn.Module, graph: tp.DependencyGraph) -> Iterator:
-    """Every group of coupled channels, each holding all of its channels; the classifier's
-    outputs are left out."""
-    return graph.get_all_groups(ignored_layers=[classifier(model)], root_module_types=(nn.Conv2d, nn.Linear))
+def ignored_names(model: nn.Module, ignored: Iterable[str | nn.Module]) -> list[str]:
+    """``ignored`` as module names (which survive a deep copy of the model), each checked."""
+    names = {m: n for n, m in model.named_modules()}
+    out = []
+    for item in ignored or ():
+        if isinstance(item, nn.Module):
+            if item not in names:
+                raise NampruneError(f"ignored holds a {type(item).__name__} that is not part of the model")
+            out.append(names[item])
+        else:
+            layers_named(model, [item])
+            out.append(item)
+    return out
+
+
+def layers_named(model: nn.Module, ignored: Iterable[str | nn.Module]) -> list[nn.Module]:
+    """The modules ``ignored`` names (by module or by name in ``model.named_modules()``)."""
+    found = []
+    for item in ignored:
+        if isinstance(item, nn.Module):
+            found.append(item)
+            continue
+        try:
+            found.append(model.get_submodule(item))
+        except AttributeError:
+            raise NampruneError(f"ignored names {item!r}, a layer this {type(model).__name__} does not have") from None
+    return found
+
+
+def prunable_groups(model: nn.Module, graph: tp.DependencyGraph, ignored: Iterable[str | nn.Module] = ()) -> Iterator:
+    """Every group of coupled channels, each holding all of its channels; the outputs of the
+    classifier and of the ``ignored`` layers (and of those the graph was built to ignore)
+    are left out."""
+    protected = layers_named(model, ignored) + list(getattr(graph, "namprune_ignored", []))
+    try:
+        protected.append(classifier(model))
+    except NampruneError:
+        if not protected:  # nothing found, nothing named
+            raise
+    return graph.get_all_groups(ignored_layers=protected, root_module_types=(nn.Conv2d, nn.Linear))
+
+
+def channel_groups(group) -> int:
+    """Into how many convolution groups a group's channels are split (1: none).
+
+    A grouped convolution (``groups`` > 1, not depthwise) stays valid only if each of its
+    groups loses the same channel positions; torch-pruning's ``MetaPruner`` does the same
+    (``_get_channel_groups``). Several grouped layers in one group need a common multiple.
+    """
+    counts = [item.dep.target.module.groups for item in group
+              if isinstance(item.dep.target.module, nn.Conv2d)
+              and 1 < item.dep.target.module.groups < item.dep.target.module.out_channels]
+    return math.lcm(*counts) if counts else 1
+
+
+def grouped_indices(scores: torch.Tensor, n: int, groups: int) -> list[int]:
+    """The ``n`` channels of lowest score to remove, as whole positions of ``groups`` equal
+    convolution groups: each group loses the same positions (those of lowest mean score),
+    ``n`` rounded to a multiple of ``groups``, at least one position kept."""
+    if groups == 1:
+        return torch.argsort(scores, stable=True)[:n].tolist()
+    size = len(scores) // groups
+    positions = min(size - 1, round(n / groups))
+    order = torch.argsort(scores.view(groups, size).mean(0), stable=True)[:positions]
+    return sorted((order[None, :] + size * torch.arange(groups)[:, None]).flatten().tolist())

@@ -30,17 +30,20 @@ DEFAULT_DISTILL = 0.0  # weight of distillation from the unpruned model while fi
 
 def train_model(model_name: str, dataset: str, cfg: TrainConfig, out: str | Path, data_dir=None,
                 image_size: int | None = None, attention: str = "nam", workers: int = 2, overwrite: bool = False,
-                progress: bool = True) -> dict:
-    """Train a new model into the run folder ``out``; returns the summary."""
+                progress: bool = True, weights: str | Path | None = None, nam_after: list[str] | None = None) -> dict:
+    """Train a new model into the run folder ``out``, from the local state_dict ``weights`` when
+    given; returns the summary."""
     out = Path(out)
     check_out_dir(out, overwrite)
+    models.check_name(model_name)  # before the data is loaded
     device = resolve_device(cfg.device)
     data = load_data(dataset, data_dir, image_size, cfg.batch_size, device, workers, cfg.seed,
                      rank=distributed.rank(), world_size=distributed.world_size())
     seed_everything(cfg.seed)  # the initial weights depend on the seed alone
-    model = models.create(model_name, data.info.num_classes, attention, data.info.image_size, data.info.in_channels)
+    model = models.create(model_name, data.info.num_classes, attention, data.info.image_size, data.info.in_channels,
+                          weights=weights, nam_after=nam_after)
     cfg.extra = {**cfg.extra, "model": model_name, "dataset": dataset, "attention": attention,
-                 "data_dir": str(data_dir) if data_dir else None}
+                 "data_dir": str(data_dir) if data_dir else None, "weights": str(weights) if weights else None}
     with run_dir(out, overwrite=overwrite) as stage:
         summary = fit(model, data, cfg, stage, progress=progress)
         (stage / TRAIN_STATE).unlink(missing_ok=True)
@@ -85,6 +88,9 @@ def compatible_data(payload: dict, data_dir, batch_size: int, device, seed: int 
     """The dataset a checkpoint was trained on, checked against the checkpoint's channels and
     classes (its training split sharded by ``rank`` of ``world_size`` processes)."""
     info = payload["data"]
+    if not info:
+        raise NampruneError("the checkpoint names no dataset (it was saved with namprune.save); evaluate and fine-tune "
+                            "it in Python with namprune.evaluate and namprune.fit on your own data")
     data = load_data(info["name"], data_dir, info["image_size"], batch_size, device, workers, seed=seed, rank=rank,
                      world_size=world_size)
     loaded = data.info.as_dict()

@@ -24,10 +24,11 @@ from typing import Iterable
 import torch
 import torch.nn as nn
 
+from .attach import remember_input
 from .calibrate import DEFAULT_IMAGES, recalibrate_batchnorm
 from .cost import channel_macs, count_macs
 from .errors import NampruneError
-from .graph import dependency_graph
+from .graph import channel_groups, dependency_graph, grouped_indices, ignored_names
 from .saliency import (DEFAULT_IMPORTANCE, DEFAULT_NORMALIZATION, NEEDS_DATA, GroupSaliency, check_importance,
                        make_importance, resolve_normalization, score_groups)
 
@@ -198,13 +199,16 @@ def layer_widths(model: nn.Module) -> dict[str, int]:
 
 
 def _plan(model: nn.Module, ranked: list, removed: list[int]) -> Plan:
+    """The lowest-scored channels of each group; a grouped convolution keeps equal groups, so
+    whole positions go from every one of its groups."""
     names = {m: n for n, m in model.named_modules()}
     roots = [(names[group[0].dep.target.module], group[0].dep.handler) for group, _ in ranked]
-    chosen = [torch.argsort(s.scores, stable=True)[:n].tolist() for (_, s), n in zip(ranked, removed)]
+    chosen = [grouped_indices(s.scores, n, channel_groups(group)) for (group, s), n in zip(ranked, removed)]
     return Plan(roots, chosen)
 
 
-def prune(model: nn.Module, cfg: PruneConfig, calibration: Iterable | None = None) -> PruneResult:
+def prune(model: nn.Module, cfg: PruneConfig, calibration: Iterable | None = None,
+          example_input: torch.Tensor | None = None, ignored: list = ()) -> PruneResult:
     """Prune ``model`` in place by ``cfg.ratio``, or to keep ``cfg.target_macs`` of its MACs
     (within ``MACS_TOLERANCE`` of them), then re-estimate BatchNorm statistics.
 
@@ -212,12 +216,18 @@ def prune(model: nn.Module, cfg: PruneConfig, calibration: Iterable | None = Non
     namprune's loader): data-driven scores and the recalibration read ``cfg.calibration_images``
     images of it. Without it, only scores that need no data can be used and nothing is
     recalibrated.
+
+    ``model`` is any traceable ``nn.Module``; ``example_input`` (one batch it takes) is needed
+    once for a model namprune did not build. The classifier (the last ``nn.Linear``) keeps
+    its outputs, and so do the ``ignored`` layers (names or modules).
     """
     cfg.validate()
     if cfg.importance in NEEDS_DATA and calibration is None:
         raise NampruneError(f"--importance {cfg.importance} needs calibration images (training data)")
+    if example_input is not None:
+        remember_input(model, example_input)
     before = layer_widths(model)
-    graph = dependency_graph(model)
+    graph = dependency_graph(model, ignored=ignored_names(model, ignored))
     scorer = make_importance(cfg.importance, cfg.normalization, cfg.seed, model, calibration, cfg.calibration_images)
     ranked = score_groups(model, graph, scorer)
     if not ranked:
@@ -227,7 +237,9 @@ def prune(model: nn.Module, cfg: PruneConfig, calibration: Iterable | None = Non
         removed = allocate_ratio(groups, cfg, cfg.ratio)
     else:
         removed = _removal_for_macs(model, ranked, cfg)
-    _plan(model, ranked, removed).apply(model)
+    plan = _plan(model, ranked, removed)
+    plan.apply(model)
+    removed = [len(idxs) for idxs in plan.removed]
     recalibrated = recalibrate_batchnorm(model, calibration, cfg.calibration_images) \
         if cfg.recalibrate and calibration is not None else 0
     after = layer_widths(model)

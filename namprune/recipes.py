@@ -4,21 +4,27 @@ fine-tuning, export) for ``namprune run``.
 The schema is a set of pydantic models in strict mode: unknown keys, wrong types and
 out-of-range values are refused before any work starts, with one line naming the file,
 the key and what was wrong. ``--set key=value`` overrides any value (the value is read as
-YAML, so ``--set prune.ratio=0.5`` gives a number).
+YAML, so ``--set prune.ratio=0.5`` gives a number). Names (the model, its weights file, the
+data folder) are checked too, so a run never starts on a recipe that cannot work.
+
+YAML 1.1, which PyYAML implements, reads ``1e-4`` (no dot) as text; recipes read it as the
+number YAML 1.2 and every user mean.
 """
 
 from __future__ import annotations
 
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .data import DATASETS
 from .engine import AMP_MODES, OPTIMIZERS, SCHEDULES, TrainConfig
 from .errors import NampruneError
+from .models import check_name
 from .nam import ATTENTIONS
 from .calibrate import DEFAULT_IMAGES
 from .pipeline import DEFAULT_DISTILL
@@ -31,6 +37,18 @@ def _choice(values):
     return Literal[tuple(values)]
 
 
+class RecipeLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, reading exponent floats without a dot (``1e-4``) as numbers."""
+
+
+RecipeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))
+
+
+def read_yaml(text: str):
+    return yaml.load(text, Loader=RecipeLoader)
+
+
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
@@ -38,6 +56,20 @@ class Section(BaseModel):
 class ModelSection(Section):
     name: str = "resnet20"
     attention: _choice(ATTENTIONS) = "nam"
+    weights: Optional[str] = None
+    nam_after: Optional[list[str]] = None
+
+    @field_validator("name")
+    @classmethod
+    def _buildable(cls, name: str) -> str:
+        return check_name(name)
+
+    @field_validator("weights")
+    @classmethod
+    def _weights_exist(cls, weights: str | None) -> str | None:
+        if weights is not None and not Path(weights).expanduser().is_file():
+            raise ValueError(f"there is no weights file {weights}")
+        return weights
 
 
 class DataSection(Section):
@@ -46,6 +78,13 @@ class DataSection(Section):
     image_size: Optional[int] = Field(None, ge=8, le=1024)
     batch_size: int = Field(128, ge=1)
     workers: int = Field(2, ge=0)
+
+    @field_validator("data_dir")
+    @classmethod
+    def _folder_exists(cls, data_dir: str | None) -> str | None:
+        if data_dir is not None and not Path(data_dir).expanduser().is_dir():
+            raise ValueError(f"there is no folder {data_dir}")
+        return data_dir
 
 
 class TrainSection(Section):
@@ -164,46 +203,75 @@ def find_recipe(name_or_path: str | Path) -> Path:
                         f"({', '.join(sorted(packaged))})")
 
 
-def load_recipe(name_or_path: str | Path, overrides: list[str] = ()) -> Recipe:
-    """Read, override (``key.sub=value``) and validate a recipe; errors name the file and the key."""
+def load_recipe(name_or_path: str | Path, overrides: list[str] = (), flags: dict[str, tuple[str, object]] | None = None) -> Recipe:
+    """Read, override and validate a recipe; errors name the file (a packaged recipe by its name)
+    and the key, or the ``--set key=value`` or flag that set it.
+
+    ``overrides`` are ``key.sub=value`` texts (``--set``); ``flags`` map a key to the command-line
+    flag and value that override it (``{"train.epochs": ("--epochs", 3)}``).
+    """
     path = find_recipe(name_or_path)
+    label = str(path) if Path(name_or_path).is_file() else str(name_or_path)  # a packaged recipe by its name
     try:
-        document = yaml.safe_load(path.read_text())
+        document = read_yaml(path.read_text())
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).strip().splitlines()[0]
-        raise NampruneError(f"{path}: not valid YAML{where}: {problem}") from None
+        raise NampruneError(f"{label}: not valid YAML{where}: {problem}") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise NampruneError(f"{path}: cannot be read ({type(exc).__name__})") from None
+        raise NampruneError(f"{label}: cannot be read ({type(exc).__name__})") from None
     document = {} if document is None else document
     if not isinstance(document, dict):
-        raise NampruneError(f"{path}: a recipe is a mapping of sections (model, data, train, ...), "
+        raise NampruneError(f"{label}: a recipe is a mapping of sections (model, data, train, ...), "
                             f"not a {type(document).__name__}")
+    sources: dict[str, str] = {}  # key -> what set it on the command line
     for override in overrides:
-        _apply_override(document, override, path)
+        key, value = _parse_override(override)
+        _set(document, key, value, f"--set {override}")
+        sources[key] = f"--set {override}"
+    for key, (flag, value) in (flags or {}).items():
+        _set(document, key, value, f"{flag} {value}")
+        sources[key] = f"{flag} {value}"
     try:
         return Recipe.model_validate(document)
     except ValidationError as exc:
-        raise NampruneError(f"{path}: {_describe(exc.errors()[0])}") from None
+        error = exc.errors()[0]
+        blamed = _set_by(error["loc"], sources)
+        if blamed:
+            raise NampruneError(f"{blamed}: {_describe(error, with_key=False)}") from None
+        raise NampruneError(f"{label}: {_describe(error)}") from None
 
 
-def _apply_override(document: dict, override: str, path: Path) -> None:
+def _parse_override(override: str) -> tuple[str, object]:
     key, sep, text = override.partition("=")
     if not sep or not key.strip():
         raise NampruneError(f"--set takes key=value (such as prune.ratio=0.5), got {override!r}")
     try:
-        value = yaml.safe_load(text)
+        value = read_yaml(text)
     except yaml.YAMLError:
         value = text
-    *parents, leaf = key.strip().split(".")
+    return key.strip(), value
+
+
+def _set(document: dict, key: str, value, source: str) -> None:
+    *parents, leaf = key.split(".")
     node = document
     for part in parents:
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
-            raise NampruneError(f"{path}: --set {key}: {part} is not a section")
+            raise NampruneError(f"{source}: {part} is not a section")
         node = child
     node[leaf] = value
+
+
+def _set_by(loc: tuple, sources: dict[str, str]) -> str | None:
+    """The command-line override that set the key an error is about (or a section around it)."""
+    key = ".".join(str(part) for part in loc)
+    for set_key, source in sources.items():
+        if key == set_key or key.startswith(set_key + ".") or set_key.startswith(key + "."):
+            return source
+    return None
 
 
 def _known_keys(loc: tuple) -> list[str]:
@@ -213,10 +281,11 @@ def _known_keys(loc: tuple) -> list[str]:
     return list(model.model_fields)
 
 
-def _describe(error: dict) -> str:
+def _describe(error: dict, with_key: bool = True) -> str:
     key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+    prefix = f"{key}: " if with_key else ""
     if error["type"] == "extra_forbidden":
-        return f"{key}: unknown key (known keys here: {', '.join(_known_keys(error['loc']))})"
+        return f"{prefix}unknown key (known keys here: {', '.join(_known_keys(error['loc']))})"
     message = error["msg"].removeprefix("Value error, ")
-    return f"{key}: {message} (got {error['input']!r})" if "input" in error and error["type"] != "value_error" \
-        else f"{key}: {message}"
+    return f"{prefix}{message} (got {error['input']!r})" if "input" in error and error["type"] != "value_error" \
+        else f"{prefix}{message}"

@@ -9,7 +9,8 @@ A run folder holds a namprune checkpoint ``model.pt`` and one record of how it w
   one, or the one right after pruning when it was not fine-tuned;
 * a bare checkpoint folder (``model.pt`` alone): the accuracy stored in the checkpoint.
 
-A sweep folder (``sweep.json`` beside one folder per point) stands for all of its points.
+A sweep folder (``sweep.json`` beside one folder per point) stands for all of its points; a
+recipe run's folder (``namprune run``) for the model it delivers (``finetune/``, else ``prune/``).
 
 The unpruned base that every run is compared with is, in this order: the run given as
 ``base``; else the first unpruned run (training run or bare checkpoint) among those given;
@@ -81,9 +82,9 @@ def _accuracy(top1, top5, where: Path) -> dict:
 def load_run(path: str | os.PathLike) -> Run:
     """The run in a folder (or the folder of a ``model.pt`` file)."""
     path = Path(path)
-    folder = path.parent if path.is_file() else path
     if not path.exists():
         raise NampruneError(f"{path} does not exist")
+    folder = checkpoint.model_file(path).parent  # a recipe run's folder stands for its final model
     if not (folder / "model.pt").is_file():
         raise NampruneError(f"{path} is not a run folder (it holds no model.pt); give folders written by "
                             "namprune train, prune or sweep")

@@ -75,19 +75,30 @@ def run_recipe(recipe: Recipe, out: str | Path, device: str = "auto", overwrite:
         if not overwrite:
             raise NampruneError(f"{root} holds an interrupted run of a different recipe; pass --overwrite to discard it")
         shutil.rmtree(root)
+    fresh = not root.exists()
     root.mkdir(parents=True, exist_ok=True)
     write_text(root / "recipe.yaml", text)
     job = Job(recipe, root, device, progress, latency)
-    for stage, step in STEPS.items():
-        if stage == "finetune" and not recipe.finetune.epochs or stage == "export" and not recipe.export.enabled:
-            continue
-        if job.folder(stage).exists():
-            note(f"[green]✓[/] {stage}: done earlier")
-            continue
-        note(f"[bold]▶ {stage}[/]")
-        step(job)
+    try:
+        for stage, step in STEPS.items():
+            if stage == "finetune" and not recipe.finetune.epochs or stage == "export" and not recipe.export.enabled:
+                continue
+            if job.folder(stage).exists():
+                note(f"[green]✓[/] {stage}: done earlier")
+                continue
+            note(f"[bold]▶ {stage}[/]")
+            step(job)
+    except BaseException:
+        if fresh and _nothing_done(root):  # a run that failed before doing anything leaves nothing behind
+            shutil.rmtree(root, ignore_errors=True)
+        raise
     commit_dir(root, out)
     return out
+
+
+def _nothing_done(root: Path) -> bool:
+    """Only the recipe and empty or absent stage folders: no work to resume."""
+    return all(p.name == "recipe.yaml" or (p.is_dir() and not any(p.iterdir())) for p in root.iterdir())
 
 
 def _recipe_in(folder: Path) -> str | None:
@@ -103,7 +114,7 @@ def _train(job: Job) -> None:
     r = job.recipe
     train_model(r.model.name, r.data.dataset, r.train_config(job.device), out, data_dir=job.data_dir,
                 image_size=r.data.image_size, attention=r.model.attention, workers=r.data.workers,
-                overwrite=True, progress=job.progress)
+                overwrite=True, progress=job.progress, weights=r.model.weights, nam_after=r.model.nam_after)
 
 
 def _rank(job: Job) -> None:

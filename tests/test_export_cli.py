@@ -32,8 +32,8 @@ def exported(digits_ckpt, tmp_path_factory):
 
 def test_export_writes_the_file_and_its_report(exported, digits_ckpt):
     proc, out = exported
-    assert sorted(p.name for p in out.parent.iterdir()) == ["export.json", "model.onnx"]  # no temporary files
-    report = json.loads(out.with_name("export.json").read_text())
+    assert sorted(p.name for p in out.parent.iterdir()) == ["model.export.json", "model.onnx"]  # no temporary files
+    report = json.loads(out.with_name("model.export.json").read_text())
     assert report["exporter"] == "dynamo" and report["batch"] == "dynamic" and report["folded"]
     assert report["file_bytes"] == out.stat().st_size
     assert report["params"] == sum(p.numel() for p in namprune.load(digits_ckpt).parameters())
@@ -66,7 +66,7 @@ def test_opset_the_dynamo_exporter_cannot_make_falls_back_to_torchscript(digits_
     assert code == 0, err
     notes = [line for line in err.splitlines() if line.strip()]
     assert len(notes) == 1 and "dynamo exporter failed" in notes[0] and "TorchScript" in notes[0], err
-    report = json.loads((tmp_path / "export.json").read_text())
+    report = json.loads((tmp_path / "model.export.json").read_text())
     assert report["exporter"] == "torchscript" and report["opset"] == 13 and report["batch"] == 4
     model = onnx.load(str(out))
     assert [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim] == [4, 1, 16, 16]
@@ -133,10 +133,10 @@ def test_bad_files_are_one_line_and_write_nothing(digits_ckpt, tmp_path, capsys)
 
 def test_existing_output_is_kept_without_overwrite(exported, digits_ckpt, capsys):
     _, out = exported
-    before = out.read_bytes(), out.with_name("export.json").read_bytes()
+    before = out.read_bytes(), out.with_name("model.export.json").read_bytes()
     code, _, err = run_cli(capsys, "export", digits_ckpt, "--out", out)
     assert_one_line_error(code, err, "already exists", "--overwrite")
-    assert (out.read_bytes(), out.with_name("export.json").read_bytes()) == before
+    assert (out.read_bytes(), out.with_name("model.export.json").read_bytes()) == before
 
 
 def test_export_is_documented(capsys):

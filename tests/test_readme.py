@@ -32,3 +32,9 @@ def test_every_shipped_recipe_is_in_the_readme():
     text = (ROOT / "README.md").read_text()
     for recipe in (ROOT / "recipes").glob("*.yaml"):
         assert f"`{recipe.stem}`" in text, recipe.stem
+
+
+def test_the_bring_your_own_model_example_is_the_script_in_docs():
+    text = (ROOT / "README.md").read_text()
+    block = re.search(r"<!-- byom-example -->\s*```python\n(.*?)```", text, re.S).group(1)
+    assert block == (ROOT / "docs" / "examples" / "bring_your_own_model.py").read_text()

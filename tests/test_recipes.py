@@ -70,7 +70,7 @@ def test_overrides_with_set(tmp_path):
     assert (recipe.prune.ratio, recipe.train.epochs, recipe.model.attention) == (0.6, 3, "nam-channel")
     recipe = load_recipe(path, ["prune.ratio=null", "prune.target_macs=0.5"])
     assert recipe.prune.target_macs == 0.5 and recipe.prune.ratio is None
-    with pytest.raises(NampruneError, match="prune.ratio: Input should be less than 1"):
+    with pytest.raises(NampruneError, match=r"^--set prune.ratio=2: Input should be less than 1"):  # not the file's fault
         load_recipe(path, ["prune.ratio=2"])
     with pytest.raises(NampruneError, match="--set takes key=value"):
         load_recipe(path, ["prune.ratio"])

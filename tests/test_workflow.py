@@ -53,6 +53,26 @@ def test_run_completes_every_stage(finished):
     assert not out.with_name("out.partial").exists()
 
 
+def test_no_record_names_the_staging_folder_that_is_gone(finished):
+    _, out, _ = finished
+    records = sorted(out.rglob("*.json"))
+    assert {p.name for p in records} >= {"report.json", "model.export.json", "summary.json", "rank.json"}
+    for record in records:
+        assert ".partial" not in record.read_text(), record
+    exported = json.loads((out / "export" / "model.export.json").read_text())
+    assert exported["onnx"] == str(out / "export" / "model.onnx") and os.path.exists(exported["source"])
+
+
+def test_eval_and_report_of_a_run_folder_take_its_final_model(finished, capsys):
+    _, out, _ = finished
+    code, stdout, err = run_cli(capsys, "eval", out)
+    assert code == 0, err
+    assert str(out / "finetune" / "model.pt") in stdout.replace("\n", "")
+    code, stdout, err = run_cli(capsys, "report", out, "--rounds", "1", "--min-time", "0.01", "--json", out.parent / "r.json")
+    assert code == 0, err
+    assert [row["name"] for row in json.loads((out.parent / "r.json").read_text())["runs"]] == ["train", "finetune"]
+
+
 def test_running_again_does_nothing(finished, capsys):
     root, out, _ = finished
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}

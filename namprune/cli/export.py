@@ -10,14 +10,14 @@ from rich.table import Table
 
 from ..console import console
 from ..errors import NampruneError
-from ..export import MAX_OPSET, MIN_OPSET, TOLERANCE, ExportError, check_file, export_checkpoint
+from ..export import MAX_OPSET, MIN_OPSET, TOLERANCE, ExportError, check_file, export_checkpoint, record_path
 from .app import DataDir, Overwrite, app, fail
 
 
 @app.command("export")
 def export_(
     ckpt: Annotated[Path, typer.Argument(help="A run folder or its model.pt (pruned or not).")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="The ONNX file to write; export.json (sizes, check, latency) goes beside it.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The ONNX file to write; its record (sizes, check, latency) goes beside it: a.onnx -> a.export.json.")],
     opset: Annotated[Optional[int], typer.Option("--opset", help=f"ONNX opset, {MIN_OPSET}-{MAX_OPSET} (default: the exporter's; below 18 usually needs the TorchScript exporter, which the export falls back to).")] = None,
     batch: Annotated[str, typer.Option("--batch", help="dynamic (any batch size) or a fixed batch size N.")] = "dynamic",
     fold: Annotated[bool, typer.Option("--fold/--no-fold", help="Fold every NAM into x * sigmoid(a * x + b) first (exact and faster; --no-fold exports the BatchNorm form).")] = True,
@@ -42,7 +42,7 @@ def export_(
     except ExportError as exc:  # not the user's mistake: exit code 1, still one line
         return fail(str(exc), 1)
     print_report(report)
-    console.print(f"ONNX: {report['onnx']}   report: {Path(report['onnx']).with_name('export.json')}")
+    console.print(f"ONNX: {out}   report: {record_path(out)}")
     return 0
 
 

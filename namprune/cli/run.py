@@ -30,9 +30,9 @@ def run(
     quiet: Quiet = False,
 ) -> None:
     """Run a recipe end to end: train, rank, prune, fine-tune, report, export."""
-    flags = [f"data.data_dir={data_dir}" if data_dir else None, f"train.epochs={epochs}" if epochs else None,
-             f"train.seed={seed}" if seed is not None else None]
-    loaded = load_recipe(recipe, [*(overrides or []), *filter(None, flags)])
+    flags = {"data.data_dir": ("--data-dir", str(data_dir) if data_dir else None), "train.epochs": ("--epochs", epochs),
+             "train.seed": ("--seed", seed)}
+    loaded = load_recipe(recipe, overrides or [], {k: v for k, v in flags.items() if v[1] is not None})
     done = run_recipe(loaded, out, device, overwrite, progress=not quiet)
     show_results(done)
 

@@ -27,6 +27,11 @@ def _choice(value: str, choices, what: str) -> str:
     return value
 
 
+def _names(text: Optional[str]) -> Optional[list[str]]:
+    names = [n.strip() for n in (text or "").split(",") if n.strip()]
+    return names or None
+
+
 def _milestones(text: Optional[str]) -> Optional[list[int]]:
     if not text:
         return None
@@ -38,7 +43,9 @@ def _milestones(text: Optional[str]) -> Optional[list[int]]:
 
 @app.command()
 def train(
-    model: Annotated[str, typer.Option("--model", "-m", help="Registry name (resnet20, resnet56, resnet18/34/50, mobilenetv2) or tv:<torchvision name>.")] = "resnet20",
+    model: Annotated[str, typer.Option("--model", "-m", help="Registry name (resnet20, resnet56, resnet18/34/50, mobilenetv2), tv:<torchvision name>, timm:<timm name> (pip install \"namprune\\[timm]\") or path/to/file.py:function (your own constructor, called with the arguments it declares among num_classes, in_channels, input_size).")] = "resnet20",
+    weights: Annotated[Optional[Path], typer.Option("--weights", help="Start from this local state_dict (saved by torchvision, timm or any PyTorch code; read with weights_only=True). A classifier of another class count starts fresh, with a note.", metavar="FILE")] = None,
+    nam_after: Annotated[Optional[str], typer.Option("--nam-after", help="Attach NAM after these layers (comma-separated module names) instead of at the residual branches namprune recognises; for tv:, timm: and file models.", metavar="NAMES")] = None,
     dataset: Annotated[str, typer.Option("--dataset", "-d", help=f"One of {', '.join(DATASETS)}.")] = "digits",
     data_dir: DataDir = None,
     image_size: Annotated[Optional[int], typer.Option("--image-size", min=8, help="Input side in pixels (default: the dataset's own; 16 for digits, 224 for large image folders).")] = None,
@@ -83,7 +90,8 @@ def train(
                           sparsity_targets=sparsity_targets, seed=seed, device=device, amp=amp,
                           channels_last=channels_last, compile=compile_, sync_bn=sync_bn)
         summary = train_model(model, dataset, cfg, out, data_dir=data_dir, image_size=image_size, attention=attention,
-                              workers=workers, overwrite=overwrite, progress=not quiet)
+                              workers=workers, overwrite=overwrite, progress=not quiet, weights=weights,
+                              nam_after=_names(nam_after))
     final, extra = summary["final"], summary["config"]["extra"]
     console.print(f"trained {extra['model']} ({extra['attention']}) on {extra['dataset']}: top-1 {final['test_top1']:.2f}%, "
                   f"top-5 {final['test_top5']:.2f}% after {summary['epochs']} epochs ({summary['train_time_s']:.0f} s)")
@@ -105,7 +113,7 @@ def eval_(
     device_ = resolve_device(device)
     data = compatible_data(payload, data_dir, batch_size, device_)
     result = evaluate(net.to(device_), data.test, device_)
-    table = Table(title=f"{ckpt} on {info['name']} (test split)")
+    table = Table(title=f"{checkpoint.model_file(ckpt)} on {info['name']} (test split)")
     for column in ("top-1 %", "top-5 %", "loss", "images"):
         table.add_column(column, justify="right")
     table.add_row(f"{result['top1']:.2f}", f"{result['top5']:.2f}", f"{result['loss']:.4f}", str(result["samples"]))

@@ -1,0 +1,137 @@
+"""Saving, loading and exporting any ``nn.Module``, pruned or not (``namprune.save``,
+``namprune.load``, ``namprune.export_onnx``).
+
+A model namprune did not build is saved as its weights, its pruning history, its input
+shape and where NAM was attached: no class, no code, so the file loads with
+``torch.load(weights_only=True)``. ``load(path, model=YourModel())`` rebuilds it on a fresh
+instance: attach NAM where it was, replay the pruning history, load the weights.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from . import checkpoint
+from .attach import attach_nam, has_nam, remember_input
+from .distributed import unwrap
+from .errors import NampruneError
+from .fold import fold_nam, refuse_folded
+from .graph import example_input, replay_history
+from .models import CUSTOM
+
+
+def _arch(model: nn.Module) -> dict:
+    """The checkpoint's ``arch`` for a user's model: its class (for messages), input shape,
+    class count, and the NAM ``attach_nam`` gave it."""
+    x = example_input(model)
+    was_training = model.training
+    with torch.no_grad():
+        out = model.eval()(x)
+    model.train(was_training)
+    nam = getattr(model, "namprune_nam", None) or {"attention": "none", "after": []}
+    channels, height = x.shape[1], x.shape[2]
+    return {"name": CUSTOM, "class": f"{type(model).__module__}.{type(model).__qualname__}",
+            "num_classes": int(out.shape[-1]), "attention": nam["attention"], "nam_after": list(nam["after"]),
+            "input_size": int(height), "in_channels": int(channels), "input_shape": list(x.shape[1:])}
+
+
+def save(model: nn.Module, path: str | Path, example_input: torch.Tensor | None = None,
+         metrics: dict | None = None) -> Path:
+    """Save ``model`` (any ``nn.Module``, pruned or not) to ``path`` atomically.
+
+    ``example_input`` (one batch) is needed for a model namprune has not seen an input for;
+    a model built by ``namprune.models.create`` keeps its own spec and can be loaded without
+    a ``model``. Returns the path.
+    """
+    model = unwrap(model)
+    refuse_folded(model, "save")
+    if example_input is not None:
+        remember_input(model, example_input)
+    arch = None if hasattr(model, "namprune_spec") else _arch(model)
+    return checkpoint.save(path, model, metrics=metrics, arch=arch)
+
+
+def load(path: str | Path, model: nn.Module | None = None, device: str | torch.device = "cpu") -> nn.Module:
+    """A saved model in eval mode. Without ``model``, one namprune built (a checkpoint folder
+    or its ``model.pt``); with ``model``, a fresh instance of the saved model's class, rebuilt
+    in place: NAM attached where it was, the pruning history replayed, the weights loaded."""
+    if model is None:
+        return checkpoint.load(path, device)
+    payload = checkpoint.read(path)
+    file = checkpoint.model_file(path)
+    arch = payload["arch"]
+    shape = arch.get("input_shape") or [arch["in_channels"], arch["input_size"], arch["input_size"]]
+    x = torch.zeros(1, *shape, device=next(model.parameters()).device)
+    misfit = f"{file} does not fit the given {type(model).__name__}"
+    if arch["attention"] != "none" and not has_nam(model):
+        try:
+            attach_nam(model, x, arch["attention"], after=arch.get("nam_after") or None)
+        except NampruneError as exc:
+            raise NampruneError(f"{misfit}: its NAM cannot be attached where it was: {exc}") from None
+    remember_input(model, x)
+    history = payload.get("pruning_history") or []
+    try:
+        if history:
+            replay_history(model, history)
+    except NampruneError as exc:
+        raise NampruneError(f"{misfit}: {exc}") from None
+    except Exception as exc:  # torch-pruning's own errors: layers of another kind, shapes that do not chain
+        raise NampruneError(f"{misfit}: its pruning history cannot be replayed ({_first_line(exc)})") from None
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except RuntimeError as exc:
+        raise NampruneError(f"{misfit}: its weights differ ({_first_line(exc)})") from None
+    return model.to(device).eval()
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    detail = next((line for line in lines[1:] if "size mismatch" in line or "Missing key" in line), None)
+    return (detail or (lines[0] if lines else type(exc).__name__))[:300]
+
+
+def export_onnx(model: nn.Module, path: str | Path, example_input: torch.Tensor | None = None, fold: bool = True,
+                check: bool = True, opset: int | None = None, batch: str | int = "dynamic",
+                test_images: torch.Tensor | None = None, overwrite: bool = False, exporter: str = "dynamo") -> dict:
+    """Export ``model`` to the ONNX file ``path`` (NAM folded) after checking it in onnxruntime
+    against torch on random inputs (and ``test_images``, when given); writes the record
+    ``<name>.export.json`` beside it and returns it. A failed check writes nothing.
+
+    ``exporter``: ``dynamo`` (torch's current exporter, the TorchScript one taking over if
+    it fails) or ``torchscript`` (much faster to run, for models it handles)."""
+    from . import export
+
+    if example_input is not None:
+        remember_input(model, example_input)
+    fixed = export.parse_batch(batch)
+    export.check_opset(opset)
+    onnx_path, json_path = export.output_paths(path, overwrite)
+    model = unwrap(model).eval()
+    exported = fold_nam(model) if fold else model
+    if exporter == "torchscript":
+        example = torch.randn(export.input_shape(exported, fixed or 2), generator=torch.Generator().manual_seed(0))
+        proto = export._torchscript_export(exported, example, fixed is None, opset, True)
+    elif exporter == "dynamo":
+        proto, exporter = export.to_onnx(exported, fixed, opset)
+    else:
+        raise NampruneError(f"unknown exporter {exporter!r}; choose dynamo or torchscript")
+    data = proto.SerializeToString()
+    parity = export.check_parity(model, export.session(data), test_images) if check else None
+    record = {"onnx": str(onnx_path), "exporter": exporter, "opset": export.opset_of(proto), "batch": fixed or "dynamic",
+              "input_shape": [fixed or "batch", *example_input_shape(model)], "folded": fold,
+              "file_bytes": len(data), "params": sum(p.numel() for p in model.parameters()),
+              "onnx_params": export.onnx_params(proto), "parity": parity}
+    export.write_atomic(onnx_path, lambda tmp: tmp.write_bytes(data))
+    export.write_json(json_path, record)
+    return record
+
+
+def example_input_shape(model: nn.Module) -> list[int]:
+    return list(example_input(model).shape[1:])
+
+
+__all__ = ["export_onnx", "load", "save"]

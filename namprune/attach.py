@@ -1,0 +1,154 @@
+"""NAM for models namprune did not build: ``attach_nam`` appends a NAM after the last layer of
+every residual branch it recognises (torchvision and timm ResNets, RegNets, EfficientNets and
+MobileNets), or after the layers named in ``after``, sized from one forward pass of an
+example input.
+
+The layer is wrapped in place: ``block.bn2`` becomes ``nn.Sequential(bn2, NAM)``, so its
+weights move from ``bn2.weight`` to ``bn2.0.weight``. Load pretrained weights *before*
+attaching NAM. ``model.namprune_nam`` records what was attached where, so a saved model can
+be rebuilt exactly (``namprune.load(path, model=fresh)``).
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Iterable
+
+import torch
+import torch.nn as nn
+
+from .errors import NampruneError
+from .nam import ATTENTIONS, NAM, check_attention
+
+# (module, block class, the child that ends the block's residual branch, before the add).
+# "-1" is the last child of a Sequential. A class is only looked for when its library is
+# already imported: a model cannot hold a timm block unless timm was imported to build it.
+BRANCH_ENDS = [
+    ("torchvision.models.resnet", "BasicBlock", "bn2"),
+    ("torchvision.models.resnet", "Bottleneck", "bn3"),
+    ("torchvision.models.regnet", "ResBottleneckBlock", "f"),
+    ("torchvision.models.mobilenetv2", "InvertedResidual", "conv.-1"),
+    ("torchvision.models.mobilenetv3", "InvertedResidual", "block.-1"),
+    ("torchvision.models.efficientnet", "MBConv", "block.-1"),
+    ("torchvision.models.efficientnet", "FusedMBConv", "block.-1"),
+    ("timm.models.resnet", "BasicBlock", "bn2"),
+    ("timm.models.resnet", "Bottleneck", "bn3"),
+    ("timm.models.regnet", "Bottleneck", "conv3"),
+    ("timm.models.regnet", "PreBottleneck", "conv3"),
+    ("timm.models._efficientnet_blocks", "InvertedResidual", "bn3"),  # EfficientNet, MobileNetV2/V3
+    ("timm.models._efficientnet_blocks", "DepthwiseSeparableConv", "bn2"),
+    ("timm.models._efficientnet_blocks", "EdgeResidual", "bn2"),
+    ("timm.models._efficientnet_blocks", "UniversalInvertedResidual", "pw_proj"),  # MobileNetV4
+]
+
+
+def _known_blocks() -> list[tuple[type, str]]:
+    found = []
+    for module, cls, child in BRANCH_ENDS:
+        block = getattr(sys.modules.get(module), cls, None)
+        if block is not None:
+            found.append((block, child))
+    return found
+
+
+def _child_path(block: nn.Module, child: str) -> str:
+    """``conv.-1`` -> ``conv.3``: the relative name of the branch's last layer."""
+    parts = []
+    node = block
+    for part in child.split("."):
+        if part == "-1":
+            part = list(node._modules)[-1]
+        parts.append(part)
+        node = getattr(node, part)
+    return ".".join(parts)
+
+
+def branch_ends(model: nn.Module) -> list[str]:
+    """Names of the last layer of every residual branch of a block ``attach_nam`` knows."""
+    known = _known_blocks()
+    ends = []
+    for name, m in model.named_modules():
+        child = next((c for block, c in known if isinstance(m, block)), None)
+        if child is not None:
+            ends.append(f"{name}.{_child_path(m, child)}" if name else _child_path(m, child))
+    return ends
+
+
+def output_shapes(model: nn.Module, example_input: torch.Tensor, names: Iterable[str]) -> dict[str, torch.Size]:
+    """The output shape of each named layer on ``example_input`` (one forward pass in eval mode)."""
+    shapes: dict[str, torch.Size] = {}
+
+    def keep(name: str):
+        def hook(_module, _inputs, out) -> None:  # returns None: the output goes on unchanged
+            shapes.setdefault(name, getattr(out, "shape", None))
+        return hook
+
+    hooks = [_get(model, name).register_forward_hook(keep(name)) for name in names]
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(example_input)
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    return shapes
+
+
+def _get(model: nn.Module, name: str) -> nn.Module:
+    try:
+        return model.get_submodule(name)
+    except AttributeError:
+        raise NampruneError(f"{type(model).__name__} has no layer named {name!r} (see model.named_modules())") from None
+
+
+def has_nam(model: nn.Module) -> bool:
+    return any(isinstance(m, NAM) for m in model.modules())
+
+
+def attach_nam(model: nn.Module, example_input: torch.Tensor, attention: str = "nam",
+               after: list[str] | None = None) -> nn.Module:
+    """Append ``NAM(C, (H, W))`` after the last layer of every residual branch (or after each
+    layer named in ``after``), in place; returns ``model``.
+
+    ``attention``: ``nam`` (channel then spatial), ``nam-channel``, ``nam-spatial`` or
+    ``none`` (nothing attached). ``example_input`` is one batch the model takes (its size
+    fixes each spatial branch's feature-map size; the model must then be fed that size).
+    """
+    mode = ATTENTIONS[check_attention(attention)]
+    remember_input(model, example_input)
+    if mode is None:
+        return model
+    if has_nam(model):
+        raise NampruneError(f"{type(model).__name__} already has NAM attached")
+    names = list(dict.fromkeys(after)) if after is not None else branch_ends(model)
+    if not names:
+        raise NampruneError(
+            f"attach_nam found no residual block it knows in {type(model).__name__} (it knows torchvision and timm "
+            "ResNets, RegNets, EfficientNets and MobileNets); name the layers to follow with after=[...]")
+    if "" in names:
+        raise NampruneError("after=[...] names layers inside the model, not the model itself ('')")
+    shapes = output_shapes(model, example_input, names)
+    for name in names:
+        shape = shapes.get(name)
+        if shape is None or len(shape) != 4:
+            what = "is not run by the model's forward" if name not in shapes else f"gives {tuple(shape or ())}"
+            raise NampruneError(f"NAM goes after a layer with (N, C, H, W) output, but {name!r} {what}")
+    for name in names:
+        _, channels, height, width = shapes[name]
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name)
+        setattr(parent, child, nn.Sequential(getattr(parent, child), NAM(channels, (height, width), mode)))
+    model.namprune_nam = {"attention": attention, "after": names}
+    return model
+
+
+def remember_input(model: nn.Module, example_input: torch.Tensor) -> None:
+    """Keep the input shape (without the batch) on the model, for the steps that trace or
+    measure it later (pruning, MACs, export) when they are not given an input."""
+    if not isinstance(example_input, torch.Tensor) or example_input.dim() < 2:
+        raise NampruneError("example_input must be a batch of inputs, a tensor such as torch.randn(1, 3, 224, 224)")
+    model.namprune_input_shape = tuple(int(s) for s in example_input.shape[1:])
+
+
+__all__ = ["BRANCH_ENDS", "attach_nam", "branch_ends", "has_nam", "output_shapes", "remember_input"]
