@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 
 from .errors import NampruneError
-from .nam import ATTENTIONS, NAM, check_attention
+from .nam import ATTENTIONS, NAM, SCALED, check_attention
 
 # (module, block class, the child that ends the block's residual branch, before the add).
 # "-1" is the last child of a Sequential. A class is only looked for when its library is
@@ -138,7 +138,7 @@ def attach_nam(model: nn.Module, example_input: torch.Tensor, attention: str = "
         _, channels, height, width = shapes[name]
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name)
-        setattr(parent, child, nn.Sequential(getattr(parent, child), NAM(channels, (height, width), mode)))
+        setattr(parent, child, nn.Sequential(getattr(parent, child), NAM(channels, (height, width), mode, scaled=attention in SCALED)))
     model.namprune_nam = {"attention": attention, "after": names}
     return model
 

@@ -222,12 +222,13 @@ def prune(model: nn.Module, cfg: PruneConfig, calibration: Iterable | None = Non
     its outputs, and so do the ``ignored`` layers (names or modules).
     """
     cfg.validate()
-    if cfg.importance in NEEDS_DATA and calibration is None:
-        raise NampruneError(f"--importance {cfg.importance} needs calibration images (training data)")
     if example_input is not None:
         remember_input(model, example_input)
     before = layer_widths(model)
     graph = dependency_graph(model, ignored=ignored_names(model, ignored))
+    if cfg.importance in NEEDS_DATA and calibration is None:
+        raise NampruneError(f"the {cfg.importance} importance measures the model on calibration images: pass "
+                            "calibration= (training batches, e.g. your DataLoader), or choose another --importance")
     scorer = make_importance(cfg.importance, cfg.normalization, cfg.seed, model, calibration, cfg.calibration_images)
     ranked = score_groups(model, graph, scorer)
     if not ranked:

@@ -85,7 +85,7 @@ def test_attach_train_prune_save_reload_export(arch, tmp_path):
     assert summary["final"]["penalty"] > 0 and summary["final"]["test_top1"] is None  # sparse, and no test set given
 
     base = count_macs(net)
-    result = namprune.prune(net, PruneConfig(ratio=None, target_macs=0.5), example_input=x)
+    result = namprune.prune(net, PruneConfig(ratio=None, target_macs=0.5), data, example_input=x)
     assert abs(count_macs(net) / base - 0.5) <= 0.02 and result.channels_after < result.channels_before
     for conv in (m for m in net.modules() if isinstance(m, nn.Conv2d)):  # grouped convolutions stay valid
         assert conv.in_channels % conv.groups == 0 and conv.out_channels % conv.groups == 0
@@ -133,6 +133,8 @@ def test_ignored_layers_keep_their_channels_and_unknown_names_are_refused():
 def test_a_model_without_a_known_input_size_asks_for_one():
     with pytest.raises(NampruneError, match="pass example_input="):
         namprune.prune(UserCNN(4), PruneConfig(ratio=0.3))
+    with pytest.raises(NampruneError, match="pass calibration="):
+        namprune.prune(UserCNN(4), PruneConfig(ratio=0.3), example_input=torch.randn(2, 3, 16, 16))
 
 
 def test_attach_nam_on_timm_blocks_sizes_every_spatial_branch():

@@ -20,11 +20,12 @@ x = next(iter(data.test))[0][:8]  # a batch of the inputs the model takes
 namprune.attach_nam(net, x)  # NAM at the end of every residual branch
 print(f"NAM after {len(net.namprune_nam['after'])} layers: {', '.join(net.namprune_nam['after'][:3])}, ...")
 
-sparse = namprune.TrainConfig(epochs=4, lr=0.05, schedule="cosine", sparsity=1e-3, sparsity_targets="bn")
+sparse = namprune.TrainConfig(epochs=4, lr=0.05)  # NAM sparsity penalty on every scale factor by default
 namprune.fit(net, data.train, sparse, test=data.test, progress=False)
 top1, macs = namprune.evaluate(net, data.test)["top1"], count_macs(net)
 
-namprune.prune(net, namprune.PruneConfig(ratio=None, target_macs=0.5), example_input=x)  # the classifier stays whole
+# channels are scored on training images (data.calibration: unaugmented), then BatchNorm is recalibrated
+namprune.prune(net, namprune.PruneConfig(ratio=None, target_macs=0.5), data.calibration, example_input=x)
 namprune.fit(net, data.train, namprune.TrainConfig(epochs=2, lr=0.01, schedule="cosine"), test=data.test, progress=False,
              stage="finetune")
 print(f"top-1 {top1:.2f} % -> {namprune.evaluate(net, data.test)['top1']:.2f} %, "
