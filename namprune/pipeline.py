@@ -76,12 +76,12 @@ def finetune_config(train_config: dict, epochs: int, lr: float | None = None, sp
 
 
 def compatible_data(payload: dict, data_dir, batch_size: int, device, seed: int = 0, workers: int = 2,
-                    rank: int = 0, world_size: int = 1) -> DataBundle:
+                    rank: int = 0, world_size: int = 1, augment: bool = True) -> DataBundle:
     """The dataset a checkpoint was trained on, checked against the checkpoint's channels and
     classes (its training split sharded by ``rank`` of ``world_size`` processes)."""
     info = payload["data"]
     data = load_data(info["name"], data_dir, info["image_size"], batch_size, device, workers, seed=seed, rank=rank,
-                     world_size=world_size)
+                     world_size=world_size, augment=augment)
     loaded = data.info.as_dict()
     if info["in_channels"] != loaded["in_channels"]:
         raise NampruneError(f"the checkpoint expects {info['in_channels']}-channel images but the data has "

@@ -39,10 +39,17 @@ def test_export_writes_the_file_and_its_report(exported, digits_ckpt):
     assert report["params"] == sum(p.numel() for p in namprune.load(digits_ckpt).parameters())
     assert [r["inputs"] for r in report["parity"]["results"]] == ["random", "test images"]
     assert all(r["ok"] and r["max_rel_diff"] < TOLERANCE for r in report["parity"]["results"])
-    assert report["latency_ms"]["threads"] == 1
-    for runtime in ("onnxruntime", "torch_eager", "torch_eager_folded"):
-        assert set(report["latency_ms"][runtime]) == {"1", "32"}
-        assert all(ms > 0 for ms in report["latency_ms"][runtime].values())
+    assert report["latency"]["settings"]["threads"] == 1
+    for name, runtime in (("onnxruntime", "onnxruntime"), ("torch_eager", "torch"), ("torch_eager_folded", "torch")):
+        records = report["latency"]["records"][name]
+        assert set(records) == {"1", "32"}
+        for batch, r in records.items():
+            assert (r["runtime"], r["batch"], r["threads"]) == (runtime, int(batch), 1)
+            assert r["median_ms"] > 0 and len(r["round_ms"]) == 5 and r["spread"] >= 0
+            assert r["trusted"] == (r["untrusted_because"] is None)
+    # a model whose gates vary: every gate measured on training images, none removed
+    gates = report["nam_gates"]
+    assert gates["total"] == 18 and gates["removed"] == 0 and gates["calibration_images"] == 256
     assert "onnxruntime vs torch" in proc.stdout and "median CPU latency" in proc.stdout
     assert proc.stderr == ""  # the exporters' warnings and logs are kept out of the user's way
 
@@ -70,7 +77,7 @@ def test_opset_the_dynamo_exporter_cannot_make_falls_back_to_torchscript(digits_
     assert report["exporter"] == "torchscript" and report["opset"] == 13 and report["batch"] == 4
     model = onnx.load(str(out))
     assert [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim] == [4, 1, 16, 16]
-    assert all(r["ok"] for r in report["parity"]["results"]) and report["latency_ms"] is None
+    assert all(r["ok"] for r in report["parity"]["results"]) and report["latency"] is None
 
 
 def _tamper(source, target, scale=1.5):

@@ -16,6 +16,7 @@ from ..plots import plot_ranking
 from ..pruning import PruneConfig
 from ..saliency import DEFAULT_NORMALIZATION, IMPORTANCES, NEAR_ZERO, rank_model
 from .app import DataDir, Device, JsonOut, Overwrite, Quiet, app
+from .gates import print_gate_spread
 
 Importance = Annotated[str, typer.Option("--importance", help=f"How channels are ranked: {', '.join(IMPORTANCES)} "
                                          "(nam: NAM's normalized weight w, BatchNorm |gamma| where a group has no NAM).")]
@@ -39,6 +40,7 @@ def rank(
     json_out: JsonOut = None,
     plot: Annotated[Optional[Path], typer.Option("--plot", help="Also draw each group's saliency distribution "
                                                  "and every SpatialNAM's pixel map to this PNG.")] = None,
+    data_dir: DataDir = None,
 ) -> None:
     """Rank channels and pixels by their learned NAM weights; show how ready the model is to prune."""
     model = checkpoint.load(ckpt)
@@ -71,8 +73,9 @@ def rank(
     console.print(f"{ranking.near_zero():.1%} of {ranking.channels} channels are near zero "
                   f"(under {NEAR_ZERO:.0%} of the model's mean score); the largest global ratio that empties no layer "
                   f"is {ranking.largest_safe_ratio():.2f}")
+    gates = print_gate_spread(model, checkpoint.read(ckpt), data_dir)
     if json_out:
-        write_json(json_out, ranking.to_dict())
+        write_json(json_out, {**ranking.to_dict(), "nam_gates": gates})
     if plot:
         plot_ranking(ranking, plot, title=f"channel saliency of {checkpoint.model_file(ckpt)} ({how})")
 

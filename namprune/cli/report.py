@@ -19,13 +19,14 @@ from ..report import check_outputs, compare, csv_text, fronts, markdown, print_t
 from ..runs import expand, find_base
 from ..saliency import DEFAULT_NORMALIZATION
 from ..sweep import run_sweep, sweep_configs
+from ..timing import DEFAULT_THREADS, MAX_SPREAD
 from .app import DataDir, Device, JsonOut, Overwrite, Quiet, app
 from .prune import FinetuneBatch, FinetuneEpochs, FinetuneLr, Importance, MaxLayerRatio, Normalization, RoundTo, Scope, Seed
 
 LatencyBatch = Annotated[int, typer.Option("--batch", min=1, help="The larger batch latency is also measured at (batch 1 always is).")]
-Threads = Annotated[Optional[int], typer.Option("--threads", min=1, help="CPU threads while timing (default: torch's current count; recorded with every figure; on a busy machine 1 is steadier).")]
+Threads = Annotated[Optional[int], typer.Option("--threads", min=1, help=f"CPU threads while timing, torch and onnxruntime alike (default {DEFAULT_THREADS}: steady on a shared machine; recorded with every figure). More threads than idle cores make the figures wait for the other jobs.")]
 MinTime = Annotated[float, typer.Option("--min-time", help="Seconds of timing per block (torch.utils.benchmark's blocked_autorange).")]
-Rounds = Annotated[int, typer.Option("--rounds", min=1, help="Timing blocks per run and batch, interleaved across runs; the median is taken over all of them.")]
+Rounds = Annotated[int, typer.Option("--rounds", min=1, help=f"Timing blocks per run and batch, interleaved across runs; the median of the rounds is reported, and rounds that differ by more than {MAX_SPREAD:.0%} mark the figure '!' (not to be trusted).")]
 
 
 def latency_settings(batch: int, threads: int | None, device: str, min_time: float, rounds: int) -> LatencySettings:
