@@ -39,7 +39,7 @@ from .console import note
 from .engine import evaluate
 from .errors import NampruneError
 from .files import write_atomic, write_json
-from .gates import DEFAULT_TOLERANCE, check_tolerance, fold_for_export
+from .gates import DEFAULT_TOLERANCE, check_tolerance, fold_for_export, has_gates
 from .measure import count_params
 from .quantize import int8_path, int8_record, onnx_accuracy, quantize_int8, unpruned_source
 from .timing import LatencySettings, measure_latency, session_options, speedups
@@ -311,7 +311,7 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, opset: int | None = Non
         raise NampruneError(f"{int8_path(onnx_path)} already exists; pass --overwrite to replace it")
     payload = checkpoint.read(ckpt)
     model = checkpoint.build(payload).eval()
-    data = checkpoint_data(payload, data_dir)
+    data = checkpoint_data(payload, data_dir) if check or int8 or fold and has_gates(model) else None
     if int8 and data is None:
         raise NampruneError(f"--int8 calibrates on {payload['data']['name']} training images: give --data-dir")
     calib = calibration_images(data, calibration)
@@ -362,10 +362,9 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, opset: int | None = Non
 
 
 def test_images(data) -> torch.Tensor | None:
-    """Up to ``TEST_SAMPLES`` normalized test images for the check, None without data."""
-    if data is None:
-        return None
-    return torch.cat([images.cpu() for images, _ in data.test])[:TEST_SAMPLES]
+    """Up to ``TEST_SAMPLES`` normalized test images for the check (the first test batch holds
+    them: its size is twice the calibration data's 64), None without data."""
+    return None if data is None else next(iter(data.test))[0][:TEST_SAMPLES].cpu()
 
 
 def unpruned_session(source: Path, calib, gate_tolerance: float, fixed, opset, optimize, threads) -> ort.InferenceSession:

@@ -21,12 +21,13 @@ def print_gate_spread(model: nn.Module, payload: dict, data_dir=None, tolerance:
              "what each gate does")
         return None
     stats = measure_gates(model.eval(), images)
-    table = Table(title=f"NAM gates on {len(images)} training images (spread: the largest |gate - constant| / "
-                        f"constant; a gate within {tolerance:g} is replaced by its constant at export)")
-    for column in ("gate", "kind", "size", "mean", "min", "max", "spread", "at export"):
+    table = Table(title=f"NAM gates on {len(images)} training images (spread: std / mean of the gate; max dev.: the "
+                        f"largest |gate - mean| / mean; a gate whose spread is within {tolerance:g} is replaced by its "
+                        f"constant at export)")
+    for column in ("gate", "kind", "size", "mean", "min", "max", "spread", "max dev.", "at export"):
         table.add_column(column, justify="left" if column in ("gate", "kind", "at export") else "right")
     for s in stats:
-        table.add_row(s.name, s.kind, s.size, f"{s.mean:.4f}", f"{s.low:.4f}", f"{s.high:.4f}", f"{s.spread:.2%}",
+        table.add_row(s.name, s.kind, s.size, f"{s.mean:.4f}", f"{s.low:.4f}", f"{s.high:.4f}", f"{s.spread:.2%}", f"{s.max_deviation:.1%}",
                       "constant" if s.removable(tolerance) else "kept")
     console.print(table)
     constant = sum(s.removable(tolerance) for s in stats)

@@ -1,0 +1,91 @@
+"""INT8 against FP32, for an unpruned model and a model pruned from it: top-1 and latency.
+
+Both checkpoints are exported as ``namprune export`` does (NAM folded, constant gates
+removed), each FP32 file is quantized as ``namprune export --int8`` does (onnxruntime
+static quantization, QDQ, calibrated on training images), the four files are timed side by
+side in onnxruntime (interleaved rounds, batch 1 and 32), and their top-1 is measured on
+the whole test split. Prints a Markdown table and writes benchmarks/results/int8.json.
+
+    python benchmarks/int8.py runs/r56-pruned --data-dir runs/cifar10 --rounds 7
+    (the unpruned model is found through the pruned run's report.json, or give --unpruned)
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import platform
+from pathlib import Path
+
+import torch
+
+import namprune
+from namprune import checkpoint
+from namprune.calibration import calibration_images, checkpoint_data
+from namprune.export import to_onnx
+from namprune.files import write_json
+from namprune.gates import DEFAULT_TOLERANCE, fold_for_export
+from namprune.measure import count_macs
+from namprune.quantize import onnx_accuracy, quantize_int8, unpruned_source
+from namprune.timing import LatencySettings, measure_latency, onnx_session
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def files(ckpt, data, tolerance: float, images: int) -> tuple[bytes, bytes, int]:
+    """FP32 and INT8 ONNX bytes of a checkpoint, and its MACs."""
+    model = checkpoint.load(ckpt).eval()
+    calib = calibration_images(data, images)
+    exported, _ = fold_for_export(model, calib, tolerance)
+    fp32 = to_onnx(exported, None)[0].SerializeToString()
+    return fp32, quantize_int8(fp32, calib), count_macs(model)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("pruned", type=Path)
+    parser.add_argument("--unpruned", type=Path, default=None)
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--gate-tolerance", type=float, default=DEFAULT_TOLERANCE)
+    parser.add_argument("--calibration-images", type=int, default=256)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--min-time", type=float, default=0.3)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    unpruned = args.unpruned or unpruned_source(args.pruned)
+    if unpruned is None:
+        raise SystemExit(f"no unpruned source found for {args.pruned}; give --unpruned")
+    data = checkpoint_data(checkpoint.read(args.pruned), args.data_dir)
+    sessions, macs = {}, {}
+    for label, ckpt in (("unpruned", unpruned), ("pruned", args.pruned)):
+        fp32, int8, macs[label] = files(ckpt, data, args.gate_tolerance, args.calibration_images)
+        sessions[f"{label} FP32"] = onnx_session(fp32, args.threads)
+        sessions[f"{label} INT8"] = onnx_session(int8, args.threads)
+    settings = LatencySettings(batches=(1, 32), threads=args.threads, rounds=args.rounds, min_run_time=args.min_time)
+    records = measure_latency(sessions, settings)
+    top1 = {name: onnx_accuracy(sess, data.test)["top1"] for name, sess in sessions.items()}
+    base = records["unpruned FP32"]
+    lines = ["| model | MACs (M) | top-1 (%) | Δ top-1 vs FP32 | batch 1 (ms) | batch 32 (ms) | speed-up vs unpruned FP32 b1 | b32 | trusted |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+    for name, by_batch in records.items():
+        label = name.split()[0]
+        change = top1[name] - top1[f"{label} FP32"]
+        lines.append(f"| {name} | {macs[label] / 1e6:.1f} | {top1[name]:.2f} | {change:+.2f} | "
+                     f"{by_batch[1]['median_ms']:.3f} | {by_batch[32]['median_ms']:.2f} | "
+                     f"{base[1]['median_ms'] / by_batch[1]['median_ms']:.2f}x | "
+                     f"{base[32]['median_ms'] / by_batch[32]['median_ms']:.2f}x | "
+                     f"{'yes' if all(r['trusted'] for r in by_batch.values()) else 'no'} |")
+    first = base[1]
+    print(f"{datetime.date.today()}, {platform.machine()} {platform.system()}, {first['cores']} cores, load "
+          f"{first['load_before']} -> {first['load_after']}, torch {torch.__version__}, onnxruntime "
+          f"{first['onnxruntime']}, {args.threads} thread(s), median of {args.rounds} interleaved rounds of >= "
+          f"{args.min_time} s; unpruned {unpruned}, pruned {args.pruned}; namprune {namprune.__version__}\n")
+    print("\n".join(lines))
+    write_json(ROOT / "benchmarks" / "results" / "int8.json",
+               {"args": {k: str(v) for k, v in vars(args).items()}, "unpruned": str(unpruned), "top1": top1,
+                "macs": macs, "latency": {k: {str(b): r for b, r in v.items()} for k, v in records.items()}})
+
+
+if __name__ == "__main__":
+    main()
