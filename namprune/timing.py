@@ -140,6 +140,8 @@ class OnnxRunner(Runner):
     def __init__(self, sess: ort.InferenceSession):
         self.sess, self.input_name = sess, sess.get_inputs()[0].name
         self.fixed_batch = _fixed_batch(sess)
+        # the session's own thread count (0: onnxruntime's default, one per core)
+        self.threads = sess.get_session_options().intra_op_num_threads or available_cores()
 
     def input_shape(self, batch: int) -> list[int]:
         return [batch, *self.sess.get_inputs()[0].shape[1:]]
@@ -241,8 +243,9 @@ def measure_latency(models: dict[str, object], settings: LatencySettings = Laten
     described = {**settings.describe(), "load_before": load, "load_after": _load()}
     records: dict[str, dict[int, dict]] = {name: {} for name in models}
     for (name, batch), measurements in blocks.items():
+        threads = getattr(runners[name], "threads", settings.num_threads)
         records[name][batch] = record(runners[name].runtime, batch, measurements, waits[name, batch], shapes[name, batch],
-                                      described)
+                                      {**described, "threads": threads})
     return records
 
 

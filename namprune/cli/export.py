@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -73,7 +74,7 @@ def print_report(report: dict) -> None:
     if report["parity"]:
         print_parity(report["parity"])
     if report["int8"]:
-        print_int8(report["int8"])
+        print_int8(report["int8"], report["file_bytes"])
     if report["latency"]:
         print_latency(report["latency"])
 
@@ -93,20 +94,21 @@ def nam_row(report: dict) -> str:
     return text
 
 
-def print_int8(int8: dict) -> None:
+def print_int8(int8: dict, fp32_bytes: int) -> None:
     table = Table(title=f"INT8 ({int8['format']}, weights {int8['weights']}, activations {int8['activations']}, "
                         f"calibrated on {int8['calibration_images']} training images)")
     for column in ("model", "file (bytes)", f"test top-1 % ({int8['test_images']} images)"):
         table.add_column(column, justify="left" if column == "model" else "right")
-    table.add_row("FP32", "", f"{int8['top1_fp32']:.2f}")
+    table.add_row("FP32", f"{fp32_bytes:,}", f"{int8['top1_fp32']:.2f}")
     table.add_row("INT8", f"{int8['file_bytes']:,}", f"{int8['top1_int8']:.2f} ({int8['top1_change']:+.2f})")
     console.print(table)
     if int8.get("unpruned_source") is None:
         return
+    source = os.path.relpath(int8["unpruned_source"])
     for batch, ratio in int8.get("speedup_vs_unpruned_fp32", {}).get("int8", {}).items():
         fp32 = int8["speedup_vs_unpruned_fp32"]["fp32"][batch]
-        console.print(f"batch {batch}: against the unpruned FP32 model ({int8['unpruned_source']}), pruned FP32 runs "
-                      f"{fp32:.2f}x and pruned INT8 {ratio:.2f}x faster in onnxruntime")
+        console.print(f"batch {batch}: against the unpruned FP32 model ({source}), pruned FP32 runs {fp32:.2f}x and "
+                      f"pruned INT8 {ratio:.2f}x as fast in onnxruntime")
 
 
 def print_parity(parity: dict) -> None:
