@@ -4,9 +4,11 @@ Both checkpoints are exported as ``namprune export`` does (NAM folded, constant 
 removed), each FP32 file is quantized as ``namprune export --int8`` does (onnxruntime
 static quantization, QDQ, calibrated on training images), the four files are timed side by
 side in onnxruntime (interleaved rounds, batch 1 and 32), and their top-1 is measured on
-the whole test split. Prints a Markdown table and writes benchmarks/results/int8.json.
+the whole test split. A speed-up is the ratio within each round (both files timed in it):
+the median over rounds, lowest and highest in brackets. Prints a Markdown table and writes
+benchmarks/results/int8.json (or --json).
 
-    python benchmarks/int8.py runs/r56-pruned --data-dir runs/cifar10 --rounds 7
+    python benchmarks/int8.py runs/r56-digits-pruned-r8 --rounds 15 --min-time 0.2
     (the unpruned model is found through the pruned run's report.json, or give --unpruned)
 """
 
@@ -27,7 +29,7 @@ from namprune.files import write_json
 from namprune.gates import DEFAULT_TOLERANCE, fold_for_export
 from namprune.measure import count_macs
 from namprune.quantize import onnx_accuracy, quantize_int8, unpruned_source
-from namprune.timing import LatencySettings, measure_latency, onnx_session
+from namprune.timing import LatencySettings, measure_latency, onnx_session, round_ratios
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,6 +43,11 @@ def files(ckpt, data, tolerance: float, images: int) -> tuple[bytes, bytes, int]
     return fp32, quantize_int8(fp32, calib), count_macs(model)
 
 
+def speed(slow: dict, fast: dict) -> str:
+    ratio, low, high = round_ratios(slow, fast)
+    return f"{ratio:.2f}x [{low:.2f}, {high:.2f}]"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("pruned", type=Path)
@@ -51,6 +58,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--min-time", type=float, default=0.3)
+    parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "int8.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     unpruned = args.unpruned or unpruned_source(args.pruned)
@@ -66,15 +74,14 @@ def main() -> None:
     records = measure_latency(sessions, settings)
     top1 = {name: onnx_accuracy(sess, data.test)["top1"] for name, sess in sessions.items()}
     base = records["unpruned FP32"]
-    lines = ["| model | MACs (M) | top-1 (%) | Δ top-1 vs FP32 | batch 1 (ms) | batch 32 (ms) | speed-up vs unpruned FP32 b1 | b32 | trusted |",
+    lines = ["| model | MACs (M) | top-1 (%) | Δ top-1 vs FP32 | batch 1 (ms) | batch 32 (ms) | speed-up vs unpruned FP32 b1 [range] | b32 [range] | trusted |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
     for name, by_batch in records.items():
         label = name.split()[0]
         change = top1[name] - top1[f"{label} FP32"]
         lines.append(f"| {name} | {macs[label] / 1e6:.1f} | {top1[name]:.2f} | {change:+.2f} | "
                      f"{by_batch[1]['median_ms']:.3f} | {by_batch[32]['median_ms']:.2f} | "
-                     f"{base[1]['median_ms'] / by_batch[1]['median_ms']:.2f}x | "
-                     f"{base[32]['median_ms'] / by_batch[32]['median_ms']:.2f}x | "
+                     f"{speed(base[1], by_batch[1])} | {speed(base[32], by_batch[32])} | "
                      f"{'yes' if all(r['trusted'] for r in by_batch.values()) else 'no'} |")
     first = base[1]
     print(f"{datetime.date.today()}, {platform.machine()} {platform.system()}, {first['cores']} cores, load "
@@ -82,7 +89,7 @@ def main() -> None:
           f"{first['onnxruntime']}, {args.threads} thread(s), median of {args.rounds} interleaved rounds of >= "
           f"{args.min_time} s; unpruned {unpruned}, pruned {args.pruned}; namprune {namprune.__version__}\n")
     print("\n".join(lines))
-    write_json(ROOT / "benchmarks" / "results" / "int8.json",
+    write_json(args.json,
                {"args": {k: str(v) for k, v in vars(args).items()}, "unpruned": str(unpruned), "top1": top1,
                 "macs": macs, "latency": {k: {str(b): r for b, r in v.items()} for k, v in records.items()}})
 

@@ -9,12 +9,15 @@ side by side in interleaved rounds, in torch eager and in onnxruntime, at batch 
     nam exported    folded, the gates under --gate-tolerance replaced by constants
                     (what ``namprune export`` writes)
 
-and top-1 on the test split of the unfolded model and of the exported ONNX file. With
+and top-1 on the test split of the unfolded model and of the exported ONNX file. "vs none"
+is the ratio to the network without attention within each round (both timed in it): the
+median over rounds, lowest and highest in brackets. With
 --tolerances, also how many gates each tolerance removes and what that does to top-1 (the
 folded torch model, equal to its ONNX file within 1e-4). Prints Markdown tables and writes
 benchmarks/results/nam_inference.json.
 
-    python benchmarks/nam_inference.py runs/digits runs/r56-nam --data-dir runs/cifar10 --rounds 7
+    python benchmarks/nam_inference.py runs/digits runs/r56-digits runs/r20-cifar --rounds 15 --min-time 0.2 \
+        [--tolerances 0 0.005 0.01 0.02 0.03 0.05 0.1]
 """
 
 from __future__ import annotations
@@ -23,8 +26,11 @@ import argparse
 import copy
 import datetime
 import platform
+import tempfile
 from pathlib import Path
 
+import onnx
+import onnxruntime as ort
 import torch
 import torch.nn as nn
 
@@ -36,7 +42,7 @@ from namprune.files import write_json
 from namprune.gates import DEFAULT_TOLERANCE, fold_for_export
 from namprune.nam import NAM
 from namprune.quantize import onnx_accuracy
-from namprune.timing import LatencySettings, measure_latency, onnx_session
+from namprune.timing import LatencySettings, measure_latency, onnx_session, round_ratios, session_options
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -74,6 +80,16 @@ def tolerance_sweep(ckpt, data, tolerances: list[float], images: int) -> list[di
     return rows
 
 
+def graph_ops(onnx_bytes: bytes) -> list[str]:
+    """The operators of a model, in order, as onnxruntime runs them (after its optimizer)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "optimized.onnx"
+        options = session_options(1)
+        options.optimized_model_filepath = str(path)
+        ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
+        return [n.op_type for n in onnx.load(str(path)).graph.node]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoints", nargs="+", type=Path)
@@ -87,12 +103,12 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     settings = LatencySettings(batches=(1, 32), threads=args.threads, rounds=args.rounds, min_run_time=args.min_time)
-    results, lines = [], ["| model | runtime | form | batch 1 ms | vs none | batch 32 ms | vs none | trusted |",
+    results, lines = [], ["| model | runtime | form | batch 1 ms | vs none [range] | batch 32 ms | vs none [range] | trusted |",
                           "| --- | --- | --- | ---: | ---: | ---: | ---: | --- |"]
     for ckpt in args.checkpoints:
         models, gates, data = forms(ckpt, args.data_dir, args.gate_tolerance, args.calibration_images)
-        sessions = {name: onnx_session(to_onnx(m, None)[0].SerializeToString(), args.threads)
-                    for name, m in models.items() if name != "nam unfolded"}
+        files = {name: to_onnx(m, None)[0].SerializeToString() for name, m in models.items() if name != "nam unfolded"}
+        sessions = {name: onnx_session(blob, args.threads) for name, blob in files.items()}
         timed = {**{("torch eager", n): m for n, m in models.items()},
                  **{("onnxruntime", n): s for n, s in sessions.items()}}
         records = measure_latency({f"{rt}|{n}": m for (rt, n), m in timed.items()}, settings)  # one run, side by side
@@ -105,8 +121,8 @@ def main() -> None:
             runtime, name = key.split("|")
             cells = []
             for batch in (1, 32):
-                ms, base = by_batch[batch]["median_ms"], records[f"{runtime}|none"][batch]["median_ms"]
-                cells.append(f"{ms:.3f} | {ms / base:.2f}x")
+                ratio, low, high = round_ratios(by_batch[batch], records[f"{runtime}|none"][batch])
+                cells.append(f"{by_batch[batch]['median_ms']:.3f} | {ratio:.2f}x [{low:.2f}, {high:.2f}]")
             trusted = all(r["trusted"] for r in by_batch.values())
             lines.append(f"| {label} | {runtime} | {name} | {' | '.join(cells)} | {'yes' if trusted else 'no'} |")
         sweep = tolerance_sweep(ckpt, data, args.tolerances, args.calibration_images) if data and args.tolerances else []
@@ -116,6 +132,9 @@ def main() -> None:
         results.append({"checkpoint": str(ckpt), "label": label, "gates": gates, "top1": accuracy, "sweep": sweep,
                         "latency": {key: {str(b): r for b, r in v.items()} for key, v in records.items()}})
         removed = f"{gates['removed']} of {gates['total']} gates removed" if gates else "no NAM"
+        same = graph_ops(files["nam exported"]) == graph_ops(files["none"])
+        removed += "; the exported graph " + ("holds exactly the operators of the network without attention, in order"
+                                               if same else "differs from the network without attention")
         top1 = (f"top-1 unfolded {accuracy['unfolded']:.2f} %, exported {accuracy['exported']:.2f} % "
                 f"({accuracy['exported'] - accuracy['unfolded']:+.2f})" if accuracy else "top-1 not measured (no data)")
         print(f"{label}: {removed} (tolerance {args.gate_tolerance:g}); {top1}")

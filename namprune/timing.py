@@ -329,10 +329,17 @@ def summary(records: list[dict]) -> str | None:
            f"{CLEAN_HINT[0].upper()}{CLEAN_HINT[1:]}."
 
 
+def round_ratios(slow: dict, fast: dict) -> tuple[float, float, float]:
+    """``slow`` / ``fast`` within each round (both were timed in it, so a slow spell of the
+    machine hits both): the median over the rounds, the lowest and the highest."""
+    ratios = [a / b for a, b in zip(slow["round_ms"], fast["round_ms"])]
+    return statistics.median(ratios), min(ratios), max(ratios)
+
+
 def speedups(records: dict[str, dict], slow: str, fast: str) -> dict[str, float]:
-    """``slow``'s median / ``fast``'s at every batch both were timed at (records of one
-    ``measure_latency`` call, so the two shared every round)."""
-    return {str(b): round(records[slow][b]["median_ms"] / records[fast][b]["median_ms"], 4)
+    """How many times faster ``fast`` ran than ``slow`` at every batch both were timed at
+    (records of one ``measure_latency`` call): the median of the per-round ratios."""
+    return {str(b): round(round_ratios(records[slow][b], records[fast][b])[0], 4)
             for b in records[fast] if b in records[slow]}
 
 
@@ -343,4 +350,4 @@ def mark(record: dict) -> str:
 
 __all__ = ["CLEAN_HINT", "DEFAULT_THREADS", "MAX_CPU_WAIT", "MAX_SPREAD", "LatencySettings", "OnnxRunner", "Runner",
            "TorchRunner", "available_cores", "is_trustworthy", "mark", "measure_latency", "onnx_session", "problems",
-           "record", "session_options", "speedups", "summary", "trust_problem"]
+           "record", "round_ratios", "session_options", "speedups", "summary", "trust_problem"]
