@@ -14,7 +14,8 @@ leave them (so no gate is constant and all stay). Forms of the folded gate
     channel     only the channel branch (what remains when every spatial gate is constant)
 
 For each form: the operators left in onnxruntime's optimized graph (layout reorders show
-where the NCHWc kernels lose their fused form) and the latency at batch 1 and 32.
+where the NCHWc kernels lose their fused form) and the latency at batch 1 and 32, all
+timed side by side; "vs none" is the ratio within each round, median [lowest, highest].
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ import torch.nn.functional as F
 from namprune import fold_nam, models
 from namprune.export import to_onnx
 from namprune.fold import FoldedChannelNAM, FoldedSpatialNAM
-from namprune.timing import LatencySettings, measure_latency, session_options
+from namprune.timing import LatencySettings, measure_latency, round_ratios, session_options
 
 
 class MulAdd(FoldedChannelNAM):
@@ -88,6 +89,12 @@ def optimized_ops(onnx_bytes: bytes) -> dict[str, int]:
         return dict(collections.Counter(n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node))
 
 
+def ratio_cell(record: dict, none: dict) -> str:
+    """The ratio to the network without attention within each round: median [lowest, highest]."""
+    ratio, low, high = round_ratios(record, none)
+    return f"{ratio:.2f}x [{low:.2f}, {high:.2f}]"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=7)
@@ -123,8 +130,7 @@ def main() -> None:
         ops = optimized_ops(files[name])
         reorders = sum(v for k, v in ops.items() if k.startswith("Reorder"))
         listing = ", ".join(f"{v} {k}" for k, v in ops.items() if not k.startswith("Reorder"))
-        cells = " | ".join(f"{by_batch[b]['median_ms']:.3f} | {by_batch[b]['median_ms'] / records['none'][b]['median_ms']:.2f}x"
-                           for b in (1, 32))
+        cells = " | ".join(f"{by_batch[b]['median_ms']:.3f} | {ratio_cell(by_batch[b], records['none'][b])}" for b in (1, 32))
         trusted = "yes" if all(r["trusted"] for r in by_batch.values()) else "no"
         print(f"| {name} | {reorders} | {listing} | {cells} | {trusted} |")
 
