@@ -38,7 +38,7 @@ from .calibration import DEFAULT_IMAGES, calibration_images, check_count, checkp
 from .console import note
 from .engine import evaluate
 from .errors import NampruneError
-from .files import write_atomic, write_json
+from .files import read_json, write_atomic, write_json
 from .gates import DEFAULT_TOLERANCE, check_tolerance, fold_for_export, has_gates
 from .measure import count_params
 from .quantize import int8_path, int8_record, onnx_accuracy, quantize_int8, unpruned_source
@@ -268,9 +268,6 @@ def check_parity(model: nn.Module, sess: ort.InferenceSession, test_images: torc
             "results": results}
 
 
-# --------------------------------------------------------------------------- accuracy
-
-
 def removal_effect(model: nn.Module, sess: ort.InferenceSession, images: torch.Tensor | None, data) -> dict:
     """What replacing gates by constants changed: the file against the unfolded ``model`` on
     test images, and top-1 on the whole test split (when the data is at hand)."""
@@ -362,8 +359,7 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, opset: int | None = Non
 
 
 def test_images(data) -> torch.Tensor | None:
-    """Up to ``TEST_SAMPLES`` normalized test images for the check (the first test batch holds
-    them: its size is twice the calibration data's 64), None without data."""
+    """Up to ``TEST_SAMPLES`` test images for the check (the first test batch: 128), None without data."""
     return None if data is None else next(iter(data.test))[0][:TEST_SAMPLES].cpu()
 
 
@@ -374,16 +370,17 @@ def unpruned_session(source: Path, calib, gate_tolerance: float, fixed, opset, o
     return session(to_onnx(exported, fixed, opset, optimize)[0].SerializeToString(), threads)
 
 
-def check_file(ckpt: str | Path, onnx_file: str | Path, data_dir=None,
-               gate_tolerance: float = DEFAULT_TOLERANCE, calibration: int = DEFAULT_IMAGES) -> dict:
-    """Check an existing ONNX file against the checkpoint it came from (e.g. after editing
-    it with other tools), folded and with its constant gates removed as the export does;
-    raises ``ExportError`` with the measured difference if it disagrees."""
+def check_file(ckpt: str | Path, onnx_file: str | Path, data_dir=None, gate_tolerance: float | None = None,
+               calibration: int | None = None) -> dict:
+    """Check an existing ONNX file against the checkpoint it came from, folded and with its constant
+    gates removed as its export did (as recorded beside it, unless given); raises ``ExportError``
+    with the measured difference if it disagrees."""
     onnx_file = Path(onnx_file)
     if not onnx_file.is_file():
         raise NampruneError(f"no ONNX file at {onnx_file}")
-    check_tolerance(gate_tolerance)
-    check_count(calibration)
+    recorded = recorded_gates(onnx_file)
+    gate_tolerance = check_tolerance(recorded.get("tolerance", DEFAULT_TOLERANCE) if gate_tolerance is None else gate_tolerance)
+    calibration = check_count(calibration or recorded.get("calibration_images") or DEFAULT_IMAGES)
     payload = checkpoint.read(ckpt)
     model = checkpoint.build(payload).eval()
     try:
@@ -393,3 +390,10 @@ def check_file(ckpt: str | Path, onnx_file: str | Path, data_dir=None,
     data = checkpoint_data(payload, data_dir)
     exported, _ = fold_for_export(model, calibration_images(data, calibration), gate_tolerance)
     return check_parity(exported, sess, test_images(data))
+
+
+def recorded_gates(onnx_file: Path) -> dict:
+    """The ``nam_gates`` record of the export that wrote ``onnx_file`` ({} when there is none)."""
+    json_path = output_paths(onnx_file, overwrite=True)[1]
+    report = read_json(json_path) if json_path.is_file() else {}
+    return (report.get("nam_gates") or {}) if Path(report.get("onnx", "")).name == onnx_file.name else {}

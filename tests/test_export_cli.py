@@ -23,9 +23,11 @@ def digits_ckpt(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def exported(digits_ckpt, tmp_path_factory):
-    """The default export (dynamic batch, NAM folded, checked, latency measured), run as a user would."""
+    """The default export (dynamic batch, NAM folded, checked, latency measured), run as a user would,
+    keeping every gate (--gate-tolerance 0) so the file is the unfolded model's exact equal
+    (removing constant gates is tested in test_gates.py)."""
     out = tmp_path_factory.mktemp("export") / "model.onnx"
-    proc = run_subprocess("export", digits_ckpt, "--out", out, "--threads", "1")
+    proc = run_subprocess("export", digits_ckpt, "--out", out, "--threads", "1", "--gate-tolerance", "0")
     assert proc.returncode == 0, proc.stderr
     return proc, out
 
@@ -47,9 +49,10 @@ def test_export_writes_the_file_and_its_report(exported, digits_ckpt):
             assert (r["runtime"], r["batch"], r["threads"]) == (runtime, int(batch), 1)
             assert r["median_ms"] > 0 and len(r["round_ms"]) == 5 and r["spread"] >= 0
             assert r["trusted"] == (r["untrusted_because"] is None)
-    # a model whose gates vary: every gate measured on training images, none removed
+    # every gate measured on training images, none removed (they all vary, if only a little)
     gates = report["nam_gates"]
     assert gates["total"] == 18 and gates["removed"] == 0 and gates["calibration_images"] == 256
+    assert gates["tolerance"] == 0 and all(g["spread"] > 0 for g in gates["gates"])
     assert "onnxruntime vs torch" in proc.stdout and "median CPU latency" in proc.stdout
     assert proc.stderr == ""  # the exporters' warnings and logs are kept out of the user's way
 
@@ -91,12 +94,13 @@ def _tamper(source, target, scale=1.5):
 
 def test_a_broken_file_fails_the_check_with_the_measured_difference(exported, digits_ckpt, tmp_path, capsys):
     _, out = exported
+    # the check repeats what the export recorded beside the file (here: every gate kept)
     code, stdout, err = run_cli(capsys, "export", digits_ckpt, "--out", out, "--check-only")
     assert code == 0 and "agrees" in stdout, err
 
     broken = tmp_path / "broken.onnx"
     _tamper(out, broken)
-    code, _, err = run_cli(capsys, "export", digits_ckpt, "--out", broken, "--check-only")
+    code, _, err = run_cli(capsys, "export", digits_ckpt, "--out", broken, "--check-only", "--gate-tolerance", "0")
     lines = [line for line in err.splitlines() if line.strip()]
     assert code == 1 and len(lines) == 1 and lines[0].startswith("error: parity check failed"), err
     reported = float(re.search(r"max relative difference ([0-9.e+-]+)", lines[0]).group(1))

@@ -29,9 +29,9 @@ def export_(
     check: Annotated[bool, typer.Option("--check/--no-check", help=f"Run the file in onnxruntime against torch on random inputs and, when the data is at hand, test images: max relative difference under {TOLERANCE:g} and the same top-1, else exit code 1 and nothing written.")] = True,
     check_only: Annotated[bool, typer.Option("--check-only", help="Export nothing: check the existing --out file against the checkpoint (e.g. after editing it with other tools).")] = False,
     optimize: Annotated[bool, typer.Option("--optimize/--no-optimize", help="Simplify the graph with the exporter's optimizer (constant folding, BatchNorm into Conv, dead nodes) and drop its per-node debug metadata (stack traces with local paths).")] = True,
-    gate_tolerance: Annotated[float, typer.Option("--gate-tolerance", help="Replace a NAM gate by its constant (folded into the BatchNorm before it) when its spread on the calibration images (std / mean) is at most this; 0 keeps every gate that varies at all.")] = DEFAULT_TOLERANCE,
+    gate_tolerance: Annotated[Optional[float], typer.Option("--gate-tolerance", help=f"Replace a NAM gate by its constant (folded into the BatchNorm before it) when its spread on the calibration images (std / mean) is at most this; 0 keeps every gate that varies at all. Default {DEFAULT_TOLERANCE:g}; with --check-only, what the export recorded.")] = None,
     int8: Annotated[bool, typer.Option("--int8", help="Also write <out>.int8.onnx, quantized by onnxruntime (static, QDQ, calibrated on training images), with the test top-1 of both files and their latency (and, for a pruned run, the unpruned FP32 model's).")] = False,
-    calibration: Annotated[int, typer.Option("--calibration-images", help="Training images the gates and the INT8 ranges are calibrated on.")] = DEFAULT_IMAGES,
+    calibration: Annotated[Optional[int], typer.Option("--calibration-images", help=f"Training images the gates and the INT8 ranges are calibrated on. Default {DEFAULT_IMAGES}; with --check-only, what the export recorded.")] = None,
     latency: Annotated[bool, typer.Option("--latency/--no-latency", help="Measure the median CPU latency of onnxruntime and torch eager at batch 1 and 32, side by side (a few seconds).")] = True,
     threads: Threads = None,
     rounds: Rounds = 5,
@@ -49,7 +49,8 @@ def export_(
             return 0
         settings = LatencySettings(threads=threads, rounds=rounds, min_run_time=min_time) if latency else False
         report = export_checkpoint(ckpt, out, opset, batch, fold, check, optimize, settings, data_dir, overwrite,
-                                   gate_tolerance=gate_tolerance, int8=int8, calibration=calibration)
+                                   gate_tolerance=DEFAULT_TOLERANCE if gate_tolerance is None else gate_tolerance,
+                                   int8=int8, calibration=calibration or DEFAULT_IMAGES)
     except ExportError as exc:  # not the user's mistake: exit code 1, still one line
         return fail(str(exc), 1)
     print_report(report)
