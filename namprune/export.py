@@ -12,11 +12,9 @@ of all batches: the largest deviation measured against the scale of the logits, 
 stays meaningful where single logits are near zero (an element-wise ratio would blow up
 there). It must stay under ``TOLERANCE`` and every image must get the same top-1 class.
 
-NAM gates that do nothing measurable on calibration images (training split) are replaced
-by their constants before export (``gates.fold_for_export``); the check then compares the
-file with the model that was exported, and ``export.json`` records, next to it, the
-difference the removal made against the unfolded model and its top-1 on the test split.
-``--int8`` adds an INT8 file (``quantize``), its top-1 and its latency.
+NAM gates that act as constants on training images are replaced by them before export
+(``gates.fold_for_export``); the check holds the file to the model exported, and reports the
+difference from the unfolded model and its test top-1. ``--int8``: ``quantize``.
 """
 
 from __future__ import annotations
@@ -269,12 +267,12 @@ def check_parity(model: nn.Module, sess: ort.InferenceSession, test_images: torc
 
 
 def removal_effect(model: nn.Module, sess: ort.InferenceSession, images: torch.Tensor | None, data) -> dict:
-    """What replacing gates by constants changed: the file against the unfolded ``model`` on
-    test images, and top-1 on the whole test split (when the data is at hand)."""
-    effect = {}
-    if images is not None:
-        c = compare(model, sess, images, "test images")
-        effect |= {"max_rel_diff_vs_unfolded": c["max_rel_diff"], "top1_agree": f"{c['top1_agree']}/{c['images']}"}
+    """What replacing gates by constants changed: the file against the unfolded ``model`` (on
+    test images, else the check's random inputs), and top-1 on the whole test split."""
+    x = images if images is not None else torch.randn(input_shape(model, RANDOM_SAMPLES),
+                                                        generator=torch.Generator().manual_seed(0))
+    c = compare(model, sess, x, f"{'test images' if images is not None else 'random'} vs unfolded")
+    effect = {"vs_unfolded": {**c, "ok": None}, "max_rel_diff_vs_unfolded": c["max_rel_diff"]}
     if data is not None:
         unfolded, exported = evaluate(model, data.test, "cpu")["top1"], onnx_accuracy(sess, data.test)
         effect |= {"top1_unfolded": unfolded, "top1_exported": exported["top1"], "test_images": exported["images"],
@@ -319,8 +317,9 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, opset: int | None = Non
     onnx_bytes = proto.SerializeToString()
     sess = session(onnx_bytes, settings.num_threads if settings else None)
     parity = check_parity(exported, sess, images) if check else None
-    if gates and gates["removed"]:
+    if gates and gates["removed"]:  # the check above held the file to what was exported; this, to the checkpoint
         gates |= removal_effect(model, sess, images, data)
+        parity = parity and {**parity, "vs_unfolded": gates.pop("vs_unfolded")}
     files = {onnx_path: onnx_bytes}
     timed = {"onnxruntime": sess, "torch_eager": model, **({"torch_eager_folded": exported} if fold else {})}
     int8_report = None
@@ -380,7 +379,7 @@ def check_file(ckpt: str | Path, onnx_file: str | Path, data_dir=None, gate_tole
         raise NampruneError(f"no ONNX file at {onnx_file}")
     recorded = recorded_gates(onnx_file)
     gate_tolerance = check_tolerance(recorded.get("tolerance", DEFAULT_TOLERANCE) if gate_tolerance is None else gate_tolerance)
-    calibration = check_count(calibration or recorded.get("calibration_images") or DEFAULT_IMAGES)
+    calibration = check_count(recorded.get("calibration_images") or DEFAULT_IMAGES if calibration is None else calibration)
     payload = checkpoint.read(ckpt)
     model = checkpoint.build(payload).eval()
     try:

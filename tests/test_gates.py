@@ -157,6 +157,8 @@ def test_export_removes_the_constant_gates_and_records_what_that_changed(flat_ck
     got = sess.run(None, {"input": x.numpy()})[0]
     assert relative_difference(reference, got) < 1e-4
     assert gates["max_rel_diff_vs_unfolded"] < 1e-4
+    unfolded = report["parity"]["vs_unfolded"]  # the check's table also compares with the checkpoint
+    assert unfolded["inputs"] == "test images vs unfolded" and unfolded["max_rel_diff"] == gates["max_rel_diff_vs_unfolded"]
     assert gates["test_images"] == data.info.test_size
     assert gates["top1_exported"] == pytest.approx(100 * float((got.argmax(1) == data.test.labels.numpy()).mean()), abs=1e-3)
     assert gates["top1_change"] == pytest.approx(gates["top1_exported"] - gates["top1_unfolded"], abs=1e-3)
