@@ -45,6 +45,7 @@ from namprune.files import read_json, staging_dir, write_json, write_text
 from namprune.pipeline import DEFAULT_DISTILL, compatible_data, prune_checkpoint, resume_training, train_model
 from namprune.pruning import PruneConfig, prune
 from namprune.saliency import DEFAULT_IMPORTANCE, IMPORTANCES
+from namprune.timing import LatencySettings, measure_latency
 from namprune.sparsity import PAPER_STRENGTH, PAPER_TARGETS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,10 +59,15 @@ BASES = {
     "plain": ("none", dict(sparsity=0.0)),
 }
 OTHER_DISTILL = 0.0 if DEFAULT_DISTILL else 0.9  # the fine-tuning namprune does not default to, for comparison
-# method -> (base, importance, distillation weight while fine-tuning)
+# method -> (base, importance, distillation weight while fine-tuning). The first five share
+# namprune's base, so they compare rankings (and recovery) on one model; the rest are the
+# usual baselines on the model each of them assumes.
 METHODS = {
     "namprune": ("namprune", DEFAULT_IMPORTANCE, DEFAULT_DISTILL),
     "namprune, " + ("plain fine-tuning" if DEFAULT_DISTILL else "distilled"): ("namprune", DEFAULT_IMPORTANCE, OTHER_DISTILL),
+    "slim ranking, namprune base": ("namprune", "slim", DEFAULT_DISTILL),
+    "taylor ranking, namprune base": ("namprune", "taylor", DEFAULT_DISTILL),
+    "random ranking, namprune base": ("namprune", "random", DEFAULT_DISTILL),
     "paper (NAM w)": ("paper", "nam-w", DEFAULT_DISTILL),
     "slim": ("slim", "slim", DEFAULT_DISTILL),
     "l1": ("plain", "l1", DEFAULT_DISTILL),
@@ -79,14 +85,14 @@ def main() -> None:
     parser.add_argument("--finetune-epochs", type=int, default=4)
     parser.add_argument("--finetune-lr", type=float, default=0.01)
     parser.add_argument("--target-macs", type=float, default=0.5)
-    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS), metavar="METHOD")
     parser.add_argument("--only-train", nargs="*", help="train these bases of every seed and stop")
     parser.add_argument("--no-update", action="store_true", help="do not rewrite BENCHMARKS.md")
     args = parser.parse_args()
 
     started = time.time()
     data_dir = unpack(args.archive, args.work / "cifar10")
-    methods = args.methods.split(",")
+    methods = args.methods
     if args.only_train is not None:
         for seed in args.seeds:
             for base in args.only_train or BASES:
@@ -98,7 +104,7 @@ def main() -> None:
             train(METHODS[method][0], seed, data_dir, args)
             results.append(prune_and_finetune(method, seed, data_dir, args))
     study = [row for seed in args.seeds for row in ranking_study(seed, data_dir, args)]
-    latency = side_by_side({r["folder"]: r["folder"] for r in results if r["seed"] == args.seeds[0]}, data_dir, args)
+    latency = side_by_side([r["folder"] for r in results if r["seed"] == args.seeds[0]], data_dir, args)
     text = markdown(results, study, latency, args, time.time() - started)
     print(text)
     out = ROOT / "benchmarks" / "results"
@@ -176,19 +182,20 @@ def ranking_study(seed: int, data_dir: Path, args) -> list[dict]:
     return rows
 
 
-def side_by_side(folders: dict[str, str], data_dir: Path, args) -> dict:
-    """onnxruntime latency of every pruned model and its base, timed in interleaved rounds."""
-    from namprune.measure import LatencySettings  # noqa: F401  (the latency path is the project's)
-    from namprune.export import time_onnx_files
-
+def side_by_side(folders: list[str], data_dir: Path, args) -> dict:
+    """onnxruntime latency of every pruned model and its base, timed side by side in
+    interleaved rounds (the project's timing path: median of rounds, trust verdict)."""
     files = {}
     for folder in folders:
         for run in (Path(folder), Path(read_json(Path(folder) / "report.json")["source"]).parent):
             target = run.with_name(f"onnx-{run.name}") / "model.onnx"
             if not target.exists():
-                export_checkpoint(run, target, data_dir=data_dir)
+                export_checkpoint(run, target, data_dir=data_dir, latency=False)
             files[str(run)] = target
-    return time_onnx_files(files)
+    records = measure_latency(files, LatencySettings(rounds=7))
+    return {"settings": "1 thread, median of 7 interleaved rounds", "records": records,
+            "ms": {run: {str(b): r["median_ms"] for b, r in by_batch.items()} for run, by_batch in records.items()},
+            "trusted": all(r["trusted"] for by_batch in records.values() for r in by_batch.values())}
 
 
 def _mean(rows: list[dict], key: str) -> str:

@@ -25,6 +25,13 @@ from .errors import NampruneError
 DEFAULT_IMAGES = 1024  # calibration images for scores and for BatchNorm recalibration
 
 
+def check_count(count: int) -> int:
+    """The one rule for every --calibration-images."""
+    if count < 1:
+        raise NampruneError(f"--calibration-images must be at least 1, got {count}")
+    return count
+
+
 def calibration_batches(loader: Iterable, images: int, device: torch.device) -> Iterator[torch.Tensor]:
     """Up to ``images`` images from ``loader`` as ``(images, labels)`` batches on ``device``."""
     if hasattr(loader, "set_epoch"):

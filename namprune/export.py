@@ -12,6 +12,10 @@ Parity: on every input batch both runtimes produce logits ``a`` (torch, the refe
 of all batches: the largest deviation measured against the scale of the logits, which
 stays meaningful where single logits are near zero (an element-wise ratio would blow up
 there). It must stay under ``TOLERANCE`` and every image must get the same top-1 class.
+
+NAM gates that act as constants on training images are replaced by them before export
+(``gates.fold_for_export``); the check holds the file to the model exported, and reports the
+difference from the unfolded model and its test top-1. ``--int8``: ``quantize``.
 """
 
 from __future__ import annotations
@@ -27,16 +31,20 @@ import onnx
 import onnxruntime as ort
 import torch
 import torch.nn as nn
-import torch.utils.benchmark as benchmark
 
 from . import checkpoint
+from .calibrate import check_count
+from .datasource import GATE_IMAGES, calibration_images, checkpoint_data
 from .console import note
+from .engine import evaluate
 from .errors import NampruneError
-from .files import write_atomic, write_json
+from .files import read_json, write_atomic, write_json
 from .fold import fold_nam
+from .gates import DEFAULT_TOLERANCE, check_tolerance, fold_for_export, has_gates
 from .graph import example_input
 from .measure import count_params
-from .pipeline import compatible_data
+from .quantize import int8_path, int8_record, onnx_accuracy, quantize_int8, unpruned_source
+from .timing import LatencySettings, measure_latency, session_options, speedups
 
 TOLERANCE = 1e-4
 # torch's exporters: the dynamo one implements opsets 18+ (lower ones through a version
@@ -46,9 +54,6 @@ MIN_OPSET, TORCHSCRIPT_MAX_OPSET = 7, 20
 MAX_OPSET = min(26, onnx.defs.onnx_opset_version())
 INPUT, OUTPUT = "input", "logits"
 RANDOM_SAMPLES, TEST_SAMPLES = 16, 64
-LATENCY_BATCHES = (1, 32)
-# Datasets that need no --data-dir: their test images are always at hand for the check.
-BUILT_IN_DATA = ("digits", "fake")
 
 
 class ExportError(RuntimeError):
@@ -191,17 +196,10 @@ def onnx_params(proto: onnx.ModelProto) -> int:
 
 
 def session(model: bytes | str | Path, threads: int | None = None) -> ort.InferenceSession:
-    """A CPU onnxruntime session, with as many threads as torch uses (a fair comparison)."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads or torch.get_num_threads()
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3  # errors only
-    # Idle onnxruntime threads spin by default, competing with torch's threads when the two
-    # are timed one after the other; a fair comparison wants them asleep.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    """A CPU onnxruntime session with ``threads`` intra-op threads (``timing.session_options``)."""
     source = str(model) if isinstance(model, Path) else model
     try:
-        return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(source, session_options(threads), providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own exception types for unreadable files
         raise ExportError(f"onnxruntime cannot load {'the exported model' if isinstance(model, bytes) else model}: "
                           f"{_first_line(exc)}") from None
@@ -274,98 +272,133 @@ def check_parity(model: nn.Module, sess: ort.InferenceSession, test_images: torc
             "results": results}
 
 
-def real_inputs(payload: dict, data_dir) -> torch.Tensor | None:
-    """Up to ``TEST_SAMPLES`` normalized test images of the checkpoint's dataset, or None when
-    that dataset needs a --data-dir that was not given."""
-    if data_dir is None and payload["data"]["name"] not in BUILT_IN_DATA:
-        return None
-    data = compatible_data(payload, data_dir, TEST_SAMPLES, "cpu")
-    images, _ = next(iter(data.test))
-    return images[:TEST_SAMPLES].cpu()
-
-
-# --------------------------------------------------------------------------- latency
-
-
-def median_ms(stmt: str, scope: dict, threads: int, min_run_time: float) -> float:
-    timer = benchmark.Timer(stmt=stmt, globals=scope, num_threads=threads)
-    return round(timer.blocked_autorange(min_run_time=min_run_time).median * 1e3, 4)
-
-
-def measure_latency(models: dict[str, nn.Module], sess: ort.InferenceSession, threads: int,
-                    min_run_time: float = 0.3) -> dict:
-    """Median CPU latency (ms) of onnxruntime (``sess``, made with ``threads``) and of each
-    torch model on ``threads`` threads, at batch 1 and 32 (or at the file's fixed batch size)."""
-    any_model = next(iter(models.values()))
-    sizes = [fixed_batch(sess)] if fixed_batch(sess) else list(LATENCY_BATCHES)
-    result = {"threads": threads, "onnxruntime": {}, **{name: {} for name in models}}
-    for size in sizes:
-        x = torch.randn(input_shape(any_model, size), generator=torch.Generator().manual_seed(1))
-        result["onnxruntime"][str(size)] = median_ms("run(sess, x)", {"run": run_onnx, "sess": sess, "x": x},
-                                                     threads, min_run_time)
-        for name, model in models.items():
-            result[name][str(size)] = median_ms("with torch.inference_mode(): model(x)",
-                                                {"torch": torch, "model": model, "x": x}, threads, min_run_time)
-    return result
+def removal_effect(model: nn.Module, sess: ort.InferenceSession, images: torch.Tensor | None, data) -> dict:
+    """What replacing gates by constants changed: the file against the unfolded ``model`` (on
+    test images, else the check's random inputs), and top-1 on the whole test split."""
+    x = images if images is not None else torch.randn(input_shape(model, RANDOM_SAMPLES),
+                                                        generator=torch.Generator().manual_seed(0))
+    c = compare(model, sess, x, f"{'test images' if images is not None else 'random'} vs unfolded")
+    effect = {"vs_unfolded": {**c, "ok": None}, "max_rel_diff_vs_unfolded": c["max_rel_diff"]}
+    if data is not None:
+        unfolded, exported = evaluate(model, data.test, "cpu")["top1"], onnx_accuracy(sess, data.test)
+        effect |= {"top1_unfolded": unfolded, "top1_exported": exported["top1"], "test_images": exported["images"],
+                   "top1_change": round(exported["top1"] - unfolded, 4)}
+    return effect
 
 
 # --------------------------------------------------------------------------- the whole job
 
 
 def export_checkpoint(ckpt: str | Path, out: str | Path, opset: int | None = None, batch: str | int = "dynamic",
-                      fold: bool = True, check: bool = True, optimize: bool = True, latency: bool = True,
-                      data_dir=None, overwrite: bool = False, threads: int | None = None) -> dict:
+                      fold: bool = True, check: bool = True, optimize: bool = True,
+                      latency: bool | LatencySettings = True, data_dir=None, overwrite: bool = False,
+                      threads: int | None = None, gate_tolerance: float = DEFAULT_TOLERANCE, int8: bool = False,
+                      calibration: int = GATE_IMAGES) -> dict:
     """Export a checkpoint to ``out`` (ONNX) and its record beside it (``record_path``); returns the report.
 
     Raises ``NampruneError`` for bad arguments (before any work) and ``ExportError`` when
-    both exporters fail or the check fails; then nothing is written. ``threads``: for the
-    latency measurement, torch and onnxruntime alike (default: torch's thread count).
+    both exporters fail or the check fails; then nothing is written. ``latency``: True (the
+    default settings with ``threads``), False, or the ``LatencySettings`` to time with.
+    ``gate_tolerance``: NAM gates whose spread on ``calibration`` training images is at most
+    this are replaced by constants. ``int8`` also writes ``<out stem>.int8.onnx``.
     """
     fixed = parse_batch(batch)
-    if threads is not None and threads < 1:
-        raise NampruneError(f"--threads must be at least 1, got {threads}")
-    threads = threads or torch.get_num_threads()
+    settings = latency if isinstance(latency, LatencySettings) else LatencySettings(threads=threads) if latency else None
     check_opset(opset)
+    check_tolerance(gate_tolerance)
+    check_count(calibration)
     onnx_path, json_path = output_paths(out, overwrite)
+    if int8 and int8_path(onnx_path).exists() and not overwrite:
+        raise NampruneError(f"{int8_path(onnx_path)} already exists; pass --overwrite to replace it")
     payload = checkpoint.read(ckpt)
     model = checkpoint.build(payload).eval()
-    images = real_inputs(payload, data_dir) if check else None
-    exported = fold_nam(model) if fold else model
+    data = checkpoint_data(payload, data_dir) if check or int8 or fold and has_gates(model) else None
+    if int8 and data is None:
+        raise NampruneError(f"--int8 calibrates on {payload['data']['name']} training images: give --data-dir")
+    calib = calibration_images(data, calibration)
+    images = test_images(data) if check else None
+    exported, gates = fold_for_export(model, calib, gate_tolerance) if fold else (model, None)
 
     proto, exporter = to_onnx(exported, fixed, opset, optimize)
-    data = proto.SerializeToString()
-    sess = session(data, threads)
-    parity = check_parity(model, sess, images) if check else None
-    timings = None
-    if latency:
-        torch_models = {"torch_eager": model, **({"torch_eager_folded": exported} if fold else {})}
-        timings = measure_latency(torch_models, sess, threads)
+    onnx_bytes = proto.SerializeToString()
+    sess = session(onnx_bytes, settings.num_threads if settings else None)
+    parity = check_parity(exported, sess, images) if check else None
+    if gates and gates["removed"]:  # the check above held the file to what was exported; this, to the checkpoint
+        gates |= removal_effect(model, sess, images, data)
+        parity = parity and {**parity, "vs_unfolded": gates.pop("vs_unfolded")}
+    files = {onnx_path: onnx_bytes}
+    timed = {"onnxruntime": sess, "torch_eager": model, **({"torch_eager_folded": exported} if fold else {})}
+    int8_report = None
+    if int8:
+        files[int8_path(onnx_path)] = quantize_int8(onnx_bytes, calib, fixed)
+        timed["onnxruntime_int8"] = sess8 = session(files[int8_path(onnx_path)], settings and settings.num_threads)
+        int8_report = int8_record(sess, sess8, files[int8_path(onnx_path)], int8_path(onnx_path), data, len(calib))
+        source = unpruned_source(ckpt)
+        int8_report["unpruned_source"] = str(source) if source else None
+        if source and settings:
+            timed["onnxruntime_unpruned"] = unpruned_session(source, calib, gate_tolerance, fixed, opset, optimize,
+                                                             settings.num_threads)
+    timings = measure_latency(timed, settings) if settings else None
+    if int8_report and timings:
+        int8_report["speedup_vs_fp32"] = speedups(timings, "onnxruntime", "onnxruntime_int8")
+        if "onnxruntime_unpruned" in timings:
+            int8_report["speedup_vs_unpruned_fp32"] = {
+                "fp32": speedups(timings, "onnxruntime_unpruned", "onnxruntime"),
+                "int8": speedups(timings, "onnxruntime_unpruned", "onnxruntime_int8")}
     report = {
         "source": str(checkpoint.model_file(ckpt)), "onnx": str(onnx_path),
         "model": payload["arch"]["name"], "attention": payload["arch"]["attention"],
         "pruning_steps": len(payload.get("pruning_history") or []),
         "exporter": exporter, "opset": opset_of(proto), "batch": fixed or "dynamic",
         "input_shape": [fixed or "batch", *input_shape(model, 1)[1:]],
-        "folded": fold, "optimized": optimize,
-        "file_bytes": len(data), "params": count_params(model), "onnx_params": onnx_params(proto),
-        "parity": parity, "latency_ms": timings,
+        "folded": fold, "optimized": optimize, "nam_gates": gates,
+        "file_bytes": len(onnx_bytes), "params": count_params(model), "onnx_params": onnx_params(proto),
+        "parity": parity, "int8": int8_report,
+        "latency": {"settings": settings.describe(), "records": timings} if timings else None,
         "versions": {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": ort.__version__},
     }
-    write_atomic(onnx_path, lambda tmp: tmp.write_bytes(data))
+    for path, content in files.items():
+        write_atomic(path, lambda tmp, content=content: tmp.write_bytes(content))
     write_json(json_path, report)
     return report
 
 
-def check_file(ckpt: str | Path, onnx_file: str | Path, data_dir=None) -> dict:
-    """Check an existing ONNX file against the checkpoint it came from (e.g. after editing
-    it with other tools); raises ``ExportError`` with the measured difference if it disagrees."""
+def test_images(data) -> torch.Tensor | None:
+    """Up to ``TEST_SAMPLES`` test images for the check (the first test batch: 128), None without data."""
+    return None if data is None else next(iter(data.test))[0][:TEST_SAMPLES].cpu()
+
+
+def unpruned_session(source: Path, calib, gate_tolerance: float, fixed, opset, optimize, threads) -> ort.InferenceSession:
+    """The unpruned model exported as ``namprune export`` would, for timing next to the pruned one."""
+    model = checkpoint.load(source).eval()
+    exported, _ = fold_for_export(model, calib, gate_tolerance)
+    return session(to_onnx(exported, fixed, opset, optimize)[0].SerializeToString(), threads)
+
+
+def check_file(ckpt: str | Path, onnx_file: str | Path, data_dir=None, gate_tolerance: float | None = None,
+               calibration: int | None = None) -> dict:
+    """Check an existing ONNX file against the checkpoint it came from, folded and with its constant
+    gates removed as its export did (as recorded beside it, unless given); raises ``ExportError``
+    with the measured difference if it disagrees."""
     onnx_file = Path(onnx_file)
     if not onnx_file.is_file():
         raise NampruneError(f"no ONNX file at {onnx_file}")
+    recorded = recorded_gates(onnx_file)
+    gate_tolerance = check_tolerance(recorded.get("tolerance", DEFAULT_TOLERANCE) if gate_tolerance is None else gate_tolerance)
+    calibration = check_count(recorded.get("calibration_images") or GATE_IMAGES if calibration is None else calibration)
     payload = checkpoint.read(ckpt)
     model = checkpoint.build(payload).eval()
     try:
         sess = session(onnx_file)
     except ExportError as exc:  # here the file is the user's input, not the export's output
         raise NampruneError(str(exc)) from None
-    return check_parity(model, sess, real_inputs(payload, data_dir))
+    data = checkpoint_data(payload, data_dir)
+    exported, _ = fold_for_export(model, calibration_images(data, calibration), gate_tolerance)
+    return check_parity(exported, sess, test_images(data))
+
+
+def recorded_gates(onnx_file: Path) -> dict:
+    """The ``nam_gates`` record of the export that wrote ``onnx_file`` ({} when there is none)."""
+    json_path = output_paths(onnx_file, overwrite=True)[1]
+    report = read_json(json_path) if json_path.is_file() else {}
+    return (report.get("nam_gates") or {}) if Path(report.get("onnx", "")).name == onnx_file.name else {}

@@ -84,7 +84,7 @@ def finetune_config(train_config: dict, epochs: int, lr: float | None = None, sp
 
 
 def compatible_data(payload: dict, data_dir, batch_size: int, device, seed: int = 0, workers: int = 2,
-                    rank: int = 0, world_size: int = 1) -> DataBundle:
+                    rank: int = 0, world_size: int = 1, augment: bool = True) -> DataBundle:
     """The dataset a checkpoint was trained on, checked against the checkpoint's channels and
     classes (its training split sharded by ``rank`` of ``world_size`` processes)."""
     info = payload["data"]
@@ -92,7 +92,7 @@ def compatible_data(payload: dict, data_dir, batch_size: int, device, seed: int 
         raise NampruneError("the checkpoint names no dataset (it was saved with namprune.save); evaluate and fine-tune "
                             "it in Python with namprune.evaluate and namprune.fit on your own data")
     data = load_data(info["name"], data_dir, info["image_size"], batch_size, device, workers, seed=seed, rank=rank,
-                     world_size=world_size)
+                     world_size=world_size, augment=augment)
     loaded = data.info.as_dict()
     if info["in_channels"] != loaded["in_channels"]:
         raise NampruneError(f"the checkpoint expects {info['in_channels']}-channel images but the data has "
@@ -214,7 +214,8 @@ def _prune_and_measure(model: nn.Module, cfg: PruneConfig, data: DataBundle, dev
         recalibrate_batchnorm(model, data.calibration, cfg.calibration_images)
     after = {**cost(model), **_accuracy(model, data, device)}
     return {"before": before, "after": after, "uncalibrated": uncalibrated, "ratio": result.ratio,
-            "channels_before": result.channels_before, "channels_after": result.channels_after, "layers": result.layers}
+            "channels_before": result.channels_before, "channels_after": result.channels_after, "layers": result.layers,
+            "latency": result.latency}
 
 
 def _accuracy(model: nn.Module, data: DataBundle, device: torch.device) -> dict:
@@ -230,6 +231,8 @@ def _report(ckpt, out, payload, cfg, measured, finetuned, finetune_epochs, start
         "source_relative": os.path.relpath(source, Path(out).resolve()),
         "model": payload["arch"]["name"], "attention": payload["arch"]["attention"], "dataset": payload["data"]["name"],
         "ratio": round(measured["ratio"], 4), "requested_ratio": cfg.ratio, "target_macs": cfg.target_macs,
+        "target_latency": cfg.target_latency,
+        "latency": measured["latency"] and {**measured["latency"], "macs_before": before["macs"], "macs_after": after["macs"]},
         "importance": cfg.importance, "scope": cfg.scope, "normalization": resolve_normalization(cfg.importance, cfg.normalization),
         "round_to": cfg.round_to, "max_layer_ratio": cfg.max_layer_ratio,
         "channels_before": measured["channels_before"], "channels_after": measured["channels_after"],

@@ -9,6 +9,10 @@ chosen channels together with every layer coupled to them. Two ways to say how m
   layers first nor spare them merely for being costly; the plan is then checked by counting
   the MACs of a pruned copy, and corrected in a few direct steps when the first-order
   estimate missed.
+* ``target_latency``: keep that fraction of the measured latency on the deployment runtime
+  (onnxruntime by default). The cost of a channel is measured, group by group
+  (``latency_cost``), channels are taken in order of score per millisecond saved, and the
+  pruned copy is timed to correct the budget the same way.
 
 A group never loses more than ``max_layer_ratio`` of its channels (torch-pruning does not
 enforce that inside one global step), and ``round_to`` keeps widths at a multiple.
@@ -25,8 +29,9 @@ import torch
 import torch.nn as nn
 
 from .attach import remember_input
-from .calibrate import DEFAULT_IMAGES, recalibrate_batchnorm
+from .calibrate import DEFAULT_IMAGES, check_count, recalibrate_batchnorm
 from .cost import channel_macs, count_macs
+from .latency_cost import LATENCY_TOLERANCE, LatencyComparison, LatencyMeter, group_costs
 from .errors import NampruneError
 from .graph import channel_groups, dependency_graph, grouped_indices, ignored_names
 from .saliency import (DEFAULT_IMPORTANCE, DEFAULT_NORMALIZATION, NEEDS_DATA, GroupSaliency, check_importance,
@@ -45,6 +50,10 @@ class PruneConfig:
 
     ratio: float | None = DEFAULT_RATIO
     target_macs: float | None = None
+    target_latency: float | None = None
+    latency_runtime: str = "onnxruntime"  # what --target-latency times: onnxruntime or torch (eager)
+    latency_batch: int = 1
+    threads: int | None = None  # timing threads (None: the timing default)
     scope: str = "global"
     importance: str = DEFAULT_IMPORTANCE
     normalization: str = DEFAULT_NORMALIZATION
@@ -58,26 +67,33 @@ class PruneConfig:
         self.validate()
 
     def validate(self) -> None:
-        if (self.ratio is None) == (self.target_macs is None):
-            raise NampruneError("give exactly one of --ratio and --target-macs")
+        if [self.ratio, self.target_macs, self.target_latency].count(None) != 2:
+            raise NampruneError("give exactly one of --ratio, --target-macs and --target-latency")
         if self.ratio is not None and not 0 < self.ratio < 1:
             raise NampruneError(f"--ratio must be in (0, 1) (the fraction of channels removed), got {self.ratio}")
         if self.target_macs is not None and not 0 < self.target_macs < 1:
             raise NampruneError(f"--target-macs must be in (0, 1) (the fraction of MACs kept), got {self.target_macs}")
+        if self.target_latency is not None and not 0 < self.target_latency < 1:
+            raise NampruneError(f"--target-latency must be in (0, 1) (the fraction of the measured latency kept), "
+                                f"got {self.target_latency}")
+        self.meter  # the runtime, batch and threads, checked by the timing rules
         if not 0 < self.max_layer_ratio < 1:
             raise NampruneError(f"--max-layer-ratio must be in (0, 1), got {self.max_layer_ratio}")
         if self.scope not in SCOPES:
             raise NampruneError(f"unknown scope {self.scope!r}; choose global or local")
         if self.round_to is not None and self.round_to < 1:
             raise NampruneError(f"--round-to must be a positive channel count, got {self.round_to}")
-        if self.calibration_images < 1:
-            raise NampruneError(f"--calibration-images must be at least 1, got {self.calibration_images}")
+        check_count(self.calibration_images)
         check_importance(self.importance)
         resolve_normalization(self.importance, self.normalization)
 
     @property
     def needs_data(self) -> bool:
         return self.importance in NEEDS_DATA or self.recalibrate
+
+    @property
+    def meter(self) -> LatencyMeter:
+        return LatencyMeter(self.latency_runtime, self.latency_batch, self.threads)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -91,6 +107,7 @@ class PruneResult:
     layers: list[dict]  # name, before, after (output channels of every conv / linear layer)
     groups: list[GroupSaliency]  # the ranking the decision was made from
     recalibrated: int = 0  # BatchNorms whose statistics were re-estimated
+    latency: dict | None = None  # with --target-latency: what was measured and how
 
 
 @dataclass
@@ -234,10 +251,13 @@ def prune(model: nn.Module, cfg: PruneConfig, calibration: Iterable | None = Non
     if not ranked:
         raise NampruneError("the model has no channel group that can be pruned")
     groups = [s for _, s in ranked]
-    if cfg.target_macs is None:
-        removed = allocate_ratio(groups, cfg, cfg.ratio)
-    else:
+    latency = None
+    if cfg.target_macs is not None:
         removed = _removal_for_macs(model, ranked, cfg)
+    elif cfg.target_latency is not None:
+        removed, latency = _removal_for_latency(model, ranked, cfg)
+    else:
+        removed = allocate_ratio(groups, cfg, cfg.ratio)
     plan = _plan(model, ranked, removed)
     plan.apply(model)
     removed = [len(idxs) for idxs in plan.removed]
@@ -246,43 +266,53 @@ def prune(model: nn.Module, cfg: PruneConfig, calibration: Iterable | None = Non
     after = layer_widths(model)
     total = sum(g.width for g in groups)
     return PruneResult(sum(removed) / total, total, total - sum(removed),
-                       [{"name": n, "before": before[n], "after": after[n]} for n in before], groups, recalibrated)
+                       [{"name": n, "before": before[n], "after": after[n]} for n in before], groups, recalibrated,
+                       latency)
 
 
-def _removal_for_macs(model: nn.Module, ranked: list, cfg: PruneConfig, attempts: int = 6) -> list[int]:
-    """Channels to remove per group so that a pruned copy keeps ``cfg.target_macs`` of the MACs.
+def _removal_for_budget(model: nn.Module, ranked: list, cfg: PruneConfig, costs: list[float], measure,
+                        goal: float, base: float, tolerance: float, attempts: int = 6) -> tuple[list[int], float, float]:
+    """Channels to remove per group so that a pruned copy measures ``goal`` (MACs or ms).
 
-    The first-order estimate (each channel's MACs at the unpruned widths) overstates what
-    removing channels of two coupled layers saves, so the budget handed to the allocation is
-    corrected by what a pruned copy actually keeps, a secant step at a time.
+    ``costs`` are first-order: what one channel of each group saves at the present widths.
+    They overstate what removing channels of two coupled layers saves, so the budget handed
+    to the allocation is corrected by what ``measure`` gives for a pruned copy, a secant step
+    at a time. Returns the closest removal, its measure, and that of removing everything the
+    floors allow (to tell an unreachable target from a coarse one).
     """
     groups = [s for _, s in ranked]
-    costs = channel_macs(model, [g for g, _ in ranked])
-    base = count_macs(model)
-    goal = cfg.target_macs * base
 
     def kept(budget: float) -> tuple[list[int], float]:
         removed = allocate_macs(groups, costs, cfg, budget)
-        return removed, count_macs(_plan(model, ranked, removed).apply(copy.deepcopy(model)))
+        return removed, measure(_plan(model, ranked, removed).apply(copy.deepcopy(model)))
 
     everything = sum(c * g.width for c, g in zip(costs, groups))  # first order counts a conv in two groups
     budget = base - goal
     tried = []
     for _ in range(attempts):
-        removed, macs = kept(budget)
-        tried.append((abs(macs - goal), budget, removed, macs))
-        if abs(macs - goal) <= MACS_TOLERANCE * base / 4:
+        removed, value = kept(budget)
+        tried.append((abs(value - goal), budget, removed, value))
+        if abs(value - goal) <= tolerance / 4:
             break
         if len(tried) > 1 and tried[-1][3] != tried[-2][3]:  # secant through the last two attempts
-            (_, b0, _, m0), (_, b1, _, m1) = tried[-2], tried[-1]
-            budget = b1 + (goal - m1) * (b1 - b0) / (m1 - m0)
+            (_, b0, _, v0), (_, b1, _, v1) = tried[-2], tried[-1]
+            budget = b1 + (goal - v1) * (b1 - b0) / (v1 - v0)
         else:
-            budget += macs - goal
+            budget += value - goal
         budget = min(max(budget, 0.0), everything)
-    error, _, removed, macs = min(tried, key=lambda t: t[0])
-    if error > MACS_TOLERANCE * base:
-        least = count_macs(_plan(model, ranked, allocate_macs(groups, costs, cfg, everything)).apply(copy.deepcopy(model)))
-        if least > goal + MACS_TOLERANCE * base:
+    error, _, removed, value = min(tried, key=lambda t: t[0])
+    least = kept(everything)[1] if error > tolerance else value
+    return removed, value, least
+
+
+def _removal_for_macs(model: nn.Module, ranked: list, cfg: PruneConfig) -> list[int]:
+    """Channels to remove per group so that a pruned copy keeps ``cfg.target_macs`` of the MACs."""
+    base = count_macs(model)
+    goal, tolerance = cfg.target_macs * base, MACS_TOLERANCE * base
+    removed, macs, least = _removal_for_budget(model, ranked, cfg, channel_macs(model, [g for g, _ in ranked]),
+                                               count_macs, goal, base, tolerance)
+    if abs(macs - goal) > tolerance:
+        if least > goal + tolerance:
             raise NampruneError(f"--target-macs {cfg.target_macs} cannot be reached: pruning as far as "
                                 f"--max-layer-ratio {cfg.max_layer_ratio} allows keeps {least / base:.3f} of the MACs")
         hint = "; a smaller --round-to makes finer steps" if cfg.round_to and cfg.round_to > 1 else ""
@@ -291,6 +321,31 @@ def _removal_for_macs(model: nn.Module, ranked: list, cfg: PruneConfig, attempts
     return removed
 
 
-__all__ = ["MACS_TOLERANCE", "SCOPES", "Plan", "PruneConfig", "PruneResult", "allocate_macs", "allocate_ratio",
+def _removal_for_latency(model: nn.Module, ranked: list, cfg: PruneConfig) -> tuple[list[int], dict]:
+    """Channels to remove per group so that a pruned copy keeps ``cfg.target_latency`` of the
+    latency, timed side by side with the model, and the record of what was measured. A target
+    missed by more than ``LATENCY_TOLERANCE`` is still pruned to the closest measured point;
+    the record says by how much and why."""
+    kept = LatencyComparison(cfg.meter, model)
+
+    def prune_copy(copy_: nn.Module, index: int, count: int) -> nn.Module:
+        return _plan(model, ranked, [count if i == index else 0 for i in range(len(ranked))]).apply(copy_)
+
+    macs_costs = channel_macs(model, [g for g, _ in ranked])
+    costs = group_costs(model, [s for _, s in ranked], prune_copy, kept, macs_costs)
+    removed, _, least = _removal_for_budget(model, ranked, cfg, costs, kept, cfg.target_latency, 1.0,
+                                            LATENCY_TOLERANCE)
+    kept(_plan(model, ranked, removed).apply(copy.deepcopy(model)))  # the record is of the plan chosen
+    record = {**cfg.meter.describe(), "target": cfg.target_latency, **kept.last, "tolerance": LATENCY_TOLERANCE}
+    record["met"] = abs(record["kept"] - cfg.target_latency) <= LATENCY_TOLERANCE
+    if not record["met"]:
+        record["missed_by"] = round(record["kept"] - cfg.target_latency, 4)
+        record["why"] = (f"pruning as far as --max-layer-ratio {cfg.max_layer_ratio} allows keeps {least:.2f} of it"
+                         if least > cfg.target_latency + LATENCY_TOLERANCE
+                         else "the timings or the channel steps are too coarse for it")
+    return removed, record
+
+
+__all__ = ["LATENCY_TOLERANCE", "MACS_TOLERANCE", "SCOPES", "Plan", "PruneConfig", "PruneResult", "allocate_macs", "allocate_ratio",
            "layer_widths", "prune"]
 

@@ -26,10 +26,10 @@ from .engine import AMP_MODES, OPTIMIZERS, SCHEDULES, TrainConfig
 from .errors import NampruneError
 from .models import check_name
 from .nam import ATTENTIONS
-from .calibrate import DEFAULT_IMAGES
 from .pipeline import DEFAULT_DISTILL
+from .latency_cost import RUNTIMES
 from .pruning import DEFAULT_RATIO, SCOPES, PruneConfig
-from .saliency import DEFAULT_IMPORTANCE, DEFAULT_NORMALIZATION, IMPORTANCES, NORMALIZATIONS
+from .saliency import IMPORTANCES, NORMALIZATIONS
 from .sparsity import DEFAULT_STRENGTH, DEFAULT_TARGETS, TARGETS
 
 
@@ -87,22 +87,26 @@ class DataSection(Section):
         return data_dir
 
 
+_TRAIN = TrainConfig()
+
+
 class TrainSection(Section):
-    epochs: int = Field(30, ge=1)
-    lr: float = Field(0.1, gt=0)
-    optimizer: _choice(OPTIMIZERS) = "sgd"
-    momentum: float = Field(0.9, ge=0, lt=1)
-    nesterov: bool = True
-    weight_decay: float = Field(5e-4, ge=0)
-    bn_weight_decay: bool = False
-    schedule: _choice(SCHEDULES) = "onecycle"
-    milestones: Optional[list[int]] = None
-    lr_decay: float = Field(0.2, gt=0, le=1)
-    warmup_epochs: int = Field(0, ge=0)
-    label_smoothing: float = Field(0.0, ge=0, lt=1)
-    seed: int = 0
-    amp: _choice(AMP_MODES) = "auto"
-    channels_last: bool = True
+    # every default is TrainConfig's: a recipe that leaves a key out trains like `namprune train`
+    epochs: int = Field(_TRAIN.epochs, ge=1)
+    lr: float = Field(_TRAIN.lr, gt=0)
+    optimizer: _choice(OPTIMIZERS) = _TRAIN.optimizer
+    momentum: float = Field(_TRAIN.momentum, ge=0, lt=1)
+    nesterov: bool = _TRAIN.nesterov
+    weight_decay: float = Field(_TRAIN.weight_decay, ge=0)
+    bn_weight_decay: bool = _TRAIN.bn_weight_decay
+    schedule: _choice(SCHEDULES) = _TRAIN.schedule
+    milestones: Optional[list[int]] = _TRAIN.milestones
+    lr_decay: float = Field(_TRAIN.lr_decay, gt=0, le=1)
+    warmup_epochs: int = Field(_TRAIN.warmup_epochs, ge=0)
+    label_smoothing: float = Field(_TRAIN.label_smoothing, ge=0, lt=1)
+    seed: int = _TRAIN.seed
+    amp: _choice(AMP_MODES) = _TRAIN.amp
+    channels_last: bool = _TRAIN.channels_last
 
     @model_validator(mode="after")
     def _warmup_fits(self):
@@ -116,23 +120,31 @@ class SparsitySection(Section):
     targets: _choice(TARGETS) = DEFAULT_TARGETS
 
 
+_PRUNE = PruneConfig()
+
+
 class PruneSection(Section):
     ratio: Optional[float] = Field(None, gt=0, lt=1)
     target_macs: Optional[float] = Field(None, gt=0, lt=1)
-    scope: _choice(SCOPES) = "global"
-    importance: _choice(IMPORTANCES) = DEFAULT_IMPORTANCE
-    normalization: _choice(NORMALIZATIONS) = DEFAULT_NORMALIZATION
-    round_to: Optional[int] = Field(None, ge=1)
-    max_layer_ratio: float = Field(0.9, gt=0, lt=1)
-    seed: int = 0
-    calibration_images: int = Field(DEFAULT_IMAGES, ge=1)
-    recalibrate: bool = True
+    target_latency: Optional[float] = Field(None, gt=0, lt=1)
+    latency_runtime: _choice(RUNTIMES) = _PRUNE.latency_runtime
+    latency_batch: int = Field(_PRUNE.latency_batch, ge=1)
+    threads: Optional[int] = Field(_PRUNE.threads, ge=1)
+    scope: _choice(SCOPES) = _PRUNE.scope
+    importance: _choice(IMPORTANCES) = _PRUNE.importance
+    normalization: _choice(NORMALIZATIONS) = _PRUNE.normalization
+    round_to: Optional[int] = Field(_PRUNE.round_to, ge=1)
+    max_layer_ratio: float = Field(_PRUNE.max_layer_ratio, gt=0, lt=1)
+    seed: int = _PRUNE.seed
+    calibration_images: int = Field(_PRUNE.calibration_images, ge=1)
+    recalibrate: bool = _PRUNE.recalibrate
 
     @model_validator(mode="after")
     def _one_amount(self):
-        if self.ratio is not None and self.target_macs is not None:
-            raise ValueError("give ratio or target_macs, not both")
-        if self.ratio is None and self.target_macs is None:
+        given = [self.ratio, self.target_macs, self.target_latency].count(None)
+        if given < 2:
+            raise ValueError("give one of ratio, target_macs and target_latency")
+        if given == 3:
             self.ratio = DEFAULT_RATIO
         return self
 

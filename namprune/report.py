@@ -23,6 +23,7 @@ from . import checkpoint
 from .console import console
 from .errors import NampruneError
 from .measure import LatencySettings, measure_accuracy, measure_cost, measure_latency
+from .timing import mark, summary, trust_problem
 from .runs import Run, display_names
 
 
@@ -89,8 +90,10 @@ def fronts(result: dict) -> dict[str, list[bool]]:
 
 def columns(batches) -> list[tuple[str, Callable[[dict], str]]]:
     """The table's columns: header and how a row's value is written."""
-    latency = [(f"latency b{b} (ms)", lambda r, b=b: f"{r['latency'][str(b)]['median_ms']:.2f}") for b in batches]
-    measured = [(f"measured speed-up b{b}", lambda r, b=b: f"{r['measured_speedup'][str(b)]:.2f}x") for b in batches]
+    latency = [(f"latency b{b} (ms)", lambda r, b=b: f"{r['latency'][str(b)]['median_ms']:.2f}{mark(r['latency'][str(b)])}")
+               for b in batches]
+    measured = [(f"measured speed-up b{b}", lambda r, b=b: f"{r['measured_speedup'][str(b)]:.2f}x{_ratio_mark(r, b)}")
+                for b in batches]
     return [
         ("run", lambda r: r["name"] + (" (base)" if r["base"] else "")),
         ("params (M)", lambda r: f"{r['params'] / 1e6:.3f}"),
@@ -103,11 +106,23 @@ def columns(batches) -> list[tuple[str, Callable[[dict], str]]]:
     ]
 
 
+def _ratio_mark(row: dict, batch: int) -> str:
+    """A speed-up is a ratio of figures timed side by side: it holds while the rounds agree."""
+    return "" if trust_problem(row["latency"][str(batch)], absolute=False) is None else "!"
+
+
 def settings_line(result: dict) -> str:
     s = result["settings"]
-    return (f"latency: median of {s['rounds']} interleaved blocks of >= {s['min_run_time']} s per run and batch "
+    return (f"latency: median of {s['rounds']} interleaved rounds of >= {s['min_run_time']} s per run and batch "
             f"(torch.utils.benchmark), {s['device']}, {s['threads']} thread(s), torch {s['torch']}, {s['machine']}; "
-            f"MACs for one image; speed-ups against {result['base']}")
+            f"MACs for one image; speed-ups against {result['base']}; ! = not to be trusted (below)")
+
+
+def untrusted_lines(result: dict) -> list[str]:
+    """What was wrong with the figures marked "!" in the table and how to get clean ones
+    (each record's own reason is in the JSON)."""
+    flagged = summary([record for row in result["runs"] for record in row["latency"].values()])
+    return [flagged] if flagged else []
 
 
 def rich_table(result: dict) -> Table:
@@ -129,6 +144,8 @@ def print_table(result: dict, out: Console = console) -> None:
     table = rich_table(result)
     needed = Measurement.get(out, out.options.update(width=10_000), table).minimum
     out.print(table, width=max(out.width, needed), crop=False)
+    for line in untrusted_lines(result):
+        out.print(line, style="yellow")
 
 
 def markdown(result: dict) -> str:
@@ -136,7 +153,8 @@ def markdown(result: dict) -> str:
     lines = ["| " + " | ".join(header for header, _ in cols) + " |",
              "| " + " | ".join("---" if header == "run" else "---:" for header, _ in cols) + " |"]
     lines += ["| " + " | ".join(cell(row) for _, cell in cols) + " |" for row in result["runs"]]
-    return "\n".join(lines) + f"\n\n{settings_line(result)}\n"
+    flagged = "".join(f"\n{line}\n" for line in untrusted_lines(result))
+    return "\n".join(lines) + f"\n\n{settings_line(result)}\n" + flagged
 
 
 def flat_row(row: dict, batches) -> dict:
@@ -144,6 +162,8 @@ def flat_row(row: dict, batches) -> dict:
     flat = {key: row[key] for key in ("name", "kind", "base", "path", "source", "model", "dataset", "params", "macs")}
     flat |= {f"latency_b{b}_ms": row["latency"][str(b)]["median_ms"] for b in batches}
     flat |= {f"latency_b{b}_iqr_ms": row["latency"][str(b)]["iqr_ms"] for b in batches}
+    flat |= {f"latency_b{b}_spread": row["latency"][str(b)]["spread"] for b in batches}
+    flat |= {f"latency_b{b}_trusted": row["latency"][str(b)]["trusted"] for b in batches}
     flat |= {key: row[key] for key in ("top1", "top5", "top1_change", "params_kept", "macs_speedup")}
     flat |= {f"measured_speedup_b{b}": row["measured_speedup"][str(b)] for b in batches}
     return flat
@@ -166,4 +186,4 @@ def check_outputs(*paths: Path | None, overwrite: bool = False) -> None:
 
 
 __all__ = ["check_outputs", "columns", "compare", "csv_text", "flat_row", "fronts", "markdown", "pareto_front",
-           "print_table", "rich_table", "settings_line"]
+           "print_table", "rich_table", "settings_line", "untrusted_lines"]

@@ -59,6 +59,9 @@ def resolve_normalization(importance: str, normalization: str) -> str:
     """The normalization ``auto`` stands for with this importance; any other name as is."""
     if normalization not in NORMALIZATIONS:
         raise NampruneError(f"unknown normalization {normalization!r}; choose one of {', '.join(NORMALIZATIONS)}")
+    if importance in ("nam", "random") and normalization not in ("auto", "none"):
+        raise NampruneError(f"the {importance} score takes no normalization (it is relative already); "
+                            "--normalization applies to nam-w, slim, l1 and taylor")
     return AUTO_NORMALIZATION.get(importance, "none") if normalization == "auto" else normalization
 
 

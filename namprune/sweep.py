@@ -27,12 +27,14 @@ from .report import compare, fronts
 from .runs import load_run
 
 
-def sweep_configs(base: PruneConfig, ratios: list[float], target_macs: list[float]) -> list[PruneConfig]:
+def sweep_configs(base: PruneConfig, ratios: list[float], target_macs: list[float],
+                  target_latency: list[float] = ()) -> list[PruneConfig]:
     """One PruneConfig per point, ratios first; each is validated, and no point twice."""
-    configs = [replace(base, ratio=r, target_macs=None) for r in ratios]
-    configs += [replace(base, ratio=None, target_macs=t) for t in target_macs]
+    configs = [replace(base, ratio=r, target_macs=None, target_latency=None) for r in ratios]
+    configs += [replace(base, ratio=None, target_macs=t, target_latency=None) for t in target_macs]
+    configs += [replace(base, ratio=None, target_macs=None, target_latency=t) for t in target_latency]
     if not configs:
-        raise NampruneError("the sweep has no points; give --ratios and/or --target-macs")
+        raise NampruneError("the sweep has no points; give --ratios, --target-macs and/or --target-latency")
     names = [point_name(cfg) for cfg in configs]
     twice = sorted({name for name in names if names.count(name) > 1})
     if twice:
@@ -41,8 +43,10 @@ def sweep_configs(base: PruneConfig, ratios: list[float], target_macs: list[floa
 
 
 def point_name(cfg: PruneConfig) -> str:
-    """The point's folder: ``ratio-0.20`` or ``macs-0.70``."""
-    return f"ratio-{cfg.ratio:.2f}" if cfg.ratio is not None else f"macs-{cfg.target_macs:.2f}"
+    """The point's folder: ``ratio-0.20``, ``macs-0.70`` or ``latency-0.60``."""
+    if cfg.ratio is not None:
+        return f"ratio-{cfg.ratio:.2f}"
+    return f"macs-{cfg.target_macs:.2f}" if cfg.target_macs is not None else f"latency-{cfg.target_latency:.2f}"
 
 
 def run_sweep(ckpt: str | Path, configs: list[PruneConfig], out: str | Path, finetune_epochs: int = 1,
@@ -79,9 +83,10 @@ def _record(result: dict, front: dict[str, list[bool]], configs: list[PruneConfi
     base, points = rows[0], rows[1:]
     for row, cfg in zip(points, configs):
         row |= {"folder": point_name(cfg), "path": str(out / point_name(cfg)),
-                "requested_ratio": cfg.ratio, "target_macs": cfg.target_macs}
+                "requested_ratio": cfg.ratio, "target_macs": cfg.target_macs,
+                "target_latency": cfg.target_latency}
     return {"source": base["path"], "finetune_epochs": finetune_epochs, "settings": result["settings"],
-            "prune": {k: v for k, v in configs[0].to_dict().items() if k not in ("ratio", "target_macs")},
+            "prune": {k: v for k, v in configs[0].to_dict().items() if k not in ("ratio", "target_macs", "target_latency")},
             "base": base, "points": points,
             "front": {key: [row["name"] for row, on_it in zip(rows, on) if on_it] for key, on in front.items()}}
 

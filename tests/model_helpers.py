@@ -37,3 +37,10 @@ def save_digits_checkpoint(path, model: nn.Module):
     """Save ``model`` as a checkpoint trained on digits at the model's input size."""
     info = load_data("digits", image_size=model.namprune_spec["input_size"], batch_size=32).info.as_dict()
     return checkpoint.save(path, model, info)
+
+
+def random_batches(size: int, channels: int = 1, batches: int = 2, seed: int = 0) -> list:
+    """Random calibration batches: enough for data-driven scores and recalibration to run on any architecture."""
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(8, channels, size, size, generator=g), torch.randint(0, 10, (8,), generator=g))
+            for _ in range(batches)]

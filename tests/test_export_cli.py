@@ -23,9 +23,11 @@ def digits_ckpt(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def exported(digits_ckpt, tmp_path_factory):
-    """The default export (dynamic batch, NAM folded, checked, latency measured), run as a user would."""
+    """The default export (dynamic batch, NAM folded, checked, latency measured), run as a user would,
+    keeping every gate (--gate-tolerance 0) so the file is the unfolded model's exact equal
+    (removing constant gates is tested in test_gates.py)."""
     out = tmp_path_factory.mktemp("export") / "model.onnx"
-    proc = run_subprocess("export", digits_ckpt, "--out", out, "--threads", "1")
+    proc = run_subprocess("export", digits_ckpt, "--out", out, "--threads", "1", "--gate-tolerance", "0")
     assert proc.returncode == 0, proc.stderr
     return proc, out
 
@@ -39,10 +41,18 @@ def test_export_writes_the_file_and_its_report(exported, digits_ckpt):
     assert report["params"] == sum(p.numel() for p in namprune.load(digits_ckpt).parameters())
     assert [r["inputs"] for r in report["parity"]["results"]] == ["random", "test images"]
     assert all(r["ok"] and r["max_rel_diff"] < TOLERANCE for r in report["parity"]["results"])
-    assert report["latency_ms"]["threads"] == 1
-    for runtime in ("onnxruntime", "torch_eager", "torch_eager_folded"):
-        assert set(report["latency_ms"][runtime]) == {"1", "32"}
-        assert all(ms > 0 for ms in report["latency_ms"][runtime].values())
+    assert report["latency"]["settings"]["threads"] == 1
+    for name, runtime in (("onnxruntime", "onnxruntime"), ("torch_eager", "torch"), ("torch_eager_folded", "torch")):
+        records = report["latency"]["records"][name]
+        assert set(records) == {"1", "32"}
+        for batch, r in records.items():
+            assert (r["runtime"], r["batch"], r["threads"]) == (runtime, int(batch), 1)
+            assert r["median_ms"] > 0 and len(r["round_ms"]) == 5 and r["spread"] >= 0
+            assert r["trusted"] == (r["untrusted_because"] is None)
+    # every gate measured on training images, none removed (they all vary, if only a little)
+    gates = report["nam_gates"]
+    assert gates["total"] == 18 and gates["removed"] == 0 and gates["calibration_images"] == 256
+    assert gates["tolerance"] == 0 and all(g["spread"] > 0 for g in gates["gates"])
     assert "onnxruntime vs torch" in proc.stdout and "median CPU latency" in proc.stdout
     assert proc.stderr == ""  # the exporters' warnings and logs are kept out of the user's way
 
@@ -70,7 +80,7 @@ def test_opset_the_dynamo_exporter_cannot_make_falls_back_to_torchscript(digits_
     assert report["exporter"] == "torchscript" and report["opset"] == 13 and report["batch"] == 4
     model = onnx.load(str(out))
     assert [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim] == [4, 1, 16, 16]
-    assert all(r["ok"] for r in report["parity"]["results"]) and report["latency_ms"] is None
+    assert all(r["ok"] for r in report["parity"]["results"]) and report["latency"] is None
 
 
 def _tamper(source, target, scale=1.5):
@@ -84,12 +94,13 @@ def _tamper(source, target, scale=1.5):
 
 def test_a_broken_file_fails_the_check_with_the_measured_difference(exported, digits_ckpt, tmp_path, capsys):
     _, out = exported
+    # the check repeats what the export recorded beside the file (here: every gate kept)
     code, stdout, err = run_cli(capsys, "export", digits_ckpt, "--out", out, "--check-only")
     assert code == 0 and "agrees" in stdout, err
 
     broken = tmp_path / "broken.onnx"
     _tamper(out, broken)
-    code, _, err = run_cli(capsys, "export", digits_ckpt, "--out", broken, "--check-only")
+    code, _, err = run_cli(capsys, "export", digits_ckpt, "--out", broken, "--check-only", "--gate-tolerance", "0")
     lines = [line for line in err.splitlines() if line.strip()]
     assert code == 1 and len(lines) == 1 and lines[0].startswith("error: parity check failed"), err
     reported = float(re.search(r"max relative difference ([0-9.e+-]+)", lines[0]).group(1))

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import namprune
-from model_helpers import digits_model, save_digits_checkpoint, trained_like
+from model_helpers import digits_model, random_batches, save_digits_checkpoint, trained_like
 from namprune import NampruneError, fold_nam, models
 from namprune.fold import FoldedChannelNAM, FoldedNAM, FoldedSpatialNAM, fold_branch
 from namprune.nam import ChannelNAM, SpatialNAM, channel_nams, spatial_nams
@@ -65,7 +65,7 @@ def test_both_branches_fold_in_a_real_model(name, size):
 def test_fold_works_on_a_model_pruned_twice_and_reloaded(tmp_path):
     model = digits_model("resnet20", "nam", 16)
     for round_ in (1, 2):
-        prune(model, PruneConfig(ratio=0.3, seed=round_))
+        prune(model, PruneConfig(ratio=0.3, seed=round_), random_batches(16))
         model = namprune.load(save_digits_checkpoint(tmp_path / f"round{round_}.pt", model.eval()))
     assert len(model.namprune_history) > 0
     x = torch.randn(8, 1, 16, 16)

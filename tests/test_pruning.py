@@ -11,6 +11,8 @@ from namprune.measure import count_macs, count_params
 from namprune.pruning import PruneConfig, layer_widths, prune
 from namprune.saliency import rank_model
 
+from model_helpers import random_batches
+
 ARCHITECTURES = [("resnet20", "nam", "nam"), ("resnet56", "nam", "nam"), ("resnet18", "nam", "nam"),
                  ("resnet34", "nam-channel", "nam"), ("resnet50", "nam", "nam"), ("mobilenetv2", "nam", "nam"),
                  ("tv:resnet18", "nam", "nam"), ("tv:resnet50", "nam", "nam"), ("tv:mobilenet_v2", "nam", "nam"),
@@ -19,10 +21,8 @@ ARCHITECTURES = [("resnet20", "nam", "nam"), ("resnet56", "nam", "nam"), ("resne
 
 
 def _calibration(size, channels=3, batches=2, seed=0):
-    """Random calibration batches: enough for data-driven scores to run on any architecture."""
-    g = torch.Generator().manual_seed(seed)
-    return [(torch.randn(8, channels, size, size, generator=g), torch.randint(0, 10, (8,), generator=g))
-            for _ in range(batches)]
+    """Random images of the built-in models' three channels."""
+    return random_batches(size, channels, batches, seed)
 
 
 def _scramble_scales(model, seed=0):
@@ -120,6 +120,8 @@ def test_nam_scores_are_shares_of_what_the_reading_layers_receive(sparse_digits)
     assert all(float(g.scores.sum()) == pytest.approx(1.0, abs=1e-4) for g in l1.groups)
     with pytest.raises(namprune.NampruneError, match="unknown normalization 'median'"):
         rank_model(model, "nam", "median")
+    with pytest.raises(namprune.NampruneError, match="takes no normalization"):
+        rank_model(model, "nam", "mean")
     with pytest.raises(namprune.NampruneError, match="calibration images"):
         rank_model(model, "taylor")
 

@@ -9,6 +9,7 @@ from hypothesis import given, strategies as st
 from matplotlib.image import imread
 
 from cli_helpers import assert_one_line_error, run_cli
+from model_helpers import random_batches
 from namprune import NampruneError, checkpoint, evaluate, load_data, models
 from namprune.files import write_json
 from namprune.measure import LatencySettings, count_macs, count_params, measure_accuracy, measure_latency
@@ -46,7 +47,7 @@ def runs(tmp_path_factory):
     write_json(root / "base" / "summary.json", {"final": {"test_top1": BASE_TOP1, "test_top5": BASE_TOP5}})
     for name, record in KNOWN.items():
         pruned = copy.deepcopy(model)
-        result = prune(pruned, PruneConfig(ratio=record["ratio"]))
+        result = prune(pruned, PruneConfig(ratio=record["ratio"]), random_batches(16))
         checkpoint.save(root / name / "model.pt", pruned, info, metrics={"top1": 1.0, "top5": 2.0})
         write_json(root / name / "report.json", {**record, "source": str(root / "base" / "model.pt"),
                                                  "layers": result.layers})
@@ -232,7 +233,7 @@ def test_latency_records_its_settings():
     net = models.create("resnet20", num_classes=10, attention="none", input_size=16, in_channels=1)
     small = copy.deepcopy(net)
     _scramble_scales(small)
-    prune(small, PruneConfig(ratio=0.7))
+    prune(small, PruneConfig(ratio=0.7), random_batches(16))
     result = measure_latency({"full": net, "small": small}, LatencySettings(batches=(1, 8), threads=1,
                                                                            min_run_time=0.01, rounds=2))
     for name in ("full", "small"):

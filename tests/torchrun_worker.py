@@ -27,7 +27,7 @@ fit(model, data, TrainConfig(epochs=1, batch_size=32, lr=0.05, schedule="cosine"
     out / f"train-rank{rank}", progress=False)
 torch.save(model.state_dict(), out / f"trained-{rank}.pt")
 
-prune(model, PruneConfig(ratio=0.3))
+prune(model, PruneConfig(ratio=0.3), data.calibration)
 fit(model, data, TrainConfig(epochs=1, batch_size=32, lr=0.01, schedule="cosine", sparsity=0, device="cpu"),
     progress=False, stage="finetune")
 torch.save(model.state_dict(), out / f"finetuned-{rank}.pt")

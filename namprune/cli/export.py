@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -10,8 +11,12 @@ from rich.table import Table
 
 from ..console import console
 from ..errors import NampruneError
+from ..datasource import GATE_IMAGES
 from ..export import MAX_OPSET, MIN_OPSET, TOLERANCE, ExportError, check_file, export_checkpoint, record_path
+from ..gates import DEFAULT_TOLERANCE
+from ..timing import LatencySettings, mark, summary
 from .app import DataDir, Overwrite, app, fail
+from .report import MinTime, Rounds, Threads
 
 
 @app.command("export")
@@ -24,8 +29,13 @@ def export_(
     check: Annotated[bool, typer.Option("--check/--no-check", help=f"Run the file in onnxruntime against torch on random inputs and, when the data is at hand, test images: max relative difference under {TOLERANCE:g} and the same top-1, else exit code 1 and nothing written.")] = True,
     check_only: Annotated[bool, typer.Option("--check-only", help="Export nothing: check the existing --out file against the checkpoint (e.g. after editing it with other tools).")] = False,
     optimize: Annotated[bool, typer.Option("--optimize/--no-optimize", help="Simplify the graph with the exporter's optimizer (constant folding, BatchNorm into Conv, dead nodes) and drop its per-node debug metadata (stack traces with local paths).")] = True,
-    latency: Annotated[bool, typer.Option("--latency/--no-latency", help="Measure median CPU latency of onnxruntime and torch eager at batch 1 and 32 (a few seconds).")] = True,
-    threads: Annotated[Optional[int], typer.Option("--threads", min=1, help="CPU threads of the latency measurement, torch and onnxruntime alike (default: torch's, one per core); 1 gives steadier numbers on a busy machine.")] = None,
+    gate_tolerance: Annotated[Optional[float], typer.Option("--gate-tolerance", help=f"Replace a NAM gate by its constant (folded into the BatchNorm before it) when its spread on the calibration images (std / mean) is at most this; 0 keeps every gate that varies at all. Default {DEFAULT_TOLERANCE:g}; with --check-only, what the export recorded.")] = None,
+    int8: Annotated[bool, typer.Option("--int8", help="Also write <out>.int8.onnx, quantized by onnxruntime (static, QDQ, calibrated on training images), with the test top-1 of both files and their latency (and, for a pruned run, the unpruned FP32 model's).")] = False,
+    calibration: Annotated[Optional[int], typer.Option("--calibration-images", help=f"Training images the gates and the INT8 ranges are calibrated on. Default {GATE_IMAGES}; with --check-only, what the export recorded.")] = None,
+    latency: Annotated[bool, typer.Option("--latency/--no-latency", help="Measure the median CPU latency of onnxruntime and torch eager at batch 1 and 32, side by side (a few seconds).")] = True,
+    threads: Threads = None,
+    rounds: Rounds = 5,
+    min_time: MinTime = 0.2,
     data_dir: DataDir = None,
     overwrite: Overwrite = False,
 ) -> int:
@@ -34,15 +44,18 @@ def export_(
         if check_only:
             if not check:
                 raise NampruneError("--check-only and --no-check contradict each other")
-            print_parity(check_file(ckpt, out, data_dir))
+            print_parity(check_file(ckpt, out, data_dir, gate_tolerance, calibration))
             console.print(f"{out} agrees with {ckpt}")
             return 0
-        report = export_checkpoint(ckpt, out, opset, batch, fold, check, optimize, latency, data_dir, overwrite,
-                                   threads)
+        settings = LatencySettings(threads=threads, rounds=rounds, min_run_time=min_time) if latency else False
+        report = export_checkpoint(ckpt, out, opset, batch, fold, check, optimize, settings, data_dir, overwrite,
+                                   gate_tolerance=DEFAULT_TOLERANCE if gate_tolerance is None else gate_tolerance,
+                                   int8=int8, calibration=GATE_IMAGES if calibration is None else calibration)
     except ExportError as exc:  # not the user's mistake: exit code 1, still one line
         return fail(str(exc), 1)
     print_report(report)
-    console.print(f"ONNX: {out}   report: {record_path(out)}")
+    int8_file = f"   INT8: {report['int8']['file']}" if report["int8"] else ""
+    console.print(f"ONNX: {report['onnx']}{int8_file}   report: {record_path(report['onnx'])}")
     return 0
 
 
@@ -53,7 +66,7 @@ def print_report(report: dict) -> None:
     table.add_column(style="bold")
     table.add_column()
     rows = {"exporter": f"{report['exporter']}, opset {report['opset']}, batch {report['batch']}",
-            "NAM": "folded" if report["folded"] else "unfolded",
+            "NAM": nam_row(report),
             "file": f"{report['file_bytes']:,} bytes ({report['file_bytes'] / 2**20:.2f} MiB)",
             "params": f"{report['params']:,} in torch, {report['onnx_params']:,} stored in the file"}
     for key, value in rows.items():
@@ -61,27 +74,69 @@ def print_report(report: dict) -> None:
     console.print(table)
     if report["parity"]:
         print_parity(report["parity"])
-    if report["latency_ms"]:
-        print_latency(report["latency_ms"])
+    if report["int8"]:
+        print_int8(report["int8"], report["file_bytes"])
+    if report["latency"]:
+        print_latency(report["latency"])
+
+
+def nam_row(report: dict) -> str:
+    gates = report["nam_gates"]
+    if not report["folded"] or not gates:
+        return "folded" if report["folded"] else "unfolded"
+    text = f"folded; {gates['removed']} of {gates['total']} gates replaced by constants"
+    if gates["calibration_images"]:
+        text += f" (spread <= {gates['tolerance']:g} on {gates['calibration_images']} training images)"
+    else:
+        text += f" ({gates['note']})"
+    if "top1_change" in gates:
+        text += (f"; test top-1 {gates['top1_unfolded']:.2f}% unfolded, {gates['top1_exported']:.2f}% exported "
+                 f"({gates['top1_change']:+.2f})")
+    return text
+
+
+def print_int8(int8: dict, fp32_bytes: int) -> None:
+    table = Table(title=f"INT8 ({int8['format']}, weights {int8['weights']}, activations {int8['activations']}, "
+                        f"calibrated on {int8['calibration_images']} training images)")
+    for column in ("model", "file (bytes)", f"test top-1 % ({int8['test_images']} images)"):
+        table.add_column(column, justify="left" if column == "model" else "right")
+    table.add_row("FP32", f"{fp32_bytes:,}", f"{int8['top1_fp32']:.2f}")
+    table.add_row("INT8", f"{int8['file_bytes']:,}", f"{int8['top1_int8']:.2f} ({int8['top1_change']:+.2f})")
+    console.print(table)
+    if int8.get("unpruned_source") is None:
+        return
+    source = os.path.relpath(int8["unpruned_source"])
+    for batch, ratio in int8.get("speedup_vs_unpruned_fp32", {}).get("int8", {}).items():
+        fp32 = int8["speedup_vs_unpruned_fp32"]["fp32"][batch]
+        console.print(f"batch {batch}: against the unpruned FP32 model ({source}), pruned FP32 runs {fp32:.2f}x and "
+                      f"pruned INT8 {ratio:.2f}x as fast in onnxruntime")
 
 
 def print_parity(parity: dict) -> None:
     table = Table(title=f"onnxruntime vs torch (limit {parity['tolerance']:g}, {parity['definition']})")
     for column in ("inputs", "images", "max rel. diff", "max abs. diff", "top-1 agrees"):
         table.add_column(column, justify="left" if column == "inputs" else "right")
-    for r in parity["results"]:
+    unfolded = parity.get("vs_unfolded")
+    if unfolded:  # not held to the limit: the difference removing the constant gates made
+        table.caption = ("the last row compares with the unfolded checkpoint: the difference replacing the constant "
+                         "gates made (not held to the limit)")
+    for r in parity["results"] + ([unfolded] if unfolded else []):
         table.add_row(r["inputs"], str(r["images"]), f"{r['max_rel_diff']:.2e}", f"{r['max_abs_diff']:.2e}",
                       f"{r['top1_agree']}/{r['images']}")
     console.print(table)
 
 
 def print_latency(latency: dict) -> None:
-    runtimes = [k for k in latency if k != "threads"]
-    threads = latency["threads"]
-    table = Table(title=f"median CPU latency, ms ({threads} thread{'s' if threads != 1 else ''})")
+    records, threads = latency["records"], latency["settings"]["threads"]
+    table = Table(title=f"median CPU latency, ms ({threads} thread{'s' if threads != 1 else ''}, "
+                        f"{latency['settings']['rounds']} interleaved rounds; ! = not to be trusted)")
     table.add_column("batch", justify="right")
-    for name in runtimes:
+    for name in records:
         table.add_column(name.replace("_", " "), justify="right")
-    for size in latency["onnxruntime"]:
-        table.add_row(size, *(f"{latency[name][size]:.3f}" for name in runtimes))
+    for batch in records["onnxruntime"]:
+        table.add_row(str(batch), *(f"{records[name][batch]['median_ms']:.3f}{mark(records[name][batch])}"
+                                    if batch in records[name] else "" for name in records))
     console.print(table)
+    flagged = summary([r for by_batch in records.values() for r in by_batch.values()])
+    if flagged:
+        console.print(flagged, style="yellow")

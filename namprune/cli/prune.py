@@ -15,9 +15,11 @@ from ..calibrate import DEFAULT_IMAGES
 from ..engine import resolve_device
 from ..pipeline import DEFAULT_DISTILL, compatible_data, prune_checkpoint
 from ..plots import plot_ranking
+from ..latency_cost import LATENCY_TOLERANCE, RUNTIMES
 from ..pruning import DEFAULT_RATIO, PruneConfig
 from ..saliency import DEFAULT_IMPORTANCE, DEFAULT_NORMALIZATION, IMPORTANCES, NEAR_ZERO, NEEDS_DATA, rank_model
 from .app import DataDir, Device, JsonOut, Overwrite, Quiet, app
+from .gates import print_gate_spread
 
 Importance = Annotated[str, typer.Option("--importance", help=f"How channels are ranked: {', '.join(IMPORTANCES)}. "
                                          "nam: what each channel carries through its BatchNorm and NAM gate into the "
@@ -39,6 +41,7 @@ FinetuneEpochs = Annotated[int, typer.Option("--finetune-epochs", min=0, help="E
 FinetuneLr = Annotated[Optional[float], typer.Option("--lr", help="Fine-tuning learning rate (default: a tenth of the training one).")]
 FinetuneBatch = Annotated[Optional[int], typer.Option("--batch-size", "-b", min=1, help="Fine-tuning batch size (default: the training one).")]
 Seed = Annotated[int, typer.Option("--seed", help="Seed of the random importance.")]
+LatencyRuntime = Annotated[str, typer.Option("--latency-runtime", help=f"What --target-latency times: {', '.join(RUNTIMES)} (eager), on the CPU.")]
 
 
 @app.command()
@@ -88,8 +91,9 @@ def rank(
     console.print(f"{ranking.near_zero():.1%} of {ranking.channels} channels are near zero "
                   f"(under {NEAR_ZERO:.0%} of the model's mean score); the largest global ratio that empties no layer "
                   f"is {ranking.largest_safe_ratio():.2f}")
+    gates = print_gate_spread(model, payload, data_dir)
     if json_out:
-        write_json(json_out, ranking.to_dict())
+        write_json(json_out, {**ranking.to_dict(), "nam_gates": gates})
     if plot:
         plot_ranking(ranking, plot, title=f"channel saliency of {checkpoint.model_file(ckpt)} ({how})")
 
@@ -99,6 +103,10 @@ def prune(
     ckpt: Annotated[Path, typer.Argument(help="A trained run folder or its model.pt (a pruned one can be pruned again).")],
     ratio: Annotated[Optional[float], typer.Option("--ratio", "-r", help="Fraction of the prunable channels to remove, in (0, 1).")] = None,
     target_macs: Annotated[Optional[float], typer.Option("--target-macs", help="Instead of --ratio: fraction of the MACs to keep, in (0, 1), met within 0.02.")] = None,
+    target_latency: Annotated[Optional[float], typer.Option("--target-latency", help=f"Instead of --ratio: fraction of the measured latency to keep, in (0, 1), met within {LATENCY_TOLERANCE} (timed side by side with the unpruned model; untrustworthy timings are refused).")] = None,
+    latency_runtime: LatencyRuntime = "onnxruntime",
+    latency_batch: Annotated[int, typer.Option("--latency-batch", help="Batch size --target-latency times at.")] = 1,
+    threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads --target-latency times with (default 1).")] = None,
     scope: Scope = "global",
     importance: Importance = DEFAULT_IMPORTANCE,
     normalization: Normalization = DEFAULT_NORMALIZATION,
@@ -120,11 +128,13 @@ def prune(
     quiet: Quiet = False,
 ) -> None:
     """Remove the lowest-ranked channels structurally, fine-tune, and report the trade-off."""
-    if ratio is None and target_macs is None:
+    if ratio is None and target_macs is None and target_latency is None:
         ratio = DEFAULT_RATIO
-    cfg = PruneConfig(ratio=ratio, target_macs=target_macs, scope=scope, importance=importance,
-                      normalization=normalization, round_to=round_to, max_layer_ratio=max_layer_ratio, seed=seed,
-                      calibration_images=calibration_images, recalibrate=recalibrate)
+    cfg = PruneConfig(ratio=ratio, target_macs=target_macs, target_latency=target_latency, scope=scope,
+                      importance=importance, normalization=normalization, round_to=round_to,
+                      max_layer_ratio=max_layer_ratio, seed=seed, calibration_images=calibration_images,
+                      recalibrate=recalibrate, latency_runtime=latency_runtime, latency_batch=latency_batch,
+                      threads=threads)
     report = prune_checkpoint(ckpt, cfg, out, finetune_epochs, lr, finetune_sparsity, data_dir, device, batch_size,
                               overwrite, progress=not quiet, resume=resume, distill=distill)
     print_prune_report(report)
@@ -159,3 +169,15 @@ def print_prune_report(report: dict) -> None:
     for layer in changed:
         widths.add_row(layer["name"], str(layer["before"]), str(layer["after"]), f"{layer['after'] / layer['before']:.0%}")
     console.print(widths)
+    if report.get("latency"):
+        console.print(latency_line(report["latency"]))
+
+
+def latency_line(latency: dict) -> str:
+    """What --target-latency measured, and whether it met the target."""
+    line = (f"latency ({latency['runtime']}, batch {latency['batch']}, {latency['threads']} thread(s), side by side): "
+            f"{latency['before_ms']:.3f} ms -> {latency['after_ms']:.3f} ms, kept {latency['kept']:.3f} "
+            f"(target {latency['target']}, ±{latency['uncertainty']:.1%})")
+    if latency["met"]:
+        return line
+    return f"[yellow]{line}: missed by {latency['missed_by']:+.3f}: {latency['why']}[/yellow]"

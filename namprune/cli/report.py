@@ -21,14 +21,15 @@ from ..calibrate import DEFAULT_IMAGES
 from ..pipeline import DEFAULT_DISTILL
 from ..saliency import DEFAULT_IMPORTANCE, DEFAULT_NORMALIZATION
 from ..sweep import run_sweep, sweep_configs
+from ..timing import DEFAULT_THREADS, MAX_SPREAD
 from .app import DataDir, Device, JsonOut, Overwrite, Quiet, app
-from .prune import (CalibrationImages, Distill, FinetuneBatch, FinetuneEpochs, FinetuneLr, Importance, MaxLayerRatio,
-                    Normalization, Recalibrate, RoundTo, Scope, Seed)
+from .prune import (CalibrationImages, Distill, FinetuneBatch, FinetuneEpochs, FinetuneLr, Importance, LatencyRuntime,
+                    MaxLayerRatio, Normalization, Recalibrate, RoundTo, Scope, Seed)
 
 LatencyBatch = Annotated[int, typer.Option("--batch", min=1, help="The larger batch latency is also measured at (batch 1 always is).")]
-Threads = Annotated[Optional[int], typer.Option("--threads", min=1, help="CPU threads while timing (default: torch's current count; recorded with every figure; on a busy machine 1 is steadier).")]
+Threads = Annotated[Optional[int], typer.Option("--threads", min=1, help=f"CPU threads while timing, torch and onnxruntime alike (default {DEFAULT_THREADS}: steady on a shared machine; recorded with every figure). More threads than idle cores make the figures wait for the other jobs.")]
 MinTime = Annotated[float, typer.Option("--min-time", help="Seconds of timing per block (torch.utils.benchmark's blocked_autorange).")]
-Rounds = Annotated[int, typer.Option("--rounds", min=1, help="Timing blocks per run and batch, interleaved across runs; the median is taken over all of them.")]
+Rounds = Annotated[int, typer.Option("--rounds", min=1, help=f"Timing blocks per run and batch, interleaved across runs; the median of the rounds is reported, and rounds that differ by more than {MAX_SPREAD:.0%} mark the figure '!' (not to be trusted).")]
 
 
 def latency_settings(batch: int, threads: int | None, device: str, min_time: float, rounds: int) -> LatencySettings:
@@ -105,6 +106,8 @@ def sweep(
     ckpt: Annotated[Path, typer.Argument(help="A sparse-trained run folder or its model.pt.")],
     ratios: Annotated[Optional[str], typer.Option("--ratios", help="Comma-separated fractions of channels to remove, e.g. 0.2,0.4,0.6.")] = None,
     target_macs: Annotated[Optional[str], typer.Option("--target-macs", help="Comma-separated fractions of the MACs to keep, e.g. 0.7,0.5 (points besides --ratios).")] = None,
+    target_latency: Annotated[Optional[str], typer.Option("--target-latency", help="Comma-separated fractions of the measured latency to keep (at --batch, on --latency-runtime), e.g. 0.8,0.6.")] = None,
+    latency_runtime: LatencyRuntime = "onnxruntime",
     finetune_epochs: FinetuneEpochs = 1,
     lr: FinetuneLr = None,
     batch_size: FinetuneBatch = None,
@@ -131,8 +134,9 @@ def sweep(
     """Prune one checkpoint at several ratios / MACs targets, fine-tune each, and draw the Pareto front."""
     base_cfg = PruneConfig(scope=scope, importance=importance, normalization=normalization, round_to=round_to,
                            max_layer_ratio=max_layer_ratio, seed=seed, calibration_images=calibration_images,
-                           recalibrate=recalibrate)
-    configs = sweep_configs(base_cfg, _fractions(ratios, "--ratios"), _fractions(target_macs, "--target-macs"))
+                           recalibrate=recalibrate, latency_runtime=latency_runtime, latency_batch=batch, threads=threads)
+    configs = sweep_configs(base_cfg, _fractions(ratios, "--ratios"), _fractions(target_macs, "--target-macs"),
+                            _fractions(target_latency, "--target-latency"))
     settings = latency_settings(batch, threads, latency_device, min_time, rounds)
     record = run_sweep(ckpt, configs, out, finetune_epochs, lr, data_dir, device, batch_size, settings, overwrite,
                        progress=not quiet, distill=distill)

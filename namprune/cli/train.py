@@ -19,6 +19,7 @@ from ..nam import ATTENTIONS
 from ..pipeline import compatible_data, resume_training, train_model
 from ..sparsity import DEFAULT_STRENGTH, DEFAULT_TARGETS, TARGETS
 from .app import DataDir, Device, JsonOut, Overwrite, Quiet, Workers, app
+from .gates import print_gate_spread
 
 
 def _choice(value: str, choices, what: str) -> str:
@@ -126,8 +127,9 @@ def eval_(
 def info(
     ckpt: Annotated[Path, typer.Argument(help="A run folder or its model.pt.")],
     json_out: JsonOut = None,
+    data_dir: DataDir = None,
 ) -> None:
-    """Show a checkpoint's architecture, size, cost and metrics."""
+    """Show a checkpoint's architecture, size, cost and metrics, and what its NAM gates do on training images."""
     payload = checkpoint.read(ckpt)
     net = checkpoint.build(payload)
     arch, data = payload["arch"], payload["data"]
@@ -151,5 +153,6 @@ def info(
             value = f"{value:.1%} of the unpruned architecture"
         table.add_row(key, str(value))
     console.print(table)
+    summary["nam_gates"] = print_gate_spread(net, payload, data_dir)
     if json_out:
         write_json(json_out, summary)

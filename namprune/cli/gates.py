@@ -1,0 +1,36 @@
+"""The NAM gate table of ``namprune rank`` and ``namprune info``: what each gate does on real images."""
+
+from __future__ import annotations
+
+import torch.nn as nn
+from rich.table import Table
+
+from ..datasource import calibration_images, checkpoint_data
+from ..console import console, note
+from ..gates import DEFAULT_TOLERANCE, has_gates, measure_gates
+
+
+def print_gate_spread(model: nn.Module, payload: dict, data_dir=None, tolerance: float = DEFAULT_TOLERANCE) -> list[dict] | None:
+    """Measure every NAM gate on training images and print one row per gate; returns the rows
+    (None for a model without NAM, or when the training images are not at hand)."""
+    if not has_gates(model):
+        return None
+    images = calibration_images(checkpoint_data(payload, data_dir))
+    if images is None:
+        note(f"NAM gates: the {payload['data']['name']} training images are not at hand; give --data-dir to see "
+             "what each gate does")
+        return None
+    stats = measure_gates(model.eval(), images)
+    table = Table(title=f"NAM gates on {len(images)} training images (spread: std / mean of the gate; max dev.: the "
+                        f"largest |gate - mean| / mean; a gate whose spread is within {tolerance:g} is replaced by its "
+                        f"constant at export)")
+    for column in ("gate", "kind", "size", "mean", "min", "max", "spread", "max dev.", "at export"):
+        table.add_column(column, justify="left" if column in ("gate", "kind", "at export") else "right")
+    for s in stats:
+        table.add_row(s.name, s.kind, s.size, f"{s.mean:.4f}", f"{s.low:.4f}", f"{s.high:.4f}", f"{s.spread:.2%}", f"{s.max_deviation:.1%}",
+                      "constant" if s.removable(tolerance) else "kept")
+    console.print(table)
+    constant = sum(s.removable(tolerance) for s in stats)
+    console.print(f"{constant} of {len(stats)} NAM gates act as constants (spread within {tolerance:g}); "
+                  "namprune export folds them away")
+    return [s.to_dict(tolerance) for s in stats]
