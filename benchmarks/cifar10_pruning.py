@@ -45,7 +45,7 @@ from namprune.files import read_json, staging_dir, write_json, write_text
 from namprune.pipeline import DEFAULT_DISTILL, compatible_data, prune_checkpoint, resume_training, train_model
 from namprune.pruning import PruneConfig, prune
 from namprune.saliency import DEFAULT_IMPORTANCE, IMPORTANCES
-from namprune.timing import LatencySettings, measure_latency
+from namprune.timing import LatencySettings, measure_latency, speedups
 from namprune.sparsity import PAPER_STRENGTH, PAPER_TARGETS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -161,12 +161,22 @@ def prune_and_finetune(method: str, seed: int, data_dir: Path, args) -> dict:
 
 
 def ranking_study(seed: int, data_dir: Path, args) -> list[dict]:
-    """Every importance on the same model (the namprune base): top-1 right after pruning to the
-    MACs target, before and after BatchNorm recalibration. The ranking alone is judged."""
-    path = args.work / f"seed{seed}" / "ranking-study.json"
-    if path.exists():
-        return read_json(path)
-    payload = checkpoint.read(base_dir("namprune", seed, args))
+    """Every importance on the same model (each base that was trained): top-1 right after
+    pruning to the MACs target, before and after BatchNorm recalibration. The ranking alone
+    is judged."""
+    rows = []
+    for base in ("namprune", "plain"):
+        if not base_dir(base, seed, args).exists():
+            continue
+        path = args.work / f"seed{seed}" / f"ranking-study-{base}.json"
+        if not path.exists():
+            write_json(path, rank_one_base(base, seed, data_dir, args))
+        rows += read_json(path)
+    return rows
+
+
+def rank_one_base(base: str, seed: int, data_dir: Path, args) -> list[dict]:
+    payload = checkpoint.read(base_dir(base, seed, args))
     data = compatible_data(payload, data_dir, 128, "cpu")
     rows = []
     for importance in IMPORTANCES:
@@ -175,10 +185,9 @@ def ranking_study(seed: int, data_dir: Path, args) -> list[dict]:
         result = prune(model, cfg, data.calibration)
         raw = evaluate(model, data.test)["top1"]
         recalibrate_batchnorm(model, data.calibration, cfg.calibration_images)
-        rows.append({"seed": seed, "importance": importance, "top1_pruned_uncalibrated": raw,
+        rows.append({"seed": seed, "base": base, "importance": importance, "top1_pruned_uncalibrated": raw,
                      "top1_pruned": evaluate(model, data.test)["top1"], "ratio": result.ratio})
         print(rows[-1], flush=True)
-    write_json(path, rows)
     return rows
 
 
@@ -195,7 +204,9 @@ def side_by_side(folders: list[str], data_dir: Path, args) -> dict:
     records = measure_latency(files, LatencySettings(rounds=7))
     return {"settings": "1 thread, median of 7 interleaved rounds", "records": records,
             "ms": {run: {str(b): r["median_ms"] for b, r in by_batch.items()} for run, by_batch in records.items()},
-            "trusted": all(r["trusted"] for by_batch in records.values() for r in by_batch.values())}
+            "trusted": all(r["trusted"] for by_batch in records.values() for r in by_batch.values()),
+            "speedups": {folder: speedups(records, str(Path(read_json(Path(folder) / "report.json")["source"]).parent),
+                                          folder) for folder in folders}}
 
 
 def _mean(rows: list[dict], key: str) -> str:
@@ -232,19 +243,25 @@ def markdown(results: list[dict], study: list[dict], latency: dict, args, elapse
                      f"{_mean(rows, 'top1_pruned')} | {_mean(rows, 'top1_finetuned')} | "
                      f"{statistics.mean(r['params_after'] / r['params_before'] for r in rows):.2f} | "
                      f"{statistics.mean(r['macs_after'] / r['macs_before'] for r in rows):.3f} |")
-    lines += ["", f"Ranking alone, every importance on the same namprune-trained model (seeds {seeds}), pruned to "
-              f"{args.target_macs:.0%} of the MACs, no fine-tuning:", "",
-              "| importance | right after pruning | after recalibration |", "|---|---:|---:|"]
+    lines += ["", f"Ranking alone: every importance on the same model (seeds {seeds}), pruned by the same allocation "
+              f"to {args.target_macs:.0%} of the MACs, no fine-tuning; top-1 right after pruning / after BatchNorm "
+              "recalibration:", "",
+              "| importance | " + " | ".join(f"{b} base" for b in dict.fromkeys(r["base"] for r in study)) + " |",
+              "|---|" + "---:|" * len(dict.fromkeys(r["base"] for r in study))]
     for importance in dict.fromkeys(r["importance"] for r in study):
-        rows = [r for r in study if r["importance"] == importance]
-        lines.append(f"| {importance} | {_mean(rows, 'top1_pruned_uncalibrated')} | {_mean(rows, 'top1_pruned')} |")
+        cells = []
+        for base in dict.fromkeys(r["base"] for r in study):
+            rows = [r for r in study if r["importance"] == importance and r["base"] == base]
+            cells.append(f"{_mean(rows, 'top1_pruned_uncalibrated')} / {_mean(rows, 'top1_pruned')}")
+        lines.append(f"| {importance} | " + " | ".join(cells) + " |")
     if latency:
-        lines += ["", f"onnxruntime latency (seed {args.seeds[0]}), {latency['settings']}:", "",
+        trust = "every figure trusted" if latency["trusted"] else "some figures flagged untrusted (a busy machine)"
+        lines += ["", f"onnxruntime latency (seed {args.seeds[0]}), {latency['settings']}, {trust}; speed-up = median "
+                  "of per-round ratios against the method's own unpruned base:", "",
                   "| model | batch 1 ms | batch 32 ms | speed-up b1 / b32 |", "|---|---:|---:|---:|"]
         for r in (r for r in results if r["seed"] == args.seeds[0]):
-            mine, base = latency["ms"][r["folder"]], latency["ms"][r["base_folder"]]
-            lines.append(f"| {r['method']} | {mine['1']:.2f} | {mine['32']:.1f} | "
-                         f"{base['1'] / mine['1']:.2f}x / {base['32'] / mine['32']:.2f}x |")
+            mine, up = latency["ms"][r["folder"]], latency["speedups"][r["folder"]]
+            lines.append(f"| {r['method']} | {mine['1']:.2f} | {mine['32']:.1f} | {up['1']:.2f}x / {up['32']:.2f}x |")
     return "\n".join(lines) + "\n"
 
 

@@ -60,6 +60,13 @@ class LatencyMeter:
         return {"runtime": self.runtime, "batch": self.batch, "threads": self.settings.num_threads,
                 "rounds": self.rounds}
 
+    def compare(self, models: dict) -> tuple[dict, bool]:
+        """Median ms of each model (keys kept), timed side by side in interleaved rounds, and
+        whether every figure is to be trusted (``timing.trust_problem``)."""
+        records = measure_latency({str(k): self.subject(m) for k, m in models.items()}, self.settings)
+        figures = [records[str(k)][self.batch] for k in models]
+        return {k: r["median_ms"] for k, r in zip(models, figures)}, all(r["trusted"] for r in figures)
+
     def subject(self, model: nn.Module):
         """What is timed: the folded model, exported to ONNX for onnxruntime."""
         folded = fold_nam(model)  # a copy in eval mode

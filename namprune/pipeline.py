@@ -215,7 +215,7 @@ def _prune_and_measure(model: nn.Module, cfg: PruneConfig, data: DataBundle, dev
     after = {**cost(model), **_accuracy(model, data, device)}
     return {"before": before, "after": after, "uncalibrated": uncalibrated, "ratio": result.ratio,
             "channels_before": result.channels_before, "channels_after": result.channels_after, "layers": result.layers,
-            "latency": result.latency}
+            "latency": result.latency, "rounding": result.rounding}
 
 
 def _accuracy(model: nn.Module, data: DataBundle, device: torch.device) -> dict:
@@ -232,9 +232,11 @@ def _report(ckpt, out, payload, cfg, measured, finetuned, finetune_epochs, start
         "model": payload["arch"]["name"], "attention": payload["arch"]["attention"], "dataset": payload["data"]["name"],
         "ratio": round(measured["ratio"], 4), "requested_ratio": cfg.ratio, "target_macs": cfg.target_macs,
         "target_latency": cfg.target_latency,
-        "latency": measured["latency"] and {**measured["latency"], "macs_before": before["macs"], "macs_after": after["macs"]},
+        # .get: a fine-tuning resumed from a pruned.json written before these keys existed
+        "latency": measured.get("latency") and {**measured["latency"], "macs_before": before["macs"],
+                                                "macs_after": after["macs"]},
         "importance": cfg.importance, "scope": cfg.scope, "normalization": resolve_normalization(cfg.importance, cfg.normalization),
-        "round_to": cfg.round_to, "max_layer_ratio": cfg.max_layer_ratio,
+        "round_to": cfg.round_to, "rounding": measured.get("rounding"), "max_layer_ratio": cfg.max_layer_ratio,
         "channels_before": measured["channels_before"], "channels_after": measured["channels_after"],
         "params_before": before["params"], "params_after": after["params"],
         "macs_before": before["macs"], "macs_after": after["macs"],

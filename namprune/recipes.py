@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from importlib import resources
 from pathlib import Path
-from typing import Literal, Optional, Union
+from typing import Annotated, Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -133,7 +133,7 @@ class PruneSection(Section):
     scope: _choice(SCOPES) = _PRUNE.scope
     importance: _choice(IMPORTANCES) = _PRUNE.importance
     normalization: _choice(NORMALIZATIONS) = _PRUNE.normalization
-    round_to: Optional[int] = Field(_PRUNE.round_to, ge=1)
+    round_to: Optional[Union[Annotated[int, Field(ge=1)], Literal["auto"]]] = _PRUNE.round_to
     max_layer_ratio: float = Field(_PRUNE.max_layer_ratio, gt=0, lt=1)
     seed: int = _PRUNE.seed
     calibration_images: int = Field(_PRUNE.calibration_images, ge=1)

@@ -76,7 +76,7 @@ def test_distillation_pulls_the_student_toward_the_teacher():
     for weight in (0.0, 1.0):
         torch.manual_seed(1)
         student = models.create("resnet20", num_classes=10, attention="none", input_size=16, in_channels=1)
-        fit(student, data, TrainConfig(epochs=1, distill=weight, **FAST), progress=False, teacher=teacher)
+        fit(student, data, TrainConfig(epochs=3, distill=weight, **FAST), progress=False, teacher=teacher)
         with torch.no_grad():
             images = torch.cat([x for x, _ in data.test])
             soft = [torch.softmax(m.eval()(images), 1) for m in (student, teacher)]

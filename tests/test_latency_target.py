@@ -12,7 +12,7 @@ from model_helpers import digits_model, random_batches, save_digits_checkpoint
 from namprune.cost import channel_macs, count_macs
 from namprune.graph import dependency_graph
 from namprune.latency_cost import MIN_SHARE, group_costs, median_and_error
-from namprune.pruning import PruneConfig, _plan
+from namprune.pruning import MACS_TOLERANCE, ROUND_TO_CANDIDATES, PruneConfig, _plan, prune
 from namprune.recipes import PruneSection
 from namprune.saliency import make_importance, score_groups
 
@@ -78,3 +78,26 @@ def test_prune_config_records_how_latency_is_timed():
     cfg = PruneConfig(ratio=None, target_latency=0.6, latency_batch=32, threads=2)
     assert cfg.meter.describe() == {"runtime": "onnxruntime", "batch": 32, "threads": 2, "rounds": cfg.meter.rounds}
     assert cfg.to_dict()["target_latency"] == 0.6
+
+
+def test_round_to_auto_keeps_the_multiple_it_chose_and_the_macs_target():
+    """Which multiple times fastest depends on the machine; that the choice is one of the
+    candidates timed, that every pruned width is a multiple of it and that the MACs target
+    still holds does not."""
+    model = digits_model("resnet20", "nam", 16)
+    base = count_macs(model)
+    result = prune(model, PruneConfig(ratio=None, target_macs=0.5, round_to="auto"), random_batches(16))
+    rounding = result.rounding
+    assert rounding["chosen"] in rounding["ms"] and set(rounding["ms"]) <= set(ROUND_TO_CANDIDATES)
+    assert all(t > 0 for t in rounding["ms"].values())
+    for layer in result.layers:
+        if layer["after"] != layer["before"] and layer["name"] != "fc":
+            assert layer["after"] % rounding["chosen"] == 0, layer
+    assert abs(count_macs(model) / base - 0.5) <= MACS_TOLERANCE
+
+
+@pytest.mark.parametrize("value, message", [("0", "--round-to must be a positive channel count or auto, got 0"),
+                                            ("eight", "--round-to must be a positive channel count or auto, got 'eight'")])
+def test_bad_round_to_is_one_line_and_exit_2(ckpt, tmp_path, capsys, value, message):
+    code, _, err = run_cli(capsys, "prune", ckpt, "--round-to", value, "--out", tmp_path / "p")
+    assert_one_line_error(code, err, message)

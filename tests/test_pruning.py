@@ -227,7 +227,7 @@ def test_prune_cli_report_and_reload(sparse_digits, tmp_path, capsys):
     assert report["top1_finetuned"] > 85
     assert report["recalibrated"] and report["top1_pruned_uncalibrated"] <= 100
     assert {"name", "before", "after"} <= set(report["layers"][0])
-    assert "before" in stdout and "fine-tuned" in stdout and "BatchNorm recalibrated" in stdout
+    assert "before" in stdout and "fine-tuned" in stdout and "BN recalibrated" in stdout
     assert report["recalibrated"] and report["calibration_images"] == 1024
     reloaded = namprune.load(out)
     assert count_params(reloaded) == report["params_after"]

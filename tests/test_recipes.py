@@ -48,7 +48,7 @@ def _write(tmp_path, document) -> Path:
     ({"train": {"epochs": "ten"}}, "train.epochs: Input should be a valid integer (got 'ten')"),
     ({"train": {"epochs": 0}}, "train.epochs: Input should be greater than or equal to 1"),
     ({"prune": {"ratio": 1.5}}, "prune.ratio: Input should be less than 1"),
-    ({"prune": {"ratio": 0.3, "target_macs": 0.5}}, "prune: give ratio or target_macs, not both"),
+    ({"prune": {"ratio": 0.3, "target_macs": 0.5}}, "prune: give one of ratio, target_macs and target_latency"),
     ({"model": {"attention": "cbam"}}, "model.attention: Input should be 'none', 'nam'"),
     ({"data": {"dataset": "svhn"}}, "data.dataset:"),
     ({"train": {"epochs": 5, "warmup_epochs": 5}}, "warmup_epochs (5) must be smaller than epochs (5)"),

@@ -13,6 +13,7 @@ from ..console import console
 from ..files import write_json
 from ..calibrate import DEFAULT_IMAGES
 from ..engine import resolve_device
+from ..errors import NampruneError
 from ..pipeline import DEFAULT_DISTILL, compatible_data, prune_checkpoint
 from ..plots import plot_ranking
 from ..latency_cost import LATENCY_TOLERANCE, RUNTIMES
@@ -35,7 +36,7 @@ Recalibrate = Annotated[bool, typer.Option("--recalibrate/--no-recalibrate", hel
 Distill = Annotated[float, typer.Option("--distill", min=0.0, max=1.0, help="Fine-tune with distillation from the unpruned "
                                         "model: the weight of its soft targets in the loss (0: plain fine-tuning).")]
 Scope = Annotated[str, typer.Option("--scope", help="global: rank all channels together; local: remove the same fraction of every layer.")]
-RoundTo = Annotated[Optional[int], typer.Option("--round-to", min=1, help="Keep channel counts that are multiples of N (hardware-friendly widths).")]
+RoundTo = Annotated[Optional[str], typer.Option("--round-to", help="Keep channel counts that are multiples of N (hardware-friendly widths); auto: the multiple of 1, 4, 8, 16 whose pruned model times fastest on --latency-runtime.")]
 MaxLayerRatio = Annotated[float, typer.Option("--max-layer-ratio", help="No layer loses more than this fraction of its channels.")]
 FinetuneEpochs = Annotated[int, typer.Option("--finetune-epochs", min=0, help="Epochs of fine-tuning after pruning (0: none).")]
 FinetuneLr = Annotated[Optional[float], typer.Option("--lr", help="Fine-tuning learning rate (default: a tenth of the training one).")]
@@ -131,7 +132,7 @@ def prune(
     if ratio is None and target_macs is None and target_latency is None:
         ratio = DEFAULT_RATIO
     cfg = PruneConfig(ratio=ratio, target_macs=target_macs, target_latency=target_latency, scope=scope,
-                      importance=importance, normalization=normalization, round_to=round_to,
+                      importance=importance, normalization=normalization, round_to=parse_round_to(round_to),
                       max_layer_ratio=max_layer_ratio, seed=seed, calibration_images=calibration_images,
                       recalibrate=recalibrate, latency_runtime=latency_runtime, latency_batch=latency_batch,
                       threads=threads)
@@ -139,6 +140,16 @@ def prune(
                               overwrite, progress=not quiet, resume=resume, distill=distill)
     print_prune_report(report)
     console.print(f"pruned model: {out / 'model.pt'}   report: {out / 'report.json'}")
+
+
+def parse_round_to(text: str | None) -> int | str | None:
+    """``--round-to``: a channel multiple or ``auto`` (PruneConfig checks the value)."""
+    if text is None or text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise NampruneError(f"--round-to must be a positive channel count or auto, got {text!r}") from None
 
 
 def print_prune_report(report: dict) -> None:
@@ -151,7 +162,7 @@ def print_prune_report(report: dict) -> None:
     if report.get("recalibrated"):
         table.add_row("pruned", f"{report['params_after']:,}", f"{report['macs_after']:,}",
                       f"{report['top1_pruned_uncalibrated']:.2f}", "")
-    table.add_row("pruned, BatchNorm recalibrated" if report.get("recalibrated") else "pruned",
+    table.add_row("BN recalibrated" if report.get("recalibrated") else "pruned",
                   f"{report['params_after']:,}", f"{report['macs_after']:,}",
                   f"{report['top1_pruned']:.2f}", f"{report['top5_pruned']:.2f}")
     if report["top1_finetuned"] is not None:
@@ -171,6 +182,11 @@ def print_prune_report(report: dict) -> None:
     console.print(widths)
     if report.get("latency"):
         console.print(latency_line(report["latency"]))
+    if report.get("rounding"):
+        r = report["rounding"]
+        times = ", ".join(f"{m}: {ms:.3f} ms" for m, ms in r["ms"].items())
+        console.print(f"--round-to auto chose {r['chosen']} ({r['runtime']}, batch {r['batch']}: {times})"
+                      + ("" if r["trusted"] else " [yellow]! timings not to be trusted on this busy machine[/yellow]"))
 
 
 def latency_line(latency: dict) -> str:

@@ -24,7 +24,7 @@ from ..sweep import run_sweep, sweep_configs
 from ..timing import DEFAULT_THREADS, MAX_SPREAD
 from .app import DataDir, Device, JsonOut, Overwrite, Quiet, app
 from .prune import (CalibrationImages, Distill, FinetuneBatch, FinetuneEpochs, FinetuneLr, Importance, LatencyRuntime,
-                    MaxLayerRatio, Normalization, Recalibrate, RoundTo, Scope, Seed)
+                    MaxLayerRatio, Normalization, Recalibrate, RoundTo, Scope, Seed, parse_round_to)
 
 LatencyBatch = Annotated[int, typer.Option("--batch", min=1, help="The larger batch latency is also measured at (batch 1 always is).")]
 Threads = Annotated[Optional[int], typer.Option("--threads", min=1, help=f"CPU threads while timing, torch and onnxruntime alike (default {DEFAULT_THREADS}: steady on a shared machine; recorded with every figure). More threads than idle cores make the figures wait for the other jobs.")]
@@ -132,7 +132,7 @@ def sweep(
     quiet: Quiet = False,
 ) -> None:
     """Prune one checkpoint at several ratios / MACs targets, fine-tune each, and draw the Pareto front."""
-    base_cfg = PruneConfig(scope=scope, importance=importance, normalization=normalization, round_to=round_to,
+    base_cfg = PruneConfig(scope=scope, importance=importance, normalization=normalization, round_to=parse_round_to(round_to),
                            max_layer_ratio=max_layer_ratio, seed=seed, calibration_images=calibration_images,
                            recalibrate=recalibrate, latency_runtime=latency_runtime, latency_batch=batch, threads=threads)
     configs = sweep_configs(base_cfg, _fractions(ratios, "--ratios"), _fractions(target_macs, "--target-macs"),

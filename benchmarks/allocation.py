@@ -1,0 +1,96 @@
+"""How should a MACs target trade a channel's score against what it costs? Channels go in
+order of score^2 / cost^q; this compares q = 1 (the greedy knapsack ratio) with q = 0.5 and
+0.75, right after pruning to half the MACs and recalibrating BatchNorm (no fine-tuning), so
+the allocation alone is judged.
+
+    python benchmarks/allocation.py [--cifar-work runs/cifar10-bench]
+
+Models: ResNet-20 + NAM trained on digits with every `namprune train` default (seeds 0, 1;
+one thread, as the test suite trains it), and, when benchmarks/cifar10_pruning.py has
+trained them, its CIFAR-10 bases (sparse-trained `namprune` and `plain`, no penalty).
+Writes benchmarks/results/allocation.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime
+import tempfile
+from pathlib import Path
+
+import torch
+
+import namprune.pruning as pruning
+from namprune import checkpoint, evaluate
+from namprune.cli import main as cli
+from namprune.cost import count_macs
+from namprune.files import write_json, write_text
+from namprune.pipeline import compatible_data
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def allocation(q: float):
+    """``pruning.allocate_macs`` with keys score^2 / cost^q (global scope)."""
+    def allocate(groups, costs, cfg, budget):
+        floors = [pruning._floor(g.width, cfg) for g in groups]
+        keys = torch.cat([g.scores.pow(2) / max(c, 1e-12) ** q for g, c in zip(groups, costs)])
+        cost = torch.cat([torch.full((g.width,), float(c)) for g, c in zip(groups, costs)])
+        saved = torch.cumsum(cost[pruning._global_order(groups, keys)], 0)
+        count = int(torch.searchsorted(saved, torch.tensor(float(budget)))) + 1
+        return pruning._take_in_order(groups, floors, keys, count)
+    return allocate
+
+
+def measure(name: str, run: Path, data_dir, exponents: list[float]) -> list[dict]:
+    payload = checkpoint.read(run)
+    data = compatible_data(payload, data_dir, 256, "cpu")
+    model = checkpoint.build(payload).eval()
+    rows, default = [], pruning.allocate_macs
+    for q in exponents:
+        pruned = copy.deepcopy(model)
+        pruning.allocate_macs = allocation(q)
+        try:
+            pruning.prune(pruned, pruning.PruneConfig(ratio=None, target_macs=0.5), data.calibration)
+        finally:
+            pruning.allocate_macs = default
+        rows.append({"model": name, "q": q, "macs_kept": round(count_macs(pruned) / count_macs(model), 3),
+                     "top1": evaluate(pruned, data.test)["top1"]})
+        print(rows[-1], flush=True)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cifar-work", type=Path, default=ROOT / "runs" / "cifar10-bench")
+    parser.add_argument("--exponents", type=float, nargs="+", default=[1.0, 0.75, 0.5])
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for seed in (0, 1):
+            run = Path(tmp) / f"digits-{seed}"
+            assert cli(["train", "--out", str(run), "--seed", str(seed), "--quiet"]) == 0
+            rows += measure(f"digits, seed {seed} (sparse)", run, None, args.exponents)
+    for base, label in (("namprune", "sparse"), ("plain", "no penalty")):
+        run = args.cifar_work / "seed0" / f"train-{base}"
+        if run.exists():
+            rows += measure(f"CIFAR-10 {base} base ({label})", run, args.cifar_work / "cifar10", args.exponents)
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    lines = [f"Measured {datetime.date.today()}, one thread. Top-1 right after pruning to half the MACs and "
+             "recalibrating BatchNorm, no fine-tuning; channels in order of score^2 / cost^q.", "",
+             "Command: `python benchmarks/allocation.py`", "",
+             "| model | " + " | ".join(f"q = {q:g}" for q in args.exponents) + " |",
+             "|---|" + "---:|" * len(args.exponents)]
+    for model in models:
+        cells = [next(f"{r['top1']:.2f}" for r in rows if r["model"] == model and r["q"] == q) for q in args.exponents]
+        lines.append(f"| {model} | " + " | ".join(cells) + " |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    write_json(ROOT / "benchmarks" / "results" / "allocation.json", {"rows": rows})
+    write_text(ROOT / "benchmarks" / "results" / "allocation.md", text)
+
+
+if __name__ == "__main__":
+    main()
