@@ -27,6 +27,7 @@ import torch
 import namprune
 from namprune import checkpoint, evaluate
 from namprune.cost import count_macs
+from namprune.errors import NampruneError
 from namprune.export import to_onnx
 from namprune.files import write_json, write_text
 from namprune.fold import fold_nam
@@ -80,9 +81,25 @@ def main() -> None:
                              "macs_kept": round(count_macs(model) / base_macs, 4),
                              "top1": evaluate(model, data.test)["top1"], "record": result.latency if how == "target_latency" else None})
                 print(rows[-1], flush=True)
-    text = markdown(rows, args, evaluate(base_model, data.test)["top1"])
+    rounding = []
+    for batch in args.batches:
+        base_file = onnx_bytes(base_model, batch)
+        for round_to in (None, 8, 16, "auto"):
+            model = copy.deepcopy(base_model)
+            try:
+                result = prune(model, PruneConfig(ratio=None, target_macs=0.5, round_to=round_to, latency_batch=batch),
+                               data.calibration)
+            except NampruneError as exc:  # a multiple too coarse for the target: say so in the table
+                print(f"--round-to {round_to}: {exc}", flush=True)
+                continue
+            kept, low, high = kept_fraction(base_file, onnx_bytes(model, batch), batch, args.rounds)
+            rounding.append({"batch": batch, "round_to": round_to, "chosen": (result.rounding or {}).get("chosen"),
+                             "kept_checked": round(kept, 4), "kept_range": [round(low, 4), round(high, 4)],
+                             "macs_kept": round(count_macs(model) / base_macs, 4), "top1": evaluate(model, data.test)["top1"]})
+            print(rounding[-1], flush=True)
+    text = markdown(rows, args, evaluate(base_model, data.test)["top1"]) + rounding_table(rounding)
     print(text)
-    write_json(ROOT / "benchmarks" / "results" / "latency_target.json", {"rows": rows})
+    write_json(ROOT / "benchmarks" / "results" / "latency_target.json", {"rows": rows, "rounding": rounding})
     write_text(ROOT / "benchmarks" / "results" / "latency_target.md", text)
 
 
@@ -98,6 +115,16 @@ def markdown(rows: list[dict], args, base_top1: float) -> str:
     for r in rows:
         prune_kept = f"{r['kept_by_prune']:.3f}" if r["kept_by_prune"] is not None else "-"
         lines.append(f"| {r['batch']} | {r['target']} | {r['pruned_by']} | {prune_kept} | {r['kept_checked']:.3f} "
+                     f"[{r['kept_range'][0]:.2f}, {r['kept_range'][1]:.2f}] | {r['macs_kept']:.3f} | {r['top1']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def rounding_table(rows: list[dict]) -> str:
+    lines = ["", "The same base pruned to half the MACs with each `--round-to` (auto: the multiple of 1, 4, 8, 16 "
+             "whose pruned model timed fastest at that batch), latency kept checked side by side as above:", "",
+             "| batch | --round-to | chosen | latency kept (checked) | MACs kept | top-1 |", "|---:|---|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['batch']} | {r['round_to'] or '-'} | {r['chosen'] or '-'} | {r['kept_checked']:.3f} "
                      f"[{r['kept_range'][0]:.2f}, {r['kept_range'][1]:.2f}] | {r['macs_kept']:.3f} | {r['top1']:.2f} |")
     return "\n".join(lines) + "\n"
 
