@@ -84,7 +84,7 @@ def main() -> None:
     rounding = []
     for batch in args.batches:
         base_file = onnx_bytes(base_model, batch)
-        for round_to in (None, 8, 16, "auto"):
+        for round_to in (None, 8, "auto"):
             model = copy.deepcopy(base_model)
             try:
                 result = prune(model, PruneConfig(ratio=None, target_macs=0.5, round_to=round_to, latency_batch=batch),

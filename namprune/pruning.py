@@ -301,13 +301,15 @@ def _fastest_rounding(model: nn.Module, ranked: list, cfg: PruneConfig) -> tuple
 
 
 def _removal_for_budget(model: nn.Module, ranked: list, cfg: PruneConfig, costs: list[float], measure,
-                        goal: float, base: float, tolerance: float, attempts: int = 6) -> tuple[list[int], float, float]:
+                        goal: float, base: float, tolerance: float, attempts: int = 6,
+                        bisections: int = 12) -> tuple[list[int], float, float]:
     """Channels to remove per group so that a pruned copy measures ``goal`` (MACs or ms).
 
     ``costs`` are first-order: what one channel of each group saves at the present widths.
     They overstate what removing channels of two coupled layers saves, so the budget handed
     to the allocation is corrected by what ``measure`` gives for a pruned copy, a secant step
-    at a time. Returns the closest removal, its measure, and that of removing everything the
+    at a time, then by bisection between the closest budgets on either side of the goal.
+    Returns the closest removal, its measure, and that of removing everything the
     floors allow (to tell an unreachable target from a coarse one).
     """
     groups = [s for _, s in ranked]
@@ -330,6 +332,16 @@ def _removal_for_budget(model: nn.Module, ranked: list, cfg: PruneConfig, costs:
         else:
             budget += value - goal
         budget = min(max(budget, 0.0), everything)
+    for _ in range(bisections):  # the secant can jump over a step of the budget -> value curve
+        if min(t[0] for t in tried) <= tolerance / 4:
+            break
+        low = max((t[1] for t in tried if t[3] > goal), default=None)  # removed too little
+        high = min((t[1] for t in tried if t[3] < goal), default=None)  # removed too much
+        if low is None or high is None or high - low <= 1e-9 * max(everything, 1e-12):
+            break
+        budget = (low + high) / 2
+        removed, value = kept(budget)
+        tried.append((abs(value - goal), budget, removed, value))
     error, _, removed, value = min(tried, key=lambda t: t[0])
     least = kept(everything)[1] if error > tolerance else value
     return removed, value, least
@@ -364,7 +376,7 @@ def _removal_for_latency(model: nn.Module, ranked: list, cfg: PruneConfig) -> tu
     macs_costs = channel_macs(model, [g for g, _ in ranked])
     costs = group_costs(model, [s for _, s in ranked], prune_copy, kept, macs_costs)
     removed, _, least = _removal_for_budget(model, ranked, cfg, costs, kept, cfg.target_latency, 1.0,
-                                            LATENCY_TOLERANCE)
+                                            LATENCY_TOLERANCE, bisections=3)  # every step is timed
     kept(_plan(model, ranked, removed).apply(copy.deepcopy(model)))  # the record is of the plan chosen
     record = {**cfg.meter.describe(), "target": cfg.target_latency, **kept.last, "tolerance": LATENCY_TOLERANCE}
     record["met"] = abs(record["kept"] - cfg.target_latency) <= LATENCY_TOLERANCE
