@@ -56,9 +56,10 @@ def test_bad_input_is_one_line_and_exit_2(capsys, tmp_path, args, fragment):
     assert not (tmp_path / "x").exists() and not (tmp_path / "x.partial").exists()
 
 
-def test_debug_shows_the_traceback(capsys):
-    with pytest.raises(Exception, match="unknown model"):
-        run_cli(capsys, "train", "--model", "resnet21", "--debug")
+def test_debug_shows_the_traceback_and_keeps_the_exit_code(capsys):
+    code, _, err = run_cli(capsys, "train", "--model", "resnet21", "--debug")
+    assert code == 2 and "Traceback (most recent call last)" in err
+    assert err.strip().splitlines()[-1].startswith("error: ") and "unknown model" in err
 
 
 def test_every_command_documents_every_flag(capsys):

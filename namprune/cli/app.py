@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+import traceback
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -61,18 +62,18 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except UsageError as exc:
         if debug:
-            raise
+            traceback.print_exc()
         where = f"namprune {exc.ctx.command_path.split(' ', 1)[1]}" if exc.ctx and " " in exc.ctx.command_path else "namprune"
         return fail(f"{exc.format_message()} (see `{where} --help`)")
     except NampruneError as exc:
         if debug:
-            raise
+            traceback.print_exc()
         return fail(str(exc).replace("\n", " "), exc.exit_code)
     except (KeyboardInterrupt, typer.Abort):
         return fail("interrupted", 130)
     except Exception as exc:  # a bug, not a user error: say so briefly, traceback with --debug
         if debug:
-            raise
+            traceback.print_exc()
         return fail(f"internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
                     "(run again with --debug for the traceback)", 1)
     finally:
