@@ -25,36 +25,25 @@ import namprune.pruning as pruning
 from namprune import checkpoint, evaluate
 from namprune.cli import main as cli
 from namprune.cost import count_macs
-from namprune.files import write_json, write_text
 from namprune.pipeline import compatible_data
 
+from _results import save
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def allocation(q: float):
-    """``pruning.allocate_macs`` with keys score^2 / cost^q (global scope)."""
-    def allocate(groups, costs, cfg, budget):
-        floors = [pruning._floor(g.width, cfg) for g in groups]
-        keys = torch.cat([g.scores.pow(2) / max(c, 1e-12) ** q for g, c in zip(groups, costs)])
-        cost = torch.cat([torch.full((g.width,), float(c)) for g, c in zip(groups, costs)])
-        saved = torch.cumsum(cost[pruning._global_order(groups, keys)], 0)
-        count = int(torch.searchsorted(saved, torch.tensor(float(budget)))) + 1
-        return pruning._take_in_order(groups, floors, keys, count)
-    return allocate
 
 
 def measure(name: str, run: Path, data_dir, exponents: list[float]) -> list[dict]:
     payload = checkpoint.read(run)
     data = compatible_data(payload, data_dir, 256, "cpu")
     model = checkpoint.build(payload).eval()
-    rows, default = [], pruning.allocate_macs
+    rows, default = [], pruning.COST_EXPONENT
     for q in exponents:
         pruned = copy.deepcopy(model)
-        pruning.allocate_macs = allocation(q)
+        pruning.COST_EXPONENT = q
         try:
             pruning.prune(pruned, pruning.PruneConfig(ratio=None, target_macs=0.5), data.calibration)
         finally:
-            pruning.allocate_macs = default
+            pruning.COST_EXPONENT = default
         rows.append({"model": name, "q": q, "macs_kept": round(count_macs(pruned) / count_macs(model), 3),
                      "top1": evaluate(pruned, data.test)["top1"]})
         print(rows[-1], flush=True)
@@ -86,10 +75,7 @@ def main() -> None:
     for model in models:
         cells = [next(f"{r['top1']:.2f}" for r in rows if r["model"] == model and r["q"] == q) for q in args.exponents]
         lines.append(f"| {model} | " + " | ".join(cells) + " |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    write_json(ROOT / "benchmarks" / "results" / "allocation.json", {"rows": rows})
-    write_text(ROOT / "benchmarks" / "results" / "allocation.md", text)
+    save("allocation", "\n".join(lines) + "\n", {"rows": rows})
 
 
 if __name__ == "__main__":

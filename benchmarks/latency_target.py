@@ -19,7 +19,6 @@ import argparse
 import copy
 import datetime
 import platform
-import statistics
 from pathlib import Path
 
 import torch
@@ -29,11 +28,12 @@ from namprune import checkpoint, evaluate
 from namprune.cost import count_macs
 from namprune.errors import NampruneError
 from namprune.export import to_onnx
-from namprune.files import write_json, write_text
 from namprune.fold import fold_nam
 from namprune.pipeline import compatible_data
 from namprune.pruning import PruneConfig, prune
-from namprune.timing import LatencySettings, measure_latency
+from namprune.timing import LatencySettings, measure_latency, round_ratios
+
+from _results import save
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -46,8 +46,7 @@ def kept_fraction(base: bytes, pruned: bytes, batch: int, rounds: int) -> tuple[
     """Median, lowest and highest per-round ratio pruned / unpruned, timed side by side."""
     records = measure_latency({"base": base, "pruned": pruned}, LatencySettings(batches=(batch,), rounds=rounds,
                                                                                 min_run_time=0.1))
-    ratios = [p / b for p, b in zip(records["pruned"][batch]["round_ms"], records["base"][batch]["round_ms"])]
-    return statistics.median(ratios), min(ratios), max(ratios)
+    return round_ratios(records["pruned"][batch], records["base"][batch])
 
 
 def main() -> None:
@@ -98,9 +97,7 @@ def main() -> None:
                              "macs_kept": round(count_macs(model) / base_macs, 4), "top1": evaluate(model, data.test)["top1"]})
             print(rounding[-1], flush=True)
     text = markdown(rows, args, evaluate(base_model, data.test)["top1"]) + rounding_table(rounding)
-    print(text)
-    write_json(ROOT / "benchmarks" / "results" / "latency_target.json", {"rows": rows, "rounding": rounding})
-    write_text(ROOT / "benchmarks" / "results" / "latency_target.md", text)
+    save("latency_target", text, {"rows": rows, "rounding": rounding})
 
 
 def markdown(rows: list[dict], args, base_top1: float) -> str:

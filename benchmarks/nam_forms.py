@@ -25,10 +25,11 @@ import torch
 from namprune import checkpoint, evaluate
 from namprune.cli import main as cli
 from namprune.datasource import calibration_images, checkpoint_data
-from namprune.files import read_json, write_json, write_text
+from namprune.files import read_json
 from namprune.gates import measure_gates
 
-ROOT = Path(__file__).resolve().parents[1]
+from _results import save
+
 
 
 def one(attention: str, seed: int, tmp: Path) -> dict:
@@ -62,10 +63,7 @@ def main() -> None:
     for r in rows:
         lines.append(f"| {r['attention']} | {r['seed']} | {r['gate_spread_median']:.2%} / {r['gate_spread_max']:.2%} | "
                      f"{r['top1']:.2f} | {r['top1_pruned']:.2f} |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    write_json(ROOT / "benchmarks" / "results" / "nam_forms.json", {"rows": rows})
-    write_text(ROOT / "benchmarks" / "results" / "nam_forms.md", text)
+    save("nam_forms", "\n".join(lines) + "\n", {"rows": rows})
 
 
 if __name__ == "__main__":

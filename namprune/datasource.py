@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from .calibrate import calibration_batches
 from .data import DataBundle
 from .pipeline import compatible_data
 
@@ -43,10 +44,4 @@ def calibration_images(data: DataBundle | None, count: int = GATE_IMAGES) -> tor
     """Up to ``count`` normalized training images (shuffled with the data's seed)."""
     if data is None:
         return None
-    taken, total = [], 0
-    for images, _ in data.train:
-        taken.append(images.cpu())
-        total += len(images)
-        if total >= count:
-            break
-    return torch.cat(taken)[:count] if taken else None
+    return torch.cat([images for images, _ in calibration_batches(data.calibration, count, torch.device("cpu"))])

@@ -39,7 +39,6 @@ from .console import note
 from .engine import evaluate
 from .errors import NampruneError
 from .files import read_json, write_atomic, write_json
-from .fold import fold_nam
 from .gates import DEFAULT_TOLERANCE, check_tolerance, fold_for_export, has_gates
 from .graph import example_input
 from .measure import count_params

@@ -40,6 +40,7 @@ from .saliency import (DEFAULT_IMPORTANCE, DEFAULT_NORMALIZATION, NEEDS_DATA, Gr
 SCOPES = ("global", "local")
 DEFAULT_RATIO = 0.3
 ROUND_TO_CANDIDATES = (1, 4, 8, 16)
+COST_EXPONENT = 0.5  # channels go in order of score^2 / cost^COST_EXPONENT (benchmarks/allocation.py)
 MACS_TOLERANCE = 0.02  # of the unpruned MACs: one stream channel of a small net can weigh over 1 %
 
 
@@ -88,10 +89,6 @@ class PruneConfig:
         check_count(self.calibration_images)
         check_importance(self.importance)
         resolve_normalization(self.importance, self.normalization)
-
-    @property
-    def needs_data(self) -> bool:
-        return self.importance in NEEDS_DATA or self.recalibrate
 
     @property
     def meter(self) -> LatencyMeter:
@@ -169,7 +166,7 @@ def allocate_macs(groups: list[GroupSaliency], costs: list[float], cfg: PruneCon
     """How many channels each group loses to save ``macs_to_remove`` (MACs, or a latency
     fraction: ``costs`` are in the same unit, first-order, per channel of each group).
 
-    Channels go in order of ``score^2 / sqrt(cost)``. Scores are magnitudes whose squares add
+    Channels go in order of ``score^2 / cost^COST_EXPONENT`` (0.5). Scores are magnitudes whose squares add
     up over removed channels; the exact greedy trade-off would be ``score^2 / cost``, but on
     sparse-trained models it over-prunes the cheap layers and measured worse (BENCHMARKS.md,
     "Allocation": 86.1 -> 91.1 % and 93.6 -> 95.8 % on digits, 72.2 -> 73.1 % on CIFAR-10,
@@ -182,7 +179,7 @@ def allocate_macs(groups: list[GroupSaliency], costs: list[float], cfg: PruneCon
         # the MACs of a layer fall with the product of its input and output widths
         ratio = 1 - math.sqrt(1 - fraction)
         return _rounded([min(round(ratio * w), w - f) for w, f in zip(widths, floors)], widths, floors, cfg)
-    keys = torch.cat([g.scores.pow(2) / math.sqrt(max(c, 1e-12)) for g, c in zip(groups, costs)])
+    keys = torch.cat([g.scores.pow(2) / max(c, 1e-12) ** COST_EXPONENT for g, c in zip(groups, costs)])
     channel_cost = torch.cat([torch.full((g.width,), float(c)) for g, c in zip(groups, costs)])
     order = _global_order(groups, keys)
     saved = torch.cumsum(channel_cost[order], 0)

@@ -12,7 +12,7 @@ import namprune
 from cli_helpers import assert_one_line_error, run_cli
 from model_helpers import digits_model, save_digits_checkpoint
 from namprune import fold_nam, load_data
-from namprune.export import TOLERANCE, relative_difference
+from namprune.export import relative_difference
 from namprune.fold import FoldedChannelNAM, FoldedSpatialNAM
 from namprune.gates import ConstantScale, measure_gates, remove_constant_gates
 from namprune.nam import NAM, ChannelNAM, SpatialNAM

@@ -11,6 +11,7 @@ from cli_helpers import assert_one_line_error, run_cli
 from model_helpers import digits_model, random_batches, save_digits_checkpoint
 from namprune.cost import channel_macs, count_macs
 from namprune.graph import dependency_graph
+from namprune import latency_cost
 from namprune.latency_cost import MIN_SHARE, group_costs, median_and_error
 from namprune.pruning import MACS_TOLERANCE, ROUND_TO_CANDIDATES, PruneConfig, _plan, prune
 from namprune.recipes import PruneSection
@@ -101,3 +102,17 @@ def test_round_to_auto_keeps_the_multiple_it_chose_and_the_macs_target():
 def test_bad_round_to_is_one_line_and_exit_2(ckpt, tmp_path, capsys, value, message):
     code, _, err = run_cli(capsys, "prune", ckpt, "--round-to", value, "--out", tmp_path / "p")
     assert_one_line_error(code, err, message)
+
+
+def test_a_timing_too_uncertain_to_steer_by_is_refused_in_one_line(ckpt, tmp_path, capsys, monkeypatch):
+    """Real timings, a limit no timing can meet: the refusal, not a pruned model."""
+    monkeypatch.setattr(latency_cost, "MAX_UNCERTAINTY", -1.0)
+    code, _, err = run_cli(capsys, "prune", ckpt, "--target-latency", "0.6", "--out", tmp_path / "p")
+    assert_one_line_error(code, err, "--target-latency will not steer by a timing that is not to be trusted",
+                          "rounds at batch 1")
+    assert not (tmp_path / "p").exists() and not (tmp_path / "p.partial").exists()
+
+
+def test_nam_score_takes_no_normalization_on_the_command_line(ckpt, tmp_path, capsys):
+    code, _, err = run_cli(capsys, "prune", ckpt, "--normalization", "mean", "--out", tmp_path / "p")
+    assert_one_line_error(code, err, "the nam score takes no normalization")

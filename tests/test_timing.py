@@ -5,7 +5,6 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 from model_helpers import digits_model
 from namprune import NampruneError, fold_nam
