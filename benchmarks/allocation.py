@@ -21,11 +21,12 @@ from pathlib import Path
 
 import torch
 
-import namprune.pruning as pruning
-from namprune import checkpoint, evaluate
+import namprune.core.prune as pruning
+from namprune import evaluate
+from namprune.core import checkpoint
 from namprune.cli import main as cli
-from namprune.cost import count_macs
-from namprune.pipeline import compatible_data
+from namprune.core.cost import count_macs
+from namprune.app.stages import compatible_data
 
 from _results import save
 

@@ -38,15 +38,16 @@ from pathlib import Path
 import torch
 
 import namprune
-from namprune import TrainConfig, checkpoint, evaluate
-from namprune.calibrate import recalibrate_batchnorm
-from namprune.export import export_checkpoint
-from namprune.files import read_json, staging_dir, write_json, write_text
-from namprune.pipeline import DEFAULT_DISTILL, compatible_data, prune_checkpoint, resume_training, train_model
-from namprune.pruning import PruneConfig, prune
-from namprune.saliency import DEFAULT_IMPORTANCE, IMPORTANCES
-from namprune.timing import LatencySettings, measure_latency, speedups
-from namprune.sparsity import PAPER_STRENGTH, PAPER_TARGETS
+from namprune import TrainConfig, evaluate
+from namprune.core import checkpoint
+from namprune.core.calibrate import recalibrate_batchnorm
+from namprune.app.exporting import export_checkpoint
+from namprune.core.files import read_json, staging_dir, write_json, write_text
+from namprune.app.stages import DEFAULT_DISTILL, compatible_data, prune_checkpoint, resume_training, train_model
+from namprune.core.prune import PruneConfig, prune
+from namprune.core.saliency import DEFAULT_IMPORTANCE, IMPORTANCES
+from namprune.core.timing import LatencySettings, measure_latency, speedups
+from namprune.core.sparsity import PAPER_STRENGTH, PAPER_TARGETS
 
 ROOT = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- cifar10_pruning:begin -->", "<!-- cifar10_pruning:end -->"

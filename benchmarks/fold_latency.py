@@ -11,7 +11,7 @@ a round alike. "vs none" is the ratio to the network without attention in the sa
 runtime, batch size and round: the median over rounds, with the lowest and highest in
 brackets. The milliseconds are medians over rounds.
 
-``--onnx`` adds the same models exported by ``namprune.export.to_onnx`` and run by
+``--onnx`` adds the same models exported by ``namprune.app.exporting.to_onnx`` and run by
 onnxruntime (the deployment path); ``--compile`` adds ``torch.compile`` (inductor), which
 fuses each gate's three elementwise passes into one loop (compiling takes minutes).
 """
@@ -59,7 +59,7 @@ def torch_runner(model: torch.nn.Module) -> Callable[[torch.Tensor], object]:
 
 
 def onnx_runners(models: dict[str, torch.nn.Module], threads: int) -> dict[str, Callable]:
-    from namprune.export import run_onnx, session, to_onnx
+    from namprune.core.onnx import run_onnx, session, to_onnx
 
     runners = {}
     for name in ("none", "nam unfolded", "nam folded"):

@@ -35,9 +35,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from namprune import fold_nam, models
-from namprune.export import to_onnx
-from namprune.fold import FoldedChannelNAM, FoldedSpatialNAM
-from namprune.timing import LatencySettings, measure_latency, round_ratios, session_options
+from namprune.core.onnx import to_onnx
+from namprune.core.fold import FoldedChannelNAM, FoldedSpatialNAM
+from namprune.core.timing import LatencySettings, measure_latency, round_ratios
+from namprune.core.onnx import session_options
 
 
 class MulAdd(FoldedChannelNAM):

@@ -24,15 +24,17 @@ from pathlib import Path
 import torch
 
 import namprune
-from namprune import checkpoint, load_data, models
-from namprune.datasource import calibration_images, checkpoint_data
-from namprune.export import to_onnx
-from namprune.files import write_json
-from namprune.gates import DEFAULT_TOLERANCE, fold_for_export
-from namprune.measure import count_macs
-from namprune.pruning import PruneConfig, prune
-from namprune.quantize import onnx_accuracy, quantize_int8, unpruned_source
-from namprune.timing import LatencySettings, measure_latency, onnx_session, round_ratios
+from namprune import load_data, models
+from namprune.core import checkpoint
+from namprune.app.datasource import calibration_images, checkpoint_data
+from namprune.core.onnx import to_onnx
+from namprune.core.files import write_json
+from namprune.core.gates import DEFAULT_TOLERANCE, fold_for_export
+from namprune.core.measure import count_macs
+from namprune.core.prune import PruneConfig, prune
+from namprune.core.quantize import onnx_accuracy, quantize_int8, unpruned_source
+from namprune.core.timing import LatencySettings, measure_latency, round_ratios
+from namprune.core.onnx import session
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -97,8 +99,8 @@ def main() -> None:
     sessions, macs = {}, {}
     for label, model in pair.items():
         fp32, int8, macs[label] = files(model, calib, args.gate_tolerance)
-        sessions[f"{label} FP32"] = onnx_session(fp32, args.threads)
-        sessions[f"{label} INT8"] = onnx_session(int8, args.threads)
+        sessions[f"{label} FP32"] = session(fp32, args.threads)
+        sessions[f"{label} INT8"] = session(int8, args.threads)
     settings = LatencySettings(batches=(1, 32), threads=args.threads, rounds=args.rounds, min_run_time=args.min_time)
     records = measure_latency(sessions, settings)
     top1 = {name: None if args.untrained else onnx_accuracy(sess, data.test)["top1"] for name, sess in sessions.items()}

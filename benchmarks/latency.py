@@ -19,8 +19,8 @@ import time
 import torch
 
 from namprune import models
-from namprune.measure import LatencySettings, measure_cost, measure_latency
-from namprune.pruning import PruneConfig, prune
+from namprune.core.measure import LatencySettings, measure_cost, measure_latency
+from namprune.core.prune import PruneConfig, prune
 
 
 def scramble_scales(model: torch.nn.Module, seed: int) -> None:

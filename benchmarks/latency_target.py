@@ -24,14 +24,15 @@ from pathlib import Path
 import torch
 
 import namprune
-from namprune import checkpoint, evaluate
-from namprune.cost import count_macs
-from namprune.errors import NampruneError
-from namprune.export import to_onnx
-from namprune.fold import fold_nam
-from namprune.pipeline import compatible_data
-from namprune.pruning import PruneConfig, prune
-from namprune.timing import LatencySettings, measure_latency, round_ratios
+from namprune import evaluate
+from namprune.core import checkpoint
+from namprune.core.cost import count_macs
+from namprune.core.errors import NampruneError
+from namprune.core.onnx import to_onnx
+from namprune.core.fold import fold_nam
+from namprune.app.stages import compatible_data
+from namprune.core.prune import PruneConfig, prune
+from namprune.core.timing import LatencySettings, measure_latency, round_ratios
 
 from _results import save
 

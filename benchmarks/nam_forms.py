@@ -22,11 +22,12 @@ from pathlib import Path
 
 import torch
 
-from namprune import checkpoint, evaluate
+from namprune import evaluate
+from namprune.core import checkpoint
 from namprune.cli import main as cli
-from namprune.datasource import calibration_images, checkpoint_data
-from namprune.files import read_json
-from namprune.gates import measure_gates
+from namprune.app.datasource import calibration_images, checkpoint_data
+from namprune.core.files import read_json
+from namprune.core.gates import measure_gates
 
 from _results import save
 

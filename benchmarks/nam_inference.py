@@ -35,14 +35,16 @@ import torch
 import torch.nn as nn
 
 import namprune
-from namprune import checkpoint, evaluate, fold_nam
-from namprune.datasource import calibration_images, checkpoint_data
-from namprune.export import to_onnx
-from namprune.files import write_json
-from namprune.gates import DEFAULT_TOLERANCE, fold_for_export
-from namprune.nam import NAM
-from namprune.quantize import onnx_accuracy
-from namprune.timing import LatencySettings, measure_latency, onnx_session, round_ratios, session_options
+from namprune import evaluate, fold_nam
+from namprune.core import checkpoint
+from namprune.app.datasource import calibration_images, checkpoint_data
+from namprune.core.onnx import to_onnx
+from namprune.core.files import write_json
+from namprune.core.gates import DEFAULT_TOLERANCE, fold_for_export
+from namprune.core.nam import NAM
+from namprune.core.quantize import onnx_accuracy
+from namprune.core.timing import LatencySettings, measure_latency, round_ratios
+from namprune.core.onnx import session, session_options
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -108,7 +110,7 @@ def main() -> None:
     for ckpt in args.checkpoints:
         models, gates, data = forms(ckpt, args.data_dir, args.gate_tolerance, args.calibration_images)
         files = {name: to_onnx(m, None)[0].SerializeToString() for name, m in models.items() if name != "nam unfolded"}
-        sessions = {name: onnx_session(blob, args.threads) for name, blob in files.items()}
+        sessions = {name: session(blob, args.threads) for name, blob in files.items()}
         timed = {**{("torch eager", n): m for n, m in models.items()},
                  **{("onnxruntime", n): s for n, s in sessions.items()}}
         records = measure_latency({f"{rt}|{n}": m for (rt, n), m in timed.items()}, settings)  # one run, side by side

@@ -20,9 +20,9 @@ import torch
 
 import namprune
 from namprune import TrainConfig, evaluate, fit, load_data, models
-from namprune.measure import count_macs
-from namprune.pruning import PruneConfig, prune
-from namprune.saliency import NORMALIZATIONS
+from namprune.core.measure import count_macs
+from namprune.core.prune import PruneConfig, prune
+from namprune.core.saliency import NORMALIZATIONS
 
 COMPARED = [n for n in NORMALIZATIONS if n != "auto"]  # auto is one of these, chosen per importance
 

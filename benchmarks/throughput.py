@@ -47,10 +47,10 @@ from torch.utils import benchmark
 from torchvision.transforms import v2
 
 import namprune
-import namprune.console
+import namprune.core.console
 from namprune import TrainConfig, fit, load_data, models
-from namprune.nam import ChannelNAM, SpatialNAM, _scaled_batch_norm, normalized_weight
-from namprune.sparsity import SparsityPenalty
+from namprune.core.nam import ChannelNAM, SpatialNAM, _scaled_batch_norm, normalized_weight
+from namprune.core.sparsity import SparsityPenalty
 
 ARCHIVE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
 SEED = 0
@@ -294,7 +294,7 @@ def main() -> None:
     args = parser.parse_args()
     global clock
     clock = args.clock
-    namprune.console.err_console.quiet = True  # fit's per-epoch lines
+    namprune.core.console.err_console.quiet = True  # fit's per-epoch lines
     torch.manual_seed(SEED)
     threads = CLOCK[clock][1] or torch.get_num_threads()
     torch.set_num_threads(threads)  # also what torch.compile generates its kernels for

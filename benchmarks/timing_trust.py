@@ -6,7 +6,7 @@ machine as it is and with busy-loop jobs added, with namprune's verdict on every
 For each number of busy-loop processes in --burn (0: the machine as it is), ResNet-20 with
 NAM folded (32x32x3) is timed in torch eager and onnxruntime, at batch 1 and 32, once with
 one thread and once with one thread per core, all side by side in interleaved rounds
-(``namprune.timing.measure_latency``). Printed: median, spread across rounds, share of time
+(``namprune.core.timing.measure_latency``). Printed: median, spread across rounds, share of time
 the timing threads waited for a CPU, and whether namprune trusts the figure.
 """
 
@@ -21,8 +21,9 @@ import sys
 import torch
 
 from namprune import fold_nam, models
-from namprune.export import to_onnx
-from namprune.timing import LatencySettings, available_cores, measure_latency, onnx_session
+from namprune.core.onnx import to_onnx
+from namprune.core.timing import LatencySettings, available_cores, measure_latency
+from namprune.core.onnx import session
 
 
 def busy_loops(count: int) -> list[subprocess.Popen]:
@@ -51,7 +52,7 @@ def main() -> None:
             for threads in sorted({1, cores}):  # each thread count is its own side-by-side run
                 settings = LatencySettings(batches=(1, 32), threads=threads, rounds=args.rounds,
                                            min_run_time=args.min_time)
-                timed = measure_latency({"torch eager": model, "onnxruntime": onnx_session(onnx_bytes, threads)},
+                timed = measure_latency({"torch eager": model, "onnxruntime": session(onnx_bytes, threads)},
                                         settings)
                 records |= {(name, threads): by_batch for name, by_batch in timed.items()}
         finally:

@@ -19,16 +19,16 @@ logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
 
 __version__ = "0.1.0"
 
-from . import models  # noqa: E402
-from .api import export_onnx, load, save  # noqa: E402
-from .attach import attach_nam  # noqa: E402
-from .fold import fold_nam  # noqa: E402
-from .data import load_data  # noqa: E402
-from .engine import TrainConfig, evaluate, fit  # noqa: E402
-from .errors import NampruneError  # noqa: E402
-from .nam import NAM, ChannelNAM, SpatialNAM, create_attention  # noqa: E402
-from .pruning import PruneConfig, PruneResult, prune  # noqa: E402
-from .sparsity import SparsityPenalty  # noqa: E402
+from .core import models  # noqa: E402
+from .core.api import export_onnx, load, save  # noqa: E402
+from .core.attach import attach_nam  # noqa: E402
+from .core.fold import fold_nam  # noqa: E402
+from .core.data import load_data  # noqa: E402
+from .core.train import TrainConfig, evaluate, fit  # noqa: E402
+from .core.errors import NampruneError  # noqa: E402
+from .core.nam import NAM, ChannelNAM, SpatialNAM, create_attention  # noqa: E402
+from .core.prune import PruneConfig, PruneResult, prune  # noqa: E402
+from .core.sparsity import SparsityPenalty  # noqa: E402
 
 __all__ = ["NAM", "ChannelNAM", "NampruneError", "PruneConfig", "PruneResult", "SpatialNAM", "SparsityPenalty",
            "TrainConfig", "attach_nam", "create_attention", "evaluate", "export_onnx", "fit", "fold_nam", "load",

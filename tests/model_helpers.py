@@ -3,7 +3,8 @@
 import torch
 import torch.nn as nn
 
-from namprune import checkpoint, load_data, models
+from namprune import load_data, models
+from namprune.core import checkpoint
 
 
 def trained_like(model: nn.Module, seed: int = 0, batches: int = 3) -> nn.Module:

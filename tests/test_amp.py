@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from namprune import TrainConfig, fit, models
-from namprune.sparsity import SparsityPenalty, penalized_parameters
+from namprune.core.sparsity import SparsityPenalty, penalized_parameters
 from tiny_data import tiny_digits
 
 

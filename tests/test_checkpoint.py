@@ -4,7 +4,8 @@ import pytest
 import torch
 
 import namprune
-from namprune import NampruneError, checkpoint, models
+from namprune import NampruneError, models
+from namprune.core import checkpoint
 
 INFO = {"name": "fake", "num_classes": 10, "in_channels": 3, "image_size": 32, "mean": [0.5] * 3, "std": [0.25] * 3,
         "classes": [str(i) for i in range(10)], "train_size": 1, "test_size": 1}

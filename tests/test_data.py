@@ -7,7 +7,7 @@ import torchvision
 from torchvision.transforms import v2
 
 from namprune import NampruneError
-from namprune.data import Augment, load_data, random_crop_flip
+from namprune.core.data import Augment, load_data, random_crop_flip
 
 
 def _normalize(info):

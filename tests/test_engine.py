@@ -4,8 +4,9 @@ import pytest
 import torch
 
 import namprune
-from namprune import NampruneError, TrainConfig, checkpoint, fit, load_data, models
-from namprune.engine import Divergence, build_optimizer, lr_factor
+from namprune import NampruneError, TrainConfig, fit, load_data, models
+from namprune.core import checkpoint
+from namprune.core.train import Divergence, build_optimizer, lr_factor
 
 FAST = dict(batch_size=32, lr=0.1, schedule="cosine", weight_decay=5e-4)
 

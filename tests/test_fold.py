@@ -6,9 +6,9 @@ import torch
 import namprune
 from model_helpers import digits_model, random_batches, save_digits_checkpoint, trained_like
 from namprune import NampruneError, fold_nam, models
-from namprune.fold import FoldedChannelNAM, FoldedNAM, FoldedSpatialNAM, fold_branch
-from namprune.nam import ChannelNAM, SpatialNAM, channel_nams, spatial_nams
-from namprune.pruning import PruneConfig, prune
+from namprune.core.fold import FoldedChannelNAM, FoldedNAM, FoldedSpatialNAM, fold_branch
+from namprune.core.nam import ChannelNAM, SpatialNAM, channel_nams, spatial_nams
+from namprune.core.prune import PruneConfig, prune
 from test_nam import _randomize
 
 

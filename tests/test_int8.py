@@ -8,11 +8,12 @@ import pytest
 
 from cli_helpers import assert_one_line_error, run_cli
 from model_helpers import digits_model, save_digits_checkpoint
-from namprune import checkpoint, load_data
+from namprune import load_data
+from namprune.core import checkpoint
 from namprune.cli import main
-from namprune.pipeline import prune_checkpoint
-from namprune.pruning import PruneConfig
-from namprune.quantize import unpruned_source
+from namprune.app.stages import prune_checkpoint
+from namprune.core.prune import PruneConfig
+from namprune.core.quantize import unpruned_source
 
 FAST = ["--rounds", "2", "--min-time", "0.02"]
 

@@ -9,13 +9,13 @@ import pytest
 
 from cli_helpers import assert_one_line_error, run_cli
 from model_helpers import digits_model, random_batches, save_digits_checkpoint
-from namprune.cost import channel_macs, count_macs
-from namprune.graph import dependency_graph
-from namprune import latency_cost
-from namprune.latency_cost import MIN_SHARE, group_costs, median_and_error
-from namprune.pruning import MACS_TOLERANCE, ROUND_TO_CANDIDATES, PruneConfig, _plan, prune
-from namprune.recipes import PruneSection
-from namprune.saliency import make_importance, score_groups
+from namprune.core.cost import channel_macs, count_macs
+from namprune.core.graph import dependency_graph
+from namprune.core import latency_cost
+from namprune.core.latency_cost import MIN_SHARE, group_costs, median_and_error
+from namprune.core.prune import MACS_TOLERANCE, ROUND_TO_CANDIDATES, PruneConfig, _plan, prune
+from namprune.app.recipes import PruneSection
+from namprune.core.saliency import make_importance, score_groups
 
 
 @pytest.fixture(scope="module")

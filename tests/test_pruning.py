@@ -6,10 +6,11 @@ import pytest
 import torch
 
 import namprune
-from namprune import TrainConfig, checkpoint, evaluate, fit, load_data, models
-from namprune.measure import count_macs, count_params
-from namprune.pruning import PruneConfig, layer_widths, prune
-from namprune.saliency import rank_model
+from namprune import TrainConfig, evaluate, fit, load_data, models
+from namprune.core import checkpoint
+from namprune.core.measure import count_macs, count_params
+from namprune.core.prune import PruneConfig, layer_widths, prune
+from namprune.core.saliency import rank_model
 
 from model_helpers import random_batches
 
@@ -160,8 +161,8 @@ def test_target_macs_lands_within_two_percent_of_the_macs(name, target, importan
 
 def test_macs_allocation_spends_score_per_mac():
     """Two groups with equal scores: the one whose channels cost more MACs loses more of them."""
-    from namprune.pruning import allocate_macs
-    from namprune.saliency import GroupSaliency
+    from namprune.core.prune import allocate_macs
+    from namprune.core.saliency import GroupSaliency
 
     groups = [GroupSaliency("cheap", [], torch.ones(10), "test"), GroupSaliency("costly", [], torch.ones(10), "test")]
     removed = allocate_macs(groups, [1.0, 4.0], PruneConfig(ratio=None, target_macs=0.5), macs_to_remove=20)

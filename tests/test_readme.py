@@ -21,7 +21,7 @@ def test_readme_quick_start_is_two_commands_and_ci_runs_exactly_them():
 def test_the_recipe_reference_lists_every_key_with_its_default():
     import yaml
 
-    from namprune.recipes import Recipe
+    from namprune.app.recipes import Recipe
 
     text = (ROOT / "README.md").read_text()
     block = re.search(r"Recipe reference.*?```yaml\n(.*?)```", text, re.S).group(1)

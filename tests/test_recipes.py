@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from cli_helpers import ROOT
 from namprune import NampruneError
-from namprune.recipes import Recipe, load_recipe, packaged_recipes
+from namprune.app.recipes import Recipe, load_recipe, packaged_recipes
 
 SHIPPED = sorted((ROOT / "recipes").glob("*.yaml"))
 REQUIRED = {"digits-resnet20", "mnist-resnet20", "cifar10-resnet20-nam", "cifar10-resnet56-nam",

@@ -10,12 +10,13 @@ from matplotlib.image import imread
 
 from cli_helpers import assert_one_line_error, run_cli
 from model_helpers import random_batches
-from namprune import NampruneError, checkpoint, evaluate, load_data, models
-from namprune.files import write_json
-from namprune.measure import LatencySettings, count_macs, count_params, measure_accuracy, measure_latency
-from namprune.pruning import PruneConfig, prune
-from namprune.report import pareto_front
-from namprune.runs import expand, find_base, load_run
+from namprune import NampruneError, evaluate, load_data, models
+from namprune.core import checkpoint
+from namprune.core.files import write_json
+from namprune.core.measure import LatencySettings, count_macs, count_params, measure_accuracy, measure_latency
+from namprune.core.prune import PruneConfig, prune
+from namprune.app.comparison import pareto_front
+from namprune.app.run_folders import expand, find_base, load_run
 from test_pruning import _scramble_scales
 
 FAST_TIMING = ["--min-time", "0.01", "--rounds", "1", "--batch", "4"]

@@ -7,9 +7,10 @@ import torch.nn as nn
 from torch._dynamo.utils import counters
 
 import namprune
-from namprune import TrainConfig, checkpoint, fit, load_data, models
-from namprune.engine import Divergence, DivergenceWatch
-from namprune.nam import NAM
+from namprune import TrainConfig, fit, load_data, models
+from namprune.core import checkpoint
+from namprune.core.train import Divergence, DivergenceWatch
+from namprune.core.nam import NAM
 from tiny_data import tiny_digits
 
 

@@ -8,9 +8,10 @@ import pytest
 
 from model_helpers import digits_model
 from namprune import NampruneError, fold_nam
-from namprune.export import to_onnx
-from namprune.timing import (DEFAULT_THREADS, LatencySettings, is_trustworthy, measure_latency, onnx_session, speedups,
-                             summary, trust_problem)
+from namprune.core.onnx import to_onnx
+from namprune.core.onnx import session
+from namprune.core.timing import (DEFAULT_THREADS, LatencySettings, is_trustworthy, measure_latency, speedups, summary,
+                                  trust_problem)
 
 FAST = dict(batches=(1, 4), rounds=3, min_run_time=0.02)
 
@@ -22,7 +23,7 @@ def model():
 
 def test_torch_and_onnxruntime_are_timed_side_by_side_into_records(model):
     onnx_bytes = to_onnx(fold_nam(model), None)[0].SerializeToString()
-    records = measure_latency({"torch": model, "file": onnx_bytes, "session": onnx_session(onnx_bytes, 2)},
+    records = measure_latency({"torch": model, "file": onnx_bytes, "session": session(onnx_bytes, 2)},
                               LatencySettings(**FAST))
     assert DEFAULT_THREADS == 1
     # a session brings its own thread count; a module or a file is timed with the settings' one
@@ -95,7 +96,7 @@ def test_bad_settings_are_refused(settings, fragment):
 
 
 def test_report_flags_untrusted_figures():
-    from namprune.report import markdown
+    from namprune.app.comparison import markdown
 
     result = {"base": "a", "settings": {**LatencySettings(batches=(1,)).describe()},
               "runs": [{"name": "a", "base": True, "params": 1, "macs": 1, "top1": 1.0, "top1_change": 0.0,

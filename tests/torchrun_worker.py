@@ -10,9 +10,10 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from namprune import TrainConfig, distributed, fit, load_data, models
-from namprune.pipeline import prune_checkpoint
-from namprune.pruning import PruneConfig, prune
+from namprune import TrainConfig, fit, load_data, models
+from namprune.core import distributed
+from namprune.app.stages import prune_checkpoint
+from namprune.core.prune import PruneConfig, prune
 
 out = Path(sys.argv[1])
 rank, world_size = distributed.rank(), distributed.world_size()

@@ -5,7 +5,7 @@ import timm
 import torch
 
 import namprune
-from namprune.measure import count_macs
+from namprune.core.measure import count_macs
 
 torch.manual_seed(0)
 data = namprune.load_data("digits", image_size=32, batch_size=64)  # any iterable of (images, labels) works

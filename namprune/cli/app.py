@@ -20,8 +20,8 @@ try:  # typer >= 0.29 carries its own copy of click
 except ImportError:  # older typer runs on click itself
     from click.exceptions import UsageError
 
-from .. import distributed
-from ..errors import NampruneError
+from ..core import distributed
+from ..core.errors import NampruneError
 
 app = typer.Typer(
     name="namprune",

@@ -9,12 +9,13 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from ..console import console
-from ..errors import NampruneError
-from ..datasource import GATE_IMAGES
-from ..export import MAX_OPSET, MIN_OPSET, TOLERANCE, ExportError, check_file, export_checkpoint, record_path
-from ..gates import DEFAULT_TOLERANCE
-from ..timing import LatencySettings, mark, summary
+from ..core.console import console
+from ..core.errors import NampruneError
+from ..app.datasource import GATE_IMAGES
+from ..app.exporting import check_file, export_checkpoint
+from ..core.onnx import MAX_OPSET, MIN_OPSET, TOLERANCE, ExportError, record_path
+from ..core.gates import DEFAULT_TOLERANCE
+from ..core.timing import LatencySettings, mark, summary
 from .app import DataDir, Overwrite, app, fail
 from .report import MinTime, Rounds, Threads
 

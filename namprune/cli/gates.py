@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch.nn as nn
 from rich.table import Table
 
-from ..datasource import calibration_images, checkpoint_data
-from ..console import console, note
-from ..gates import DEFAULT_TOLERANCE, has_gates, measure_gates
+from ..app.datasource import calibration_images, checkpoint_data
+from ..core.console import console, note
+from ..core.gates import DEFAULT_TOLERANCE, has_gates, measure_gates
 
 
 def print_gate_spread(model: nn.Module, payload: dict, data_dir=None, tolerance: float = DEFAULT_TOLERANCE) -> list[dict] | None:

@@ -8,17 +8,17 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from .. import checkpoint
-from ..console import console
-from ..files import write_json
-from ..calibrate import DEFAULT_IMAGES
-from ..engine import resolve_device
-from ..errors import NampruneError
-from ..pipeline import DEFAULT_DISTILL, compatible_data, prune_checkpoint
-from ..plots import plot_ranking
-from ..latency_cost import LATENCY_TOLERANCE, RUNTIMES
-from ..pruning import DEFAULT_RATIO, PruneConfig
-from ..saliency import DEFAULT_IMPORTANCE, DEFAULT_NORMALIZATION, IMPORTANCES, NEAR_ZERO, NEEDS_DATA, rank_model
+from ..core import checkpoint
+from ..core.console import console
+from ..core.files import write_json
+from ..core.calibrate import DEFAULT_IMAGES
+from ..core.train import resolve_device
+from ..core.errors import NampruneError
+from ..app.stages import DEFAULT_DISTILL, compatible_data, prune_checkpoint
+from ..app.plots import plot_ranking
+from ..core.latency_cost import LATENCY_TOLERANCE, RUNTIMES
+from ..core.prune import DEFAULT_RATIO, PruneConfig
+from ..core.saliency import DEFAULT_IMPORTANCE, DEFAULT_NORMALIZATION, IMPORTANCES, NEAR_ZERO, NEEDS_DATA, rank_model
 from .app import DataDir, Device, JsonOut, Overwrite, Quiet, app
 from .gates import print_gate_spread
 

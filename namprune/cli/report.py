@@ -7,21 +7,21 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..console import console, note
-from ..engine import resolve_device
-from ..errors import NampruneError
-from ..files import write_json, write_text
-from ..measure import LatencySettings
-from ..pipeline import compatible_data
-from ..plots import plot_layer_widths, plot_pareto
-from ..pruning import PruneConfig
-from ..report import check_outputs, compare, csv_text, fronts, markdown, print_table
-from ..runs import expand, find_base
-from ..calibrate import DEFAULT_IMAGES
-from ..pipeline import DEFAULT_DISTILL
-from ..saliency import DEFAULT_IMPORTANCE, DEFAULT_NORMALIZATION
-from ..sweep import run_sweep, sweep_configs
-from ..timing import DEFAULT_THREADS, MAX_SPREAD
+from ..core.console import console, note
+from ..core.train import resolve_device
+from ..core.errors import NampruneError
+from ..core.files import write_json, write_text
+from ..core.measure import LatencySettings
+from ..app.stages import compatible_data
+from ..app.plots import plot_layer_widths, plot_pareto
+from ..core.prune import PruneConfig
+from ..app.comparison import check_outputs, compare, csv_text, fronts, markdown, print_table
+from ..app.run_folders import expand, find_base
+from ..core.calibrate import DEFAULT_IMAGES
+from ..app.stages import DEFAULT_DISTILL
+from ..core.saliency import DEFAULT_IMPORTANCE, DEFAULT_NORMALIZATION
+from ..app.sweep import run_sweep, sweep_configs
+from ..core.timing import DEFAULT_THREADS, MAX_SPREAD
 from .app import DataDir, Device, JsonOut, Overwrite, Quiet, app
 from .prune import (CalibrationImages, Distill, FinetuneBatch, FinetuneEpochs, FinetuneLr, Importance, LatencyRuntime,
                     MaxLayerRatio, Normalization, Recalibrate, RoundTo, Scope, Seed, parse_round_to)

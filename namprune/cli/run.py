@@ -7,11 +7,11 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..console import console
-from ..files import read_json
-from ..recipes import load_recipe
-from ..report import print_table
-from ..workflow import run_recipe
+from ..core.console import console
+from ..core.files import read_json
+from ..app.recipes import load_recipe
+from ..app.comparison import print_table
+from ..app.recipe_run import run_recipe
 from .app import DataDir, Device, Overwrite, Quiet, app
 
 Set = Annotated[Optional[list[str]], typer.Option("--set", help="Override a recipe value: --set prune.ratio=0.5 (repeatable; the value is read as YAML).", metavar="KEY=VALUE")]

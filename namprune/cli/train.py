@@ -8,16 +8,16 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from .. import checkpoint, models
-from ..console import console
-from ..data import DATASETS
-from ..engine import TrainConfig, evaluate, resolve_device
-from ..errors import NampruneError
-from ..files import write_json
-from ..measure import count_macs, count_params
-from ..nam import ATTENTIONS
-from ..pipeline import compatible_data, resume_training, train_model
-from ..sparsity import DEFAULT_STRENGTH, DEFAULT_TARGETS, TARGETS
+from ..core import checkpoint, models
+from ..core.console import console
+from ..core.data import DATASETS
+from ..core.train import TrainConfig, evaluate, resolve_device
+from ..core.errors import NampruneError
+from ..core.files import write_json
+from ..core.measure import count_macs, count_params
+from ..core.nam import ATTENTIONS
+from ..app.stages import compatible_data, resume_training, train_model
+from ..core.sparsity import DEFAULT_STRENGTH, DEFAULT_TARGETS, TARGETS
 from .app import DataDir, Device, JsonOut, Overwrite, Quiet, Workers, app
 from .gates import print_gate_spread
 

@@ -40,7 +40,7 @@ def save(path: str | Path, model: nn.Module, data_info: dict | None = None, metr
     if spec is None:
         raise NampruneError("this model was not built by namprune.models.create: save it with "
                             "namprune.save(model, path, example_input=x)")
-    from . import __version__
+    from .. import __version__
 
     payload = {
         "format": FORMAT,

@@ -1,21 +1,11 @@
-"""ONNX export of a checkpoint, checked against torch with onnxruntime, with measured latency.
-
-``export_checkpoint`` folds the NAM branches (``fold_nam``), exports with torch's dynamo
-exporter (falling back to the TorchScript exporter when it fails, or when it cannot give
-the opset asked for), runs the file in onnxruntime next to the unfolded torch model, and
-only then writes the ONNX file and its record beside it (``model.onnx`` ->
-``model.export.json``, so several exports share a folder). A file that fails the check is
-not written.
+"""ONNX in one place: export a module (torch's dynamo exporter, the TorchScript one as the
+fallback), open it in onnxruntime on the CPU, and check it against torch.
 
 Parity: on every input batch both runtimes produce logits ``a`` (torch, the reference) and
 ``b`` (onnxruntime). The *relative difference* is ``max|a - b| / max|a|`` over all logits
 of all batches: the largest deviation measured against the scale of the logits, which
 stays meaningful where single logits are near zero (an element-wise ratio would blow up
 there). It must stay under ``TOLERANCE`` and every image must get the same top-1 class.
-
-NAM gates that act as constants on training images are replaced by them before export
-(``gates.fold_for_export``); the check holds the file to the model exported, and reports the
-difference from the unfolded model and its test top-1. ``--int8``: ``quantize``.
 """
 
 from __future__ import annotations
@@ -32,18 +22,9 @@ import onnxruntime as ort
 import torch
 import torch.nn as nn
 
-from . import checkpoint
-from .calibrate import check_count
-from .datasource import GATE_IMAGES, calibration_images, checkpoint_data
 from .console import note
-from .engine import evaluate
 from .errors import NampruneError
-from .files import read_json, write_atomic, write_json
-from .gates import DEFAULT_TOLERANCE, check_tolerance, fold_for_export, has_gates
 from .graph import example_input
-from .measure import count_params
-from .quantize import int8_path, int8_record, onnx_accuracy, quantize_int8, unpruned_source
-from .timing import LatencySettings, measure_latency, session_options, speedups
 
 TOLERANCE = 1e-4
 # torch's exporters: the dynamo one implements opsets 18+ (lower ones through a version
@@ -52,7 +33,7 @@ TOLERANCE = 1e-4
 MIN_OPSET, TORCHSCRIPT_MAX_OPSET = 7, 20
 MAX_OPSET = min(26, onnx.defs.onnx_opset_version())
 INPUT, OUTPUT = "input", "logits"
-RANDOM_SAMPLES, TEST_SAMPLES = 16, 64
+RANDOM_SAMPLES = 16  # seeded random images of the check
 
 
 class ExportError(RuntimeError):
@@ -87,6 +68,7 @@ def check_opset(opset: int | None) -> int | None:
     return opset
 
 
+
 def record_path(onnx_path: str | Path) -> Path:
     """The JSON record of an export, named after its ONNX file: ``dir/a.onnx`` -> ``dir/a.export.json``."""
     return Path(onnx_path).with_suffix(".export.json")
@@ -102,9 +84,6 @@ def output_paths(out: str | Path, overwrite: bool) -> tuple[Path, Path]:
         if path.exists() and not overwrite:
             raise NampruneError(f"{path} already exists; pass --overwrite to replace it")
     return onnx_path, json_path
-
-
-# --------------------------------------------------------------------------- export
 
 
 def input_shape(model: nn.Module, batch: int) -> tuple[int, ...]:
@@ -194,8 +173,20 @@ def onnx_params(proto: onnx.ModelProto) -> int:
 # --------------------------------------------------------------------------- onnxruntime
 
 
+def session_options(threads: int | None = None) -> ort.SessionOptions:
+    """CPU session options with ``threads`` intra-op threads (default ``timing.DEFAULT_THREADS``: one)."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or 1
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3  # errors only
+    # Idle onnxruntime threads spin by default, competing with torch's threads and with
+    # other jobs for the cores; a fair measurement wants them asleep.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
+
+
 def session(model: bytes | str | Path, threads: int | None = None) -> ort.InferenceSession:
-    """A CPU onnxruntime session with ``threads`` intra-op threads (``timing.session_options``)."""
+    """A CPU onnxruntime session with ``threads`` intra-op threads (``session_options``)."""
     source = str(model) if isinstance(model, Path) else model
     try:
         return ort.InferenceSession(source, session_options(threads), providers=["CPUExecutionProvider"])
@@ -269,135 +260,3 @@ def check_parity(model: nn.Module, sess: ort.InferenceSession, test_images: torc
                               f"{r['top1_agree']}/{r['images']} images")
     return {"tolerance": TOLERANCE, "definition": "max|onnxruntime - torch| / max|torch| over all logits",
             "results": results}
-
-
-def removal_effect(model: nn.Module, sess: ort.InferenceSession, images: torch.Tensor | None, data) -> dict:
-    """What replacing gates by constants changed: the file against the unfolded ``model`` (on
-    test images, else the check's random inputs), and top-1 on the whole test split."""
-    x = images if images is not None else torch.randn(input_shape(model, RANDOM_SAMPLES),
-                                                        generator=torch.Generator().manual_seed(0))
-    c = compare(model, sess, x, f"{'test images' if images is not None else 'random'} vs unfolded")
-    effect = {"vs_unfolded": {**c, "ok": None}, "max_rel_diff_vs_unfolded": c["max_rel_diff"]}
-    if data is not None:
-        unfolded, exported = evaluate(model, data.test, "cpu")["top1"], onnx_accuracy(sess, data.test)
-        effect |= {"top1_unfolded": unfolded, "top1_exported": exported["top1"], "test_images": exported["images"],
-                   "top1_change": round(exported["top1"] - unfolded, 4)}
-    return effect
-
-
-# --------------------------------------------------------------------------- the whole job
-
-
-def export_checkpoint(ckpt: str | Path, out: str | Path, opset: int | None = None, batch: str | int = "dynamic",
-                      fold: bool = True, check: bool = True, optimize: bool = True,
-                      latency: bool | LatencySettings = True, data_dir=None, overwrite: bool = False,
-                      threads: int | None = None, gate_tolerance: float = DEFAULT_TOLERANCE, int8: bool = False,
-                      calibration: int = GATE_IMAGES) -> dict:
-    """Export a checkpoint to ``out`` (ONNX) and its record beside it (``record_path``); returns the report.
-
-    Raises ``NampruneError`` for bad arguments (before any work) and ``ExportError`` when
-    both exporters fail or the check fails; then nothing is written. ``latency``: True (the
-    default settings with ``threads``), False, or the ``LatencySettings`` to time with.
-    ``gate_tolerance``: NAM gates whose spread on ``calibration`` training images is at most
-    this are replaced by constants. ``int8`` also writes ``<out stem>.int8.onnx``.
-    """
-    fixed = parse_batch(batch)
-    settings = latency if isinstance(latency, LatencySettings) else LatencySettings(threads=threads) if latency else None
-    check_opset(opset)
-    check_tolerance(gate_tolerance)
-    check_count(calibration)
-    onnx_path, json_path = output_paths(out, overwrite)
-    if int8 and int8_path(onnx_path).exists() and not overwrite:
-        raise NampruneError(f"{int8_path(onnx_path)} already exists; pass --overwrite to replace it")
-    payload = checkpoint.read(ckpt)
-    model = checkpoint.build(payload).eval()
-    data = checkpoint_data(payload, data_dir) if check or int8 or fold and has_gates(model) else None
-    if int8 and data is None:
-        raise NampruneError(f"--int8 calibrates on {payload['data']['name']} training images: give --data-dir")
-    calib = calibration_images(data, calibration)
-    images = test_images(data) if check else None
-    exported, gates = fold_for_export(model, calib, gate_tolerance) if fold else (model, None)
-
-    proto, exporter = to_onnx(exported, fixed, opset, optimize)
-    onnx_bytes = proto.SerializeToString()
-    sess = session(onnx_bytes, settings.num_threads if settings else None)
-    parity = check_parity(exported, sess, images) if check else None
-    if gates and gates["removed"]:  # the check above held the file to what was exported; this, to the checkpoint
-        gates |= removal_effect(model, sess, images, data)
-        parity = parity and {**parity, "vs_unfolded": gates.pop("vs_unfolded")}
-    files = {onnx_path: onnx_bytes}
-    timed = {"onnxruntime": sess, "torch_eager": model, **({"torch_eager_folded": exported} if fold else {})}
-    int8_report = None
-    if int8:
-        files[int8_path(onnx_path)] = quantize_int8(onnx_bytes, calib, fixed)
-        timed["onnxruntime_int8"] = sess8 = session(files[int8_path(onnx_path)], settings and settings.num_threads)
-        int8_report = int8_record(sess, sess8, files[int8_path(onnx_path)], int8_path(onnx_path), data, len(calib))
-        source = unpruned_source(ckpt)
-        int8_report["unpruned_source"] = str(source) if source else None
-        if source and settings:
-            timed["onnxruntime_unpruned"] = unpruned_session(source, calib, gate_tolerance, fixed, opset, optimize,
-                                                             settings.num_threads)
-    timings = measure_latency(timed, settings) if settings else None
-    if int8_report and timings:
-        int8_report["speedup_vs_fp32"] = speedups(timings, "onnxruntime", "onnxruntime_int8")
-        if "onnxruntime_unpruned" in timings:
-            int8_report["speedup_vs_unpruned_fp32"] = {
-                "fp32": speedups(timings, "onnxruntime_unpruned", "onnxruntime"),
-                "int8": speedups(timings, "onnxruntime_unpruned", "onnxruntime_int8")}
-    report = {
-        "source": str(checkpoint.model_file(ckpt)), "onnx": str(onnx_path),
-        "model": payload["arch"]["name"], "attention": payload["arch"]["attention"],
-        "pruning_steps": len(payload.get("pruning_history") or []),
-        "exporter": exporter, "opset": opset_of(proto), "batch": fixed or "dynamic",
-        "input_shape": [fixed or "batch", *input_shape(model, 1)[1:]],
-        "folded": fold, "optimized": optimize, "nam_gates": gates,
-        "file_bytes": len(onnx_bytes), "params": count_params(model), "onnx_params": onnx_params(proto),
-        "parity": parity, "int8": int8_report,
-        "latency": {"settings": settings.describe(), "records": timings} if timings else None,
-        "versions": {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": ort.__version__},
-    }
-    for path, content in files.items():
-        write_atomic(path, lambda tmp, content=content: tmp.write_bytes(content))
-    write_json(json_path, report)
-    return report
-
-
-def test_images(data) -> torch.Tensor | None:
-    """Up to ``TEST_SAMPLES`` test images for the check (the first test batch: 128), None without data."""
-    return None if data is None else next(iter(data.test))[0][:TEST_SAMPLES].cpu()
-
-
-def unpruned_session(source: Path, calib, gate_tolerance: float, fixed, opset, optimize, threads) -> ort.InferenceSession:
-    """The unpruned model exported as ``namprune export`` would, for timing next to the pruned one."""
-    model = checkpoint.load(source).eval()
-    exported, _ = fold_for_export(model, calib, gate_tolerance)
-    return session(to_onnx(exported, fixed, opset, optimize)[0].SerializeToString(), threads)
-
-
-def check_file(ckpt: str | Path, onnx_file: str | Path, data_dir=None, gate_tolerance: float | None = None,
-               calibration: int | None = None) -> dict:
-    """Check an existing ONNX file against the checkpoint it came from, folded and with its constant
-    gates removed as its export did (as recorded beside it, unless given); raises ``ExportError``
-    with the measured difference if it disagrees."""
-    onnx_file = Path(onnx_file)
-    if not onnx_file.is_file():
-        raise NampruneError(f"no ONNX file at {onnx_file}")
-    recorded = recorded_gates(onnx_file)
-    gate_tolerance = check_tolerance(recorded.get("tolerance", DEFAULT_TOLERANCE) if gate_tolerance is None else gate_tolerance)
-    calibration = check_count(recorded.get("calibration_images") or GATE_IMAGES if calibration is None else calibration)
-    payload = checkpoint.read(ckpt)
-    model = checkpoint.build(payload).eval()
-    try:
-        sess = session(onnx_file)
-    except ExportError as exc:  # here the file is the user's input, not the export's output
-        raise NampruneError(str(exc)) from None
-    data = checkpoint_data(payload, data_dir)
-    exported, _ = fold_for_export(model, calibration_images(data, calibration), gate_tolerance)
-    return check_parity(exported, sess, test_images(data))
-
-
-def recorded_gates(onnx_file: Path) -> dict:
-    """The ``nam_gates`` record of the export that wrote ``onnx_file`` ({} when there is none)."""
-    json_path = output_paths(onnx_file, overwrite=True)[1]
-    report = read_json(json_path) if json_path.is_file() else {}
-    return (report.get("nam_gates") or {}) if Path(report.get("onnx", "")).name == onnx_file.name else {}

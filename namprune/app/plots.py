@@ -21,9 +21,9 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from .errors import NampruneError
-from .files import write_atomic
-from .saliency import NEAR_ZERO, Ranking
+from ..core.errors import NampruneError
+from ..core.files import write_atomic
+from ..core.saliency import NEAR_ZERO, Ranking
 
 DPI = 110
 MAPS_PER_ROW = 8

@@ -19,12 +19,12 @@ from rich.console import Console
 from rich.measure import Measurement
 from rich.table import Table
 
-from . import checkpoint
-from .console import console
-from .errors import NampruneError
-from .measure import LatencySettings, measure_accuracy, measure_cost, measure_latency
-from .timing import mark, summary, trust_problem
-from .runs import Run, display_names
+from ..core import checkpoint
+from ..core.console import console
+from ..core.errors import NampruneError
+from ..core.measure import LatencySettings, measure_accuracy, measure_cost, measure_latency
+from ..core.timing import mark, summary, trust_problem
+from .run_folders import Run, display_names
 
 
 def compare(runs: list[Run], base: Run, settings: LatencySettings = LatencySettings(),

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import torch
 
-from .calibrate import calibration_batches
-from .data import DataBundle
-from .pipeline import compatible_data
+from ..core.calibrate import calibration_batches
+from ..core.data import DataBundle
+from .stages import compatible_data
 
 GATE_IMAGES = 256  # for the gates' spread and INT8 ranges: stable ranges, a second of work on ResNet-56
 BUILT_IN_DATA = ("digits", "fake")  # datasets that need no --data-dir

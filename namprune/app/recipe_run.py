@@ -23,16 +23,18 @@ from typing import Callable
 
 import yaml
 
-from . import checkpoint, plots
-from .console import note
-from .errors import NampruneError
-from .files import commit_dir, run_dir, staging_dir, write_json, write_text
-from .measure import LatencySettings
-from .pipeline import compatible_data, finetune_pruned, prune_checkpoint, resume_training, train_model
+from ..core import checkpoint
+from . import plots
+from ..core.console import note
+from ..core.errors import NampruneError
+from ..core.files import commit_dir, run_dir, staging_dir, write_json, write_text
+from ..core.measure import LatencySettings
+from .exporting import export_checkpoint
+from .stages import compatible_data, finetune_pruned, prune_checkpoint, resume_training, train_model
 from .recipes import Recipe
-from .report import compare, csv_text, fronts, markdown
-from .runs import load_run
-from .saliency import rank_model
+from .comparison import compare, csv_text, fronts, markdown
+from .run_folders import load_run
+from ..core.saliency import rank_model
 
 STAGES = ("train", "rank", "prune", "finetune", "report", "export")
 
@@ -154,8 +156,6 @@ def _report(job: Job) -> None:
 
 
 def _export(job: Job) -> None:
-    from .export import export_checkpoint
-
     e = job.recipe.export
     with run_dir(job.folder("export"), overwrite=True) as stage:
         export_checkpoint(job.final_model, stage / "model.onnx", opset=e.opset, batch=e.batch, fold=e.fold,

@@ -40,6 +40,7 @@ import torch.utils.benchmark as benchmark
 
 from .errors import NampruneError
 from .graph import example_input
+from .onnx import fixed_batch, session
 
 # One thread by default: it is what torch.utils.benchmark defaults to, and it holds up on
 # a shared machine (two threads on two busy cores measured 1170 ms where one took 20 ms;
@@ -139,7 +140,7 @@ class OnnxRunner(Runner):
 
     def __init__(self, sess: ort.InferenceSession):
         self.sess, self.input_name = sess, sess.get_inputs()[0].name
-        self.fixed_batch = _fixed_batch(sess)
+        self.fixed_batch = fixed_batch(sess)
         # the session's own thread count (0: onnxruntime's default, one per core)
         self.threads = sess.get_session_options().intra_op_num_threads or available_cores()
 
@@ -153,28 +154,6 @@ class OnnxRunner(Runner):
         self.sess.run(None, {self.input_name: x})
 
 
-def _fixed_batch(sess: ort.InferenceSession) -> int | None:
-    first = sess.get_inputs()[0].shape[0]
-    return first if isinstance(first, int) and first > 0 else None
-
-
-def session_options(threads: int | None = None) -> ort.SessionOptions:
-    """CPU session options with ``threads`` intra-op threads (default ``DEFAULT_THREADS``)."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads or DEFAULT_THREADS
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3  # errors only
-    # Idle onnxruntime threads spin by default, competing with torch's threads and with
-    # other jobs for the cores; a fair measurement wants them asleep.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return options
-
-
-def onnx_session(model: bytes | str | Path, threads: int | None = None) -> ort.InferenceSession:
-    source = str(model) if isinstance(model, Path) else model
-    return ort.InferenceSession(source, session_options(threads), providers=["CPUExecutionProvider"])
-
-
 def runner_for(model, settings: LatencySettings) -> Runner:
     """A torch module, an onnxruntime session, or ONNX bytes / a file (a session is made with
     ``settings``' threads)."""
@@ -185,7 +164,7 @@ def runner_for(model, settings: LatencySettings) -> Runner:
     if isinstance(model, ort.InferenceSession):
         return OnnxRunner(model)
     if isinstance(model, (bytes, str, Path)):
-        return OnnxRunner(onnx_session(model, settings.num_threads))
+        return OnnxRunner(session(model, settings.num_threads))
     raise TypeError(f"cannot time a {type(model).__name__}")
 
 
@@ -349,5 +328,5 @@ def mark(record: dict) -> str:
 
 
 __all__ = ["CLEAN_HINT", "DEFAULT_THREADS", "MAX_CPU_WAIT", "MAX_SPREAD", "LatencySettings", "OnnxRunner", "Runner",
-           "TorchRunner", "available_cores", "is_trustworthy", "mark", "measure_latency", "onnx_session", "problems",
-           "record", "round_ratios", "session_options", "speedups", "summary", "trust_problem"]
+           "TorchRunner", "available_cores", "is_trustworthy", "mark", "measure_latency", "problems",
+           "record", "round_ratios", "speedups", "summary", "trust_problem"]

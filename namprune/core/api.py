@@ -18,7 +18,10 @@ from . import checkpoint
 from .attach import attach_nam, has_nam, remember_input
 from .distributed import unwrap
 from .errors import NampruneError
+from .files import write_atomic, write_json
 from .fold import fold_nam, refuse_folded
+from .onnx import (_torchscript_export, check_opset, check_parity, input_shape, onnx_params, opset_of, output_paths,
+                   parse_batch, session, to_onnx)
 from .graph import example_input, replay_history
 from .models import CUSTOM
 
@@ -99,34 +102,32 @@ def export_onnx(model: nn.Module, path: str | Path, example_input: torch.Tensor 
                 test_images: torch.Tensor | None = None, overwrite: bool = False, exporter: str = "dynamo") -> dict:
     """Export ``model`` to the ONNX file ``path`` (NAM folded) after checking it in onnxruntime
     against torch on random inputs (and ``test_images``, when given); writes the record
-    ``<name>.export.json`` beside it and returns it. A failed check writes nothing.
+    ``<name>.json`` beside it and returns it. A failed check writes nothing.
 
     ``exporter``: ``dynamo`` (torch's current exporter, the TorchScript one taking over if
     it fails) or ``torchscript`` (much faster to run, for models it handles)."""
-    from . import export
-
     if example_input is not None:
         remember_input(model, example_input)
-    fixed = export.parse_batch(batch)
-    export.check_opset(opset)
-    onnx_path, json_path = export.output_paths(path, overwrite)
+    fixed = parse_batch(batch)
+    check_opset(opset)
+    onnx_path, json_path = output_paths(path, overwrite)
     model = unwrap(model).eval()
     exported = fold_nam(model) if fold else model
     if exporter == "torchscript":
-        example = torch.randn(export.input_shape(exported, fixed or 2), generator=torch.Generator().manual_seed(0))
-        proto = export._torchscript_export(exported, example, fixed is None, opset, True)
+        example = torch.randn(input_shape(exported, fixed or 2), generator=torch.Generator().manual_seed(0))
+        proto = _torchscript_export(exported, example, fixed is None, opset, True)
     elif exporter == "dynamo":
-        proto, exporter = export.to_onnx(exported, fixed, opset)
+        proto, exporter = to_onnx(exported, fixed, opset)
     else:
         raise NampruneError(f"unknown exporter {exporter!r}; choose dynamo or torchscript")
     data = proto.SerializeToString()
-    parity = export.check_parity(model, export.session(data), test_images) if check else None
-    record = {"onnx": str(onnx_path), "exporter": exporter, "opset": export.opset_of(proto), "batch": fixed or "dynamic",
+    parity = check_parity(model, session(data), test_images) if check else None
+    record = {"onnx": str(onnx_path), "exporter": exporter, "opset": opset_of(proto), "batch": fixed or "dynamic",
               "input_shape": [fixed or "batch", *example_input_shape(model)], "folded": fold,
               "file_bytes": len(data), "params": sum(p.numel() for p in model.parameters()),
-              "onnx_params": export.onnx_params(proto), "parity": parity}
-    export.write_atomic(onnx_path, lambda tmp: tmp.write_bytes(data))
-    export.write_json(json_path, record)
+              "onnx_params": onnx_params(proto), "parity": parity}
+    write_atomic(onnx_path, lambda tmp: tmp.write_bytes(data))
+    write_json(json_path, record)
     return record
 
 

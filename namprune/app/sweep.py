@@ -15,16 +15,16 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from . import checkpoint
-from .console import note
-from .errors import NampruneError
-from .files import check_out_dir, run_dir, write_json
-from .measure import LatencySettings
-from .pipeline import DEFAULT_DISTILL, prune_checkpoint
+from ..core import checkpoint
+from ..core.console import note
+from ..core.errors import NampruneError
+from ..core.files import check_out_dir, run_dir, write_json
+from ..core.measure import LatencySettings
+from .stages import DEFAULT_DISTILL, prune_checkpoint
 from .plots import plot_layer_widths, plot_pareto
-from .pruning import PruneConfig
-from .report import compare, fronts
-from .runs import load_run
+from ..core.prune import PruneConfig
+from .comparison import compare, fronts
+from .run_folders import load_run
 
 
 def sweep_configs(base: PruneConfig, ratios: list[float], target_macs: list[float],

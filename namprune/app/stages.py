@@ -14,16 +14,16 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from . import checkpoint, distributed, models
-from .console import is_main_process
-from .data import DataBundle, load_data
-from .calibrate import recalibrate_batchnorm
-from .engine import TRAIN_STATE, TrainConfig, evaluate, fit, load_train_state, resolve_device, seed_everything
-from .errors import NampruneError
-from .files import check_out_dir, read_json, run_dir, staging_dir, write_json
-from .cost import count_macs, count_params
-from .pruning import PruneConfig, prune
-from .saliency import resolve_normalization
+from ..core import checkpoint, distributed, models
+from ..core.console import is_main_process
+from ..core.data import DataBundle, load_data
+from ..core.calibrate import recalibrate_batchnorm
+from ..core.train import TRAIN_STATE, TrainConfig, evaluate, fit, load_train_state, resolve_device, seed_everything
+from ..core.errors import NampruneError
+from ..core.files import check_out_dir, read_json, run_dir, staging_dir, write_json
+from ..core.cost import count_macs, count_params
+from ..core.prune import PruneConfig, prune
+from ..core.saliency import resolve_normalization
 
 DEFAULT_DISTILL = 0.0  # weight of distillation from the unpruned model while fine-tuning
 

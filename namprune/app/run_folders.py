@@ -24,8 +24,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import checkpoint
-from .errors import NampruneError
+from ..core import checkpoint
+from ..core.errors import NampruneError
 
 KINDS = ("trained", "pruned", "checkpoint")
 

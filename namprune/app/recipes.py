@@ -21,16 +21,16 @@ from typing import Annotated, Literal, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .data import DATASETS
-from .engine import AMP_MODES, OPTIMIZERS, SCHEDULES, TrainConfig
-from .errors import NampruneError
-from .models import check_name
-from .nam import ATTENTIONS
-from .pipeline import DEFAULT_DISTILL
-from .latency_cost import RUNTIMES
-from .pruning import DEFAULT_RATIO, SCOPES, PruneConfig
-from .saliency import IMPORTANCES, NORMALIZATIONS
-from .sparsity import DEFAULT_STRENGTH, DEFAULT_TARGETS, TARGETS
+from ..core.data import DATASETS
+from ..core.train import AMP_MODES, OPTIMIZERS, SCHEDULES, TrainConfig
+from ..core.errors import NampruneError
+from ..core.models import check_name
+from ..core.nam import ATTENTIONS
+from .stages import DEFAULT_DISTILL
+from ..core.latency_cost import RUNTIMES
+from ..core.prune import DEFAULT_RATIO, SCOPES, PruneConfig
+from ..core.saliency import IMPORTANCES, NORMALIZATIONS
+from ..core.sparsity import DEFAULT_STRENGTH, DEFAULT_TARGETS, TARGETS
 
 
 def _choice(values):

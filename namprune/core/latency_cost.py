@@ -25,6 +25,7 @@ import torch.nn as nn
 
 from .errors import NampruneError
 from .fold import fold_nam
+from .onnx import to_onnx
 from .timing import CLEAN_HINT, LatencySettings, measure_latency
 
 RUNTIMES = ("onnxruntime", "torch")
@@ -72,8 +73,6 @@ class LatencyMeter:
         folded = fold_nam(model)  # a copy in eval mode
         if self.runtime == "torch":
             return folded
-        from .export import to_onnx  # the export module imports the pruning stack: import on use
-
         return to_onnx(folded, self.batch)[0].SerializeToString()
 
 
