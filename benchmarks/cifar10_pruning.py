@@ -32,7 +32,7 @@ import re
 import statistics
 import tarfile
 import time
-from dataclasses import replace
+
 from pathlib import Path
 
 import torch
@@ -43,11 +43,14 @@ from namprune.core import checkpoint
 from namprune.core.calibrate import recalibrate_batchnorm
 from namprune.app.exporting import export_checkpoint
 from namprune.core.files import read_json, staging_dir, write_json, write_text
-from namprune.app.stages import DEFAULT_DISTILL, compatible_data, prune_checkpoint, resume_training, train_model
-from namprune.core.prune import PruneConfig, prune
-from namprune.core.saliency import DEFAULT_IMPORTANCE, IMPORTANCES
-from namprune.core.timing import LatencySettings, measure_latency, speedups
-from namprune.core.sparsity import PAPER_STRENGTH, PAPER_TARGETS
+from namprune.core.settings import DEFAULT_DISTILL, FinetuneSettings
+from namprune.app.stages import compatible_data, prune_checkpoint, resume_training, train_model
+from namprune.core.settings import PruneConfig
+from namprune.core.prune import prune
+from namprune.core.settings import DEFAULT_IMPORTANCE, IMPORTANCES
+from namprune.core.settings import LatencySettings
+from namprune.core.timing import measure_latency, speedups
+from namprune.core.settings import PAPER_STRENGTH, PAPER_TARGETS
 
 ROOT = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- cifar10_pruning:begin -->", "<!-- cifar10_pruning:end -->"
@@ -137,7 +140,7 @@ def train(base: str, seed: int, data_dir: Path, args) -> None:
         resume_training(out, data_dir, progress=False)
         return
     attention, changes = BASES[base]
-    cfg = replace(TrainConfig(epochs=args.epochs, batch_size=128, lr=0.1, seed=seed), **changes)
+    cfg = TrainConfig(epochs=args.epochs, batch_size=128, lr=0.1, seed=seed).with_(**changes)
     print(f"training base {base}, seed {seed}", flush=True)
     train_model("resnet20", "cifar10", cfg, out, data_dir=data_dir, attention=attention, progress=False)
 
@@ -152,8 +155,8 @@ def prune_and_finetune(method: str, seed: int, data_dir: Path, args) -> dict:
     if not out.exists():
         print(f"pruning {method}, seed {seed}", flush=True)
         cfg = PruneConfig(ratio=None, target_macs=args.target_macs, importance=importance, seed=seed)
-        prune_checkpoint(base_dir(base, seed, args), cfg, out, finetune_epochs=args.finetune_epochs,
-                         finetune_lr=args.finetune_lr, data_dir=data_dir, progress=False, resume=True, distill=distill)
+        finetune = FinetuneSettings(epochs=args.finetune_epochs, lr=args.finetune_lr, distill=distill)
+        prune_checkpoint(base_dir(base, seed, args), cfg, out, finetune, data_dir=data_dir, progress=False, resume=True)
     report = read_json(out / "report.json")
     return {"method": method, "seed": seed, "base": base, "importance": importance, "distill": distill,
             "folder": str(out), "base_folder": str(base_dir(base, seed, args)),
@@ -200,7 +203,7 @@ def side_by_side(folders: list[str], data_dir: Path, args) -> dict:
         for run in (Path(folder), Path(read_json(Path(folder) / "report.json")["source"]).parent):
             target = run.with_name(f"onnx-{run.name}") / "model.onnx"
             if not target.exists():
-                export_checkpoint(run, target, data_dir=data_dir, latency=False)
+                export_checkpoint(run, target, data_dir=data_dir, latency=None)
             files[str(run)] = target
     records = measure_latency(files, LatencySettings(rounds=7))
     return {"settings": "1 thread, median of 7 interleaved rounds", "records": records,

@@ -29,11 +29,14 @@ from namprune.core import checkpoint
 from namprune.app.datasource import calibration_images, checkpoint_data
 from namprune.core.onnx import to_onnx
 from namprune.core.files import write_json
-from namprune.core.gates import DEFAULT_TOLERANCE, fold_for_export
+from namprune.core.settings import GATE_TOLERANCE
+from namprune.core.gates import fold_for_export
 from namprune.core.measure import count_macs
-from namprune.core.prune import PruneConfig, prune
+from namprune.core.settings import PruneConfig
+from namprune.core.prune import prune
 from namprune.core.quantize import onnx_accuracy, quantize_int8, unpruned_source
-from namprune.core.timing import LatencySettings, measure_latency, round_ratios
+from namprune.core.settings import LatencySettings
+from namprune.core.timing import measure_latency, round_ratios
 from namprune.core.onnx import session
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,7 +80,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--unpruned", type=Path, default=None)
     parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--gate-tolerance", type=float, default=DEFAULT_TOLERANCE)
+    parser.add_argument("--gate-tolerance", type=float, default=GATE_TOLERANCE)
     parser.add_argument("--calibration-images", type=int, default=256)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=7)

@@ -19,8 +19,11 @@ import time
 import torch
 
 from namprune import models
-from namprune.core.measure import LatencySettings, measure_cost, measure_latency
-from namprune.core.prune import PruneConfig, prune
+from namprune.core.settings import LatencySettings
+from namprune.core.timing import settings_record
+from namprune.core.measure import measure_cost, measure_latency
+from namprune.core.settings import PruneConfig
+from namprune.core.prune import prune
 
 
 def scramble_scales(model: torch.nn.Module, seed: int) -> None:
@@ -57,7 +60,7 @@ def main() -> None:
 
     settings = LatencySettings(batches=(1, args.batch), threads=args.threads, min_run_time=args.min_time,
                                rounds=args.rounds)
-    described = settings.describe()
+    described = settings_record(settings)
     started = time.time()
     lines = [f"| model | channels removed | params (M) | MACs (M) | MACs speed-up | "
              f"batch 1 (ms) | measured speed-up b1 | batch {args.batch} (ms) | measured speed-up b{args.batch} |",

@@ -40,10 +40,12 @@ from namprune.core import checkpoint
 from namprune.app.datasource import calibration_images, checkpoint_data
 from namprune.core.onnx import to_onnx
 from namprune.core.files import write_json
-from namprune.core.gates import DEFAULT_TOLERANCE, fold_for_export
+from namprune.core.settings import GATE_TOLERANCE
+from namprune.core.gates import fold_for_export
 from namprune.core.nam import NAM
 from namprune.core.quantize import onnx_accuracy
-from namprune.core.timing import LatencySettings, measure_latency, round_ratios
+from namprune.core.settings import LatencySettings
+from namprune.core.timing import measure_latency, round_ratios
 from namprune.core.onnx import session, session_options
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -96,7 +98,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoints", nargs="+", type=Path)
     parser.add_argument("--data-dir", default=None, help="for checkpoints of datasets that live on disk")
-    parser.add_argument("--gate-tolerance", type=float, default=DEFAULT_TOLERANCE)
+    parser.add_argument("--gate-tolerance", type=float, default=GATE_TOLERANCE)
     parser.add_argument("--calibration-images", type=int, default=256)
     parser.add_argument("--tolerances", type=float, nargs="*", default=[], help="also sweep the gate tolerance")
     parser.add_argument("--threads", type=int, default=1)

@@ -22,7 +22,8 @@ import torch
 
 from namprune import fold_nam, models
 from namprune.core.onnx import to_onnx
-from namprune.core.timing import LatencySettings, available_cores, measure_latency
+from namprune.core.settings import LatencySettings
+from namprune.core.timing import available_cores, measure_latency
 from namprune.core.onnx import session
 
 

@@ -6,11 +6,15 @@
 
     # any nn.Module of your own
     namprune.attach_nam(net, x)                  # NAM at the end of every residual branch
-    namprune.prune(net, namprune.PruneConfig(ratio=None, target_macs=0.5), example_input=x)
+    namprune.prune(net, namprune.PruneConfig(target_macs=0.5), example_input=x)
     namprune.save(net, "net.pt")
     net = namprune.load("net.pt", model=Net())   # rebuilt on a fresh instance
+
+The names below load on first use, so ``import namprune`` (and the command line's help)
+does not pay for torch until a model is touched.
 """
 
+import importlib
 import logging
 
 # torch-pruning imports torch.utils.cpp_extension, which logs a warning on machines
@@ -19,17 +23,34 @@ logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
 
 __version__ = "0.1.0"
 
-from .core import models  # noqa: E402
-from .core.api import export_onnx, load, save  # noqa: E402
-from .core.attach import attach_nam  # noqa: E402
-from .core.fold import fold_nam  # noqa: E402
-from .core.data import load_data  # noqa: E402
-from .core.train import TrainConfig, evaluate, fit  # noqa: E402
-from .core.errors import NampruneError  # noqa: E402
-from .core.nam import NAM, ChannelNAM, SpatialNAM, create_attention  # noqa: E402
-from .core.prune import PruneConfig, PruneResult, prune  # noqa: E402
-from .core.sparsity import SparsityPenalty  # noqa: E402
+_PUBLIC = {  # name -> the module that defines it
+    "models": "namprune.core.models",
+    "export_onnx": "namprune.core.api", "load": "namprune.core.api", "save": "namprune.core.api",
+    "attach_nam": "namprune.core.attach", "fold_nam": "namprune.core.fold", "load_data": "namprune.core.data",
+    "count_macs": "namprune.core.cost", "count_params": "namprune.core.cost",
+    "evaluate": "namprune.core.train", "fit": "namprune.core.train",
+    "TrainConfig": "namprune.core.settings", "PruneConfig": "namprune.core.settings",
+    "FinetuneSettings": "namprune.core.settings", "LatencySettings": "namprune.core.settings",
+    "ExportSettings": "namprune.core.settings",
+    "NampruneError": "namprune.core.errors",
+    "NAM": "namprune.core.nam", "ChannelNAM": "namprune.core.nam", "SpatialNAM": "namprune.core.nam",
+    "create_attention": "namprune.core.nam",
+    "PruneResult": "namprune.core.prune", "prune": "namprune.core.prune",
+    "SparsityPenalty": "namprune.core.sparsity",
+}
 
-__all__ = ["NAM", "ChannelNAM", "NampruneError", "PruneConfig", "PruneResult", "SpatialNAM", "SparsityPenalty",
-           "TrainConfig", "attach_nam", "create_attention", "evaluate", "export_onnx", "fit", "fold_nam", "load",
-           "load_data", "models", "prune", "save"]
+
+def __getattr__(name: str):
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'namprune' has no attribute {name!r}")
+    module = importlib.import_module(_PUBLIC[name])
+    value = module if name == "models" else getattr(module, name)
+    globals()[name] = value  # once loaded, a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_PUBLIC])
+
+
+__all__ = sorted(_PUBLIC)

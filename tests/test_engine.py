@@ -86,9 +86,9 @@ def test_distillation_pulls_the_student_toward_the_teacher():
 
 
 @pytest.mark.parametrize("bad,match", [
-    (dict(optimizer="lamb"), "unknown optimizer"), (dict(epochs=0), "epochs"), (dict(lr=0), "learning rate"),
-    (dict(schedule="step"), "unknown schedule"), (dict(amp="fp8"), "amp"), (dict(warmup_epochs=5, epochs=5), "warmup"),
-    (dict(sparsity_targets="every"), "unknown sparsity targets"), (dict(distill=1.5), "distillation weight"),
+    (dict(optimizer="lamb"), "unknown --optimizer"), (dict(epochs=0), "epochs"), (dict(lr=0), "learning rate"),
+    (dict(schedule="step"), "unknown --schedule"), (dict(amp="fp8"), "amp"), (dict(warmup_epochs=5, epochs=5), "warmup"),
+    (dict(sparsity_targets="every"), "unknown --sparsity-targets"), (dict(distill=1.5), "distillation weight"),
 ])
 def test_config_validation(bad, match):
     with pytest.raises(NampruneError, match=match):

@@ -10,7 +10,8 @@ import namprune
 from model_helpers import digits_model, random_batches, save_digits_checkpoint
 from namprune.core.onnx import TOLERANCE, relative_difference
 from namprune.app.exporting import export_checkpoint
-from namprune.core.prune import PruneConfig, prune
+from namprune.core.settings import ExportSettings, PruneConfig
+from namprune.core.prune import prune
 
 # One architecture per family: CIFAR ResNet, our MobileNetV2, torchvision ResNet and
 # MobileNet with NAM attached. ResNet-20 is pruned once at 0.5 (the file-size test uses
@@ -39,8 +40,8 @@ def exported(tmp_path_factory):
                 model = namprune.load(ckpt)
             # gate_tolerance=0: these tests check the exact fold against the unfolded model
             # (removing constant gates is tested in test_gates.py)
-            report = export_checkpoint(ckpt, folder / "model.onnx", batch=BATCH, fold=fold, latency=False,
-                                       gate_tolerance=0)
+            report = export_checkpoint(ckpt, folder / "model.onnx", ExportSettings(batch=BATCH, fold=fold, gate_tolerance=0),
+                                       latency=None)
             cache[key] = ckpt, folder / "model.onnx", report
         return cache[key]
 

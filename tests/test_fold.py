@@ -8,7 +8,8 @@ from model_helpers import digits_model, random_batches, save_digits_checkpoint, 
 from namprune import NampruneError, fold_nam, models
 from namprune.core.fold import FoldedChannelNAM, FoldedNAM, FoldedSpatialNAM, fold_branch
 from namprune.core.nam import ChannelNAM, SpatialNAM, channel_nams, spatial_nams
-from namprune.core.prune import PruneConfig, prune
+from namprune.core.settings import PruneConfig
+from namprune.core.prune import prune
 from test_nam import _randomize
 
 

@@ -12,7 +12,7 @@ from namprune import load_data
 from namprune.core import checkpoint
 from namprune.cli import main
 from namprune.app.stages import prune_checkpoint
-from namprune.core.prune import PruneConfig
+from namprune.core.settings import PruneConfig
 from namprune.core.quantize import unpruned_source
 
 FAST = ["--rounds", "2", "--min-time", "0.02"]

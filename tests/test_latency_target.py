@@ -12,8 +12,9 @@ from model_helpers import digits_model, random_batches, save_digits_checkpoint
 from namprune.core.cost import channel_macs, count_macs
 from namprune.core.graph import dependency_graph
 from namprune.core import latency_cost
-from namprune.core.latency_cost import MIN_SHARE, group_costs, median_and_error
-from namprune.core.prune import MACS_TOLERANCE, ROUND_TO_CANDIDATES, PruneConfig, _plan, prune
+from namprune.core.latency_cost import MIN_SHARE, LatencyMeter, group_costs, median_and_error
+from namprune.core.prune import MACS_TOLERANCE, ROUND_TO_CANDIDATES, _plan, prune
+from namprune.core.settings import PruneConfig
 from namprune.app.recipes import PruneSection
 from namprune.core.saliency import make_importance, score_groups
 
@@ -27,7 +28,7 @@ def ckpt(tmp_path_factory):
     (["--target-latency", "0"], "--target-latency must be in (0, 1)"),
     (["--target-latency", "1.5"], "--target-latency must be in (0, 1)"),
     (["--target-latency", "0.6", "--latency-runtime", "tensorrt"], "unknown --latency-runtime 'tensorrt'"),
-    (["--target-latency", "0.6", "--latency-batch", "0"], "latency batch sizes must be at least 1"),
+    (["--target-latency", "0.6", "--latency-batch", "0"], "--latency-batch must be at least 1, got 0"),
     (["--target-latency", "0.6", "--threads", "0"], "--threads must be at least 1"),
     (["--target-latency", "0.6", "--target-macs", "0.5"], "exactly one of --ratio, --target-macs and --target-latency"),
 ])
@@ -39,7 +40,7 @@ def test_bad_latency_targets_are_one_line_and_exit_2_before_any_work(ckpt, tmp_p
 
 def test_recipes_take_a_latency_target_alone():
     assert PruneSection(target_latency=0.6).ratio is None
-    with pytest.raises(ValueError, match="one of ratio, target_macs and target_latency"):
+    with pytest.raises(ValueError, match="exactly one of --ratio, --target-macs and --target-latency"):
         PruneSection(target_latency=0.6, target_macs=0.5)
 
 
@@ -77,7 +78,8 @@ def test_group_costs_share_what_half_a_group_saves_over_its_channels():
 
 def test_prune_config_records_how_latency_is_timed():
     cfg = PruneConfig(ratio=None, target_latency=0.6, latency_batch=32, threads=2)
-    assert cfg.meter.describe() == {"runtime": "onnxruntime", "batch": 32, "threads": 2, "rounds": cfg.meter.rounds}
+    meter = LatencyMeter.of(cfg)
+    assert meter.describe() == {"runtime": "onnxruntime", "batch": 32, "threads": 2, "rounds": meter.rounds}
     assert cfg.to_dict()["target_latency"] == 0.6
 
 

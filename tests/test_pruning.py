@@ -9,7 +9,8 @@ import namprune
 from namprune import TrainConfig, evaluate, fit, load_data, models
 from namprune.core import checkpoint
 from namprune.core.measure import count_macs, count_params
-from namprune.core.prune import PruneConfig, layer_widths, prune
+from namprune.core.settings import PruneConfig
+from namprune.core.prune import layer_widths, prune
 from namprune.core.saliency import rank_model
 
 from model_helpers import random_batches
@@ -251,8 +252,8 @@ def test_rank_cli_json(sparse_digits, tmp_path, capsys):
     (["--ratio", "0"], "--ratio must be in (0, 1)"),
     (["--ratio", "0.3", "--target-macs", "0.5"], "exactly one"),
     (["--target-macs", "0.01", "--max-layer-ratio", "0.5"], "cannot be reached"),
-    (["--importance", "fisher"], "unknown importance"),
-    (["--scope", "layer"], "unknown scope"),
+    (["--importance", "fisher"], "unknown --importance 'fisher'"),
+    (["--scope", "layer"], "unknown --scope 'layer'"),
 ])
 def test_prune_bad_input_writes_nothing(sparse_digits, tmp_path, capsys, args, fragment):
     from cli_helpers import assert_one_line_error, run_cli

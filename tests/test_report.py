@@ -13,8 +13,10 @@ from model_helpers import random_batches
 from namprune import NampruneError, evaluate, load_data, models
 from namprune.core import checkpoint
 from namprune.core.files import write_json
-from namprune.core.measure import LatencySettings, count_macs, count_params, measure_accuracy, measure_latency
-from namprune.core.prune import PruneConfig, prune
+from namprune.core.settings import LatencySettings
+from namprune.core.measure import count_macs, count_params, measure_accuracy, measure_latency
+from namprune.core.settings import PruneConfig
+from namprune.core.prune import prune
 from namprune.app.comparison import pareto_front
 from namprune.app.run_folders import expand, find_base, load_run
 from test_pruning import _scramble_scales

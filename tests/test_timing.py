@@ -10,7 +10,7 @@ from model_helpers import digits_model
 from namprune import NampruneError, fold_nam
 from namprune.core.onnx import to_onnx
 from namprune.core.onnx import session
-from namprune.core.timing import (DEFAULT_THREADS, LatencySettings, is_trustworthy, measure_latency, speedups, summary,
+from namprune.core.timing import (settings_record, DEFAULT_THREADS, LatencySettings, is_trustworthy, measure_latency, speedups, summary,
                                   trust_problem)
 
 FAST = dict(batches=(1, 4), rounds=3, min_run_time=0.02)
@@ -98,7 +98,7 @@ def test_bad_settings_are_refused(settings, fragment):
 def test_report_flags_untrusted_figures():
     from namprune.app.comparison import markdown
 
-    result = {"base": "a", "settings": {**LatencySettings(batches=(1,)).describe()},
+    result = {"base": "a", "settings": {**settings_record(LatencySettings(batches=(1,)))},
               "runs": [{"name": "a", "base": True, "params": 1, "macs": 1, "top1": 1.0, "top1_change": 0.0,
                         "macs_speedup": 1.0, "measured_speedup": {"1": 1.0},
                         "latency": {"1": {**record(batch=1, spread=0.5, trusted=False), "median_ms": 2.0}}}]}

@@ -13,7 +13,8 @@ import torch.distributed as dist
 from namprune import TrainConfig, fit, load_data, models
 from namprune.core import distributed
 from namprune.app.stages import prune_checkpoint
-from namprune.core.prune import PruneConfig, prune
+from namprune.core.settings import FinetuneSettings, PruneConfig
+from namprune.core.prune import prune
 
 out = Path(sys.argv[1])
 rank, world_size = distributed.rank(), distributed.world_size()
@@ -34,6 +35,6 @@ fit(model, data, TrainConfig(epochs=1, batch_size=32, lr=0.01, schedule="cosine"
 torch.save(model.state_dict(), out / f"finetuned-{rank}.pt")
 
 dist.barrier()  # rank 0's checkpoint is complete before anyone reads it
-prune_checkpoint(out / "train-rank0", PruneConfig(ratio=0.3), out / "pruned", finetune_epochs=1, device="cpu",
+prune_checkpoint(out / "train-rank0", PruneConfig(ratio=0.3), out / "pruned", FinetuneSettings(epochs=1), device="cpu",
                  progress=False)
 distributed.teardown()

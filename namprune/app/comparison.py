@@ -22,8 +22,11 @@ from rich.table import Table
 from ..core import checkpoint
 from ..core.console import console
 from ..core.errors import NampruneError
-from ..core.measure import LatencySettings, measure_accuracy, measure_cost, measure_latency
-from ..core.timing import mark, summary, trust_problem
+from ..core.files import write_json, write_text
+from ..core.settings import LatencySettings
+from ..core.measure import measure_accuracy, measure_cost, measure_latency
+from ..core.timing import mark, settings_record, summary, trust_problem
+from .plots import plot_layer_widths, plot_pareto
 from .run_folders import Run, display_names
 
 
@@ -50,7 +53,8 @@ def compare(runs: list[Run], base: Run, settings: LatencySettings = LatencySetti
                      "latency": {str(b): record for b, record in latency[name].items()}})
     for row in rows:
         _add_changes(row, rows[0], settings.batches)
-    return {"base": names[0], "settings": settings.describe(), "runs": rows}
+    result = {"base": names[0], "settings": settings_record(settings), "runs": rows}
+    return {**result, "fronts": fronts(result)}
 
 
 def _evaluated(model, data, device) -> dict:
@@ -178,6 +182,30 @@ def csv_text(result: dict) -> str:
     return buffer.getvalue()
 
 
+def save_comparison(result: dict, json: Path | None = None, markdown_file: Path | None = None, csv_file: Path | None = None,
+                    pareto: Path | None = None, widths: Path | None = None, layers: dict | None = None,
+                    title: str = "") -> None:
+    """Write what was asked of a comparison: its JSON, Markdown and CSV tables, top-1 against
+    cost with the Pareto fronts marked, and the layer widths of ``layers`` (run name -> widths).
+    The widths picture is the one that can refuse its input, so it is drawn first."""
+    if widths:
+        if not layers:
+            raise NampruneError("the layer widths need at least one pruned run (with layer widths in its report.json)")
+        plot_layer_widths(layers, widths, title=title and f"{title}: layer widths before and after pruning")
+    if pareto:
+        plot_pareto(result, result["fronts"], pareto, title=title and f"{title}: accuracy against cost")
+    for path, text in ((markdown_file, markdown), (csv_file, csv_text)):
+        if path:
+            write_text(path, text(result))
+    if json:
+        write_json(json, result)
+
+
+def pruned_layers(runs: list[Run]) -> dict[str, list[dict]]:
+    """Layer widths of the pruned runs among ``runs``, by folder name."""
+    return {run.path.name: run.record["layers"] for run in runs if run.pruned and run.record.get("layers")}
+
+
 def check_outputs(*paths: Path | None, overwrite: bool = False) -> None:
     """Refuse, before any work, to replace an existing output file without ``overwrite``."""
     for path in paths:
@@ -186,4 +214,5 @@ def check_outputs(*paths: Path | None, overwrite: bool = False) -> None:
 
 
 __all__ = ["check_outputs", "columns", "compare", "csv_text", "flat_row", "fronts", "markdown", "pareto_front",
-           "print_table", "rich_table", "settings_line", "untrusted_lines"]
+           "print_table", "pruned_layers", "rich_table", "save_comparison", "settings_line",
+           "untrusted_lines"]

@@ -13,10 +13,10 @@ from pathlib import Path
 import torch
 
 from ..core.calibrate import calibration_batches
+from ..core.settings import GATE_IMAGES
 from ..core.data import DataBundle
 from .stages import compatible_data
 
-GATE_IMAGES = 256  # for the gates' spread and INT8 ranges: stable ranges, a second of work on ResNet-56
 BUILT_IN_DATA = ("digits", "fake")  # datasets that need no --data-dir
 
 

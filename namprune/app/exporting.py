@@ -17,17 +17,17 @@ import torch
 import torch.nn as nn
 
 from ..core import checkpoint
-from ..core.calibrate import check_count
 from ..core.errors import NampruneError
 from ..core.files import read_json, write_atomic, write_json
-from ..core.gates import DEFAULT_TOLERANCE, check_tolerance, fold_for_export, has_gates
+from ..core.gates import fold_for_export, has_gates
 from ..core.measure import count_params
 from ..core.onnx import (RANDOM_SAMPLES, ExportError, check_opset, check_parity, compare, input_shape, onnx_params,
                          opset_of, output_paths, parse_batch, session, to_onnx)
 from ..core.quantize import int8_path, int8_record, onnx_accuracy, quantize_int8, unpruned_source
-from ..core.timing import LatencySettings, measure_latency, speedups
+from ..core.settings import EXPORT, GATE_IMAGES, GATE_TOLERANCE, LATENCY, ExportSettings, LatencySettings
+from ..core.timing import measure_latency, settings_record, speedups
 from ..core.train import evaluate
-from .datasource import GATE_IMAGES, calibration_images, checkpoint_data
+from .datasource import calibration_images, checkpoint_data
 
 TEST_SAMPLES = 64
 
@@ -51,78 +51,83 @@ def removal_effect(model: nn.Module, sess: ort.InferenceSession, images: torch.T
 # --------------------------------------------------------------------------- the whole job
 
 
-def export_checkpoint(ckpt: str | Path, out: str | Path, opset: int | None = None, batch: str | int = "dynamic",
-                      fold: bool = True, check: bool = True, optimize: bool = True,
-                      latency: bool | LatencySettings = True, data_dir=None, overwrite: bool = False,
-                      threads: int | None = None, gate_tolerance: float = DEFAULT_TOLERANCE, int8: bool = False,
-                      calibration: int = GATE_IMAGES) -> dict:
-    """Export a checkpoint to ``out`` (ONNX) and its record beside it (``record_path``); returns the report.
+def export_checkpoint(ckpt: str | Path, out: str | Path, settings: ExportSettings = EXPORT,
+                      latency: LatencySettings | None = LATENCY, data_dir=None, overwrite: bool = False) -> dict:
+    """Export a checkpoint to ``out`` (ONNX) and its record beside it (``record_path``); returns the record.
 
     Raises ``NampruneError`` for bad arguments (before any work) and ``ExportError`` when
-    both exporters fail or the check fails; then nothing is written. ``latency``: True (the
-    default settings with ``threads``), False, or the ``LatencySettings`` to time with.
-    ``gate_tolerance``: NAM gates whose spread on ``calibration`` training images is at most
-    this are replaced by constants. ``int8`` also writes ``<out stem>.int8.onnx``.
+    both exporters fail or the check fails; then nothing is written. ``latency``: how the
+    files are timed (None: not at all). NAM gates whose spread on the calibration images is
+    at most ``settings.gate_tolerance`` are replaced by constants; ``settings.int8`` also
+    writes ``<out stem>.int8.onnx``.
     """
-    fixed = parse_batch(batch)
-    settings = latency if isinstance(latency, LatencySettings) else LatencySettings(threads=threads) if latency else None
-    check_opset(opset)
-    check_tolerance(gate_tolerance)
-    check_count(calibration)
+    s, fixed = settings, parse_batch(settings.batch)
+    check_opset(s.opset)
     onnx_path, json_path = output_paths(out, overwrite)
-    if int8 and int8_path(onnx_path).exists() and not overwrite:
+    if s.int8 and int8_path(onnx_path).exists() and not overwrite:
         raise NampruneError(f"{int8_path(onnx_path)} already exists; pass --overwrite to replace it")
     payload = checkpoint.read(ckpt)
     model = checkpoint.build(payload).eval()
-    data = checkpoint_data(payload, data_dir) if check or int8 or fold and has_gates(model) else None
-    if int8 and data is None:
+    data = checkpoint_data(payload, data_dir) if s.check or s.int8 or s.fold and has_gates(model) else None
+    if s.int8 and data is None:
         raise NampruneError(f"--int8 calibrates on {payload['data']['name']} training images: give --data-dir")
-    calib = calibration_images(data, calibration)
-    images = test_images(data) if check else None
-    exported, gates = fold_for_export(model, calib, gate_tolerance) if fold else (model, None)
+    calib = calibration_images(data, s.calibration_images)
+    images = test_images(data) if s.check else None
+    exported, gates = fold_for_export(model, calib, s.gate_tolerance) if s.fold else (model, None)
 
-    proto, exporter = to_onnx(exported, fixed, opset, optimize)
+    proto, exporter = to_onnx(exported, fixed, s.opset, s.optimize)
     onnx_bytes = proto.SerializeToString()
-    sess = session(onnx_bytes, settings.num_threads if settings else None)
-    parity = check_parity(exported, sess, images) if check else None
+    threads = latency.num_threads if latency else None
+    sess = session(onnx_bytes, threads)
+    parity = check_parity(exported, sess, images) if s.check else None
     if gates and gates["removed"]:  # the check above held the file to what was exported; this, to the checkpoint
         gates |= removal_effect(model, sess, images, data)
         parity = parity and {**parity, "vs_unfolded": gates.pop("vs_unfolded")}
     files = {onnx_path: onnx_bytes}
-    timed = {"onnxruntime": sess, "torch_eager": model, **({"torch_eager_folded": exported} if fold else {})}
-    int8_report = None
-    if int8:
-        files[int8_path(onnx_path)] = quantize_int8(onnx_bytes, calib, fixed)
-        timed["onnxruntime_int8"] = sess8 = session(files[int8_path(onnx_path)], settings and settings.num_threads)
-        int8_report = int8_record(sess, sess8, files[int8_path(onnx_path)], int8_path(onnx_path), data, len(calib))
-        source = unpruned_source(ckpt)
-        int8_report["unpruned_source"] = str(source) if source else None
-        if source and settings:
-            timed["onnxruntime_unpruned"] = unpruned_session(source, calib, gate_tolerance, fixed, opset, optimize,
-                                                             settings.num_threads)
-    timings = measure_latency(timed, settings) if settings else None
+    timed = {"onnxruntime": sess, "torch_eager": model, **({"torch_eager_folded": exported} if s.fold else {})}
+    int8_report = _quantize(ckpt, s, onnx_bytes, onnx_path, calib, data, files, timed, threads) if s.int8 else None
+    timings = measure_latency(timed, latency) if latency else None
     if int8_report and timings:
-        int8_report["speedup_vs_fp32"] = speedups(timings, "onnxruntime", "onnxruntime_int8")
-        if "onnxruntime_unpruned" in timings:
-            int8_report["speedup_vs_unpruned_fp32"] = {
-                "fp32": speedups(timings, "onnxruntime_unpruned", "onnxruntime"),
-                "int8": speedups(timings, "onnxruntime_unpruned", "onnxruntime_int8")}
-    report = {
+        int8_report |= _int8_speedups(timings)
+    record = {
         "source": str(checkpoint.model_file(ckpt)), "onnx": str(onnx_path),
         "model": payload["arch"]["name"], "attention": payload["arch"]["attention"],
         "pruning_steps": len(payload.get("pruning_history") or []),
         "exporter": exporter, "opset": opset_of(proto), "batch": fixed or "dynamic",
         "input_shape": [fixed or "batch", *input_shape(model, 1)[1:]],
-        "folded": fold, "optimized": optimize, "nam_gates": gates,
+        "folded": s.fold, "optimized": s.optimize, "nam_gates": gates,
         "file_bytes": len(onnx_bytes), "params": count_params(model), "onnx_params": onnx_params(proto),
         "parity": parity, "int8": int8_report,
-        "latency": {"settings": settings.describe(), "records": timings} if timings else None,
+        "latency": {"settings": settings_record(latency), "records": timings} if timings else None,
         "versions": {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": ort.__version__},
     }
     for path, content in files.items():
         write_atomic(path, lambda tmp, content=content: tmp.write_bytes(content))
-    write_json(json_path, report)
+    write_json(json_path, record)
+    return record
+
+
+def _quantize(ckpt, s: ExportSettings, onnx_bytes: bytes, onnx_path: Path, calib, data, files: dict, timed: dict,
+              threads: int | None) -> dict:
+    """``--int8``: the quantized file (added to ``files``), its session and, for a pruned run,
+    the unpruned FP32 model's (added to ``timed``), and the INT8 record."""
+    path = int8_path(onnx_path)
+    files[path] = quantize_int8(onnx_bytes, calib, parse_batch(s.batch))
+    timed["onnxruntime_int8"] = sess8 = session(files[path], threads)
+    report = int8_record(timed["onnxruntime"], sess8, files[path], path, data, len(calib))
+    source = unpruned_source(ckpt)
+    report["unpruned_source"] = str(source) if source else None
+    if source and threads:
+        timed["onnxruntime_unpruned"] = unpruned_session(source, calib, s, threads)
     return report
+
+
+def _int8_speedups(timings: dict) -> dict:
+    found = {"speedup_vs_fp32": speedups(timings, "onnxruntime", "onnxruntime_int8")}
+    if "onnxruntime_unpruned" in timings:
+        found["speedup_vs_unpruned_fp32"] = {"fp32": speedups(timings, "onnxruntime_unpruned", "onnxruntime"),
+                                             "int8": speedups(timings, "onnxruntime_unpruned", "onnxruntime_int8")}
+    return found
 
 
 def test_images(data) -> torch.Tensor | None:
@@ -130,24 +135,25 @@ def test_images(data) -> torch.Tensor | None:
     return None if data is None else next(iter(data.test))[0][:TEST_SAMPLES].cpu()
 
 
-def unpruned_session(source: Path, calib, gate_tolerance: float, fixed, opset, optimize, threads) -> ort.InferenceSession:
+def unpruned_session(source: Path, calib, s: ExportSettings, threads: int) -> ort.InferenceSession:
     """The unpruned model exported as ``namprune export`` would, for timing next to the pruned one."""
     model = checkpoint.load(source).eval()
-    exported, _ = fold_for_export(model, calib, gate_tolerance)
-    return session(to_onnx(exported, fixed, opset, optimize)[0].SerializeToString(), threads)
+    exported, _ = fold_for_export(model, calib, s.gate_tolerance)
+    return session(to_onnx(exported, parse_batch(s.batch), s.opset, s.optimize)[0].SerializeToString(), threads)
 
 
 def check_file(ckpt: str | Path, onnx_file: str | Path, data_dir=None, gate_tolerance: float | None = None,
                calibration: int | None = None) -> dict:
     """Check an existing ONNX file against the checkpoint it came from, folded and with its constant
-    gates removed as its export did (as recorded beside it, unless given); raises ``ExportError``
-    with the measured difference if it disagrees."""
+    gates removed as its export did (with the tolerance and calibration images recorded beside
+    it, unless given); raises ``ExportError`` with the measured difference if it disagrees."""
     onnx_file = Path(onnx_file)
     if not onnx_file.is_file():
         raise NampruneError(f"no ONNX file at {onnx_file}")
     recorded = recorded_gates(onnx_file)
-    gate_tolerance = check_tolerance(recorded.get("tolerance", DEFAULT_TOLERANCE) if gate_tolerance is None else gate_tolerance)
-    calibration = check_count(recorded.get("calibration_images") or GATE_IMAGES if calibration is None else calibration)
+    s = EXPORT.with_(gate_tolerance=recorded.get("tolerance", GATE_TOLERANCE) if gate_tolerance is None else gate_tolerance,
+                     calibration_images=recorded.get("calibration_images") or GATE_IMAGES if calibration is None
+                     else calibration)
     payload = checkpoint.read(ckpt)
     model = checkpoint.build(payload).eval()
     try:
@@ -155,7 +161,7 @@ def check_file(ckpt: str | Path, onnx_file: str | Path, data_dir=None, gate_tole
     except ExportError as exc:  # here the file is the user's input, not the export's output
         raise NampruneError(str(exc)) from None
     data = checkpoint_data(payload, data_dir)
-    exported, _ = fold_for_export(model, calibration_images(data, calibration), gate_tolerance)
+    exported, _ = fold_for_export(model, calibration_images(data, s.calibration_images), s.gate_tolerance)
     return check_parity(exported, sess, test_images(data))
 
 

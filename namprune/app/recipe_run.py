@@ -28,11 +28,12 @@ from . import plots
 from ..core.console import note
 from ..core.errors import NampruneError
 from ..core.files import commit_dir, run_dir, staging_dir, write_json, write_text
-from ..core.measure import LatencySettings
+from ..core.settings import LATENCY, FinetuneSettings, LatencySettings
+from ..core.train import TRAIN_STATE
 from .exporting import export_checkpoint
 from .stages import compatible_data, finetune_pruned, prune_checkpoint, resume_training, train_model
 from .recipes import Recipe
-from .comparison import compare, csv_text, fronts, markdown
+from .comparison import compare, save_comparison
 from .run_folders import load_run
 from ..core.saliency import rank_model
 
@@ -47,7 +48,7 @@ class Job:
     root: Path  # OUT.partial while the run is under way
     device: str = "auto"
     progress: bool = True
-    latency: LatencySettings = LatencySettings()
+    latency: LatencySettings = LATENCY
 
     def folder(self, stage: str) -> Path:
         return self.root / stage
@@ -63,7 +64,7 @@ class Job:
 
 
 def run_recipe(recipe: Recipe, out: str | Path, device: str = "auto", overwrite: bool = False, progress: bool = True,
-               latency: LatencySettings = LatencySettings()) -> Path:
+               latency: LatencySettings = LATENCY) -> Path:
     """Run every stage of ``recipe`` not yet done in ``out``; returns ``out``."""
     out = Path(out)
     text = yaml.safe_dump(recipe.model_dump(), sort_keys=False)
@@ -110,7 +111,7 @@ def _recipe_in(folder: Path) -> str | None:
 
 def _train(job: Job) -> None:
     out = job.folder("train")
-    if (staging_dir(out) / "train_state.pt").exists():
+    if (staging_dir(out) / TRAIN_STATE).exists():
         resume_training(out, job.data_dir, job.device, job.recipe.data.workers, job.progress)
         return
     r = job.recipe
@@ -131,35 +132,27 @@ def _rank(job: Job) -> None:
 
 
 def _prune(job: Job) -> None:
-    prune_checkpoint(job.folder("train"), job.recipe.prune_config(), job.folder("prune"), finetune_epochs=0,
+    prune_checkpoint(job.folder("train"), job.recipe.prune, job.folder("prune"), FinetuneSettings(epochs=0),
                      data_dir=job.data_dir, device=job.device, overwrite=True, progress=job.progress)
 
 
 def _finetune(job: Job) -> None:
-    f = job.recipe.finetune
-    finetune_pruned(job.folder("prune"), job.folder("finetune"), f.epochs, f.lr, f.sparsity, job.data_dir,
-                    job.device, overwrite=True, progress=job.progress, resume=True, distill=f.distill)
+    finetune_pruned(job.folder("prune"), job.folder("finetune"), job.recipe.finetune, job.data_dir, job.device,
+                    overwrite=True, progress=job.progress, resume=True)
 
 
 def _report(job: Job) -> None:
     runs = [load_run(job.folder(stage)) for stage in ("train", "prune", "finetune") if job.folder(stage).exists()]
     result = compare(runs, runs[0], job.latency)
-    result["fronts"] = fronts(result)
     with run_dir(job.folder("report"), overwrite=True) as stage:
-        write_json(stage / "report.json", result)
-        write_text(stage / "report.md", markdown(result))
-        write_text(stage / "report.csv", csv_text(result))
-        plots.plot_pareto(result, result["fronts"], stage / "pareto.png", title=f"{job.recipe.name}: accuracy against cost")
-        pruned = load_run(job.final_model).record
-        plots.plot_layer_widths({"pruned": pruned["layers"]}, stage / "widths.png",
-                                title=f"{job.recipe.name}: layer widths before and after pruning")
+        save_comparison(result, stage / "report.json", stage / "report.md", stage / "report.csv", stage / "pareto.png",
+                        stage / "widths.png", {"pruned": load_run(job.final_model).record["layers"]},
+                        title=job.recipe.name or job.recipe.model.name)
 
 
 def _export(job: Job) -> None:
-    e = job.recipe.export
     with run_dir(job.folder("export"), overwrite=True) as stage:
-        export_checkpoint(job.final_model, stage / "model.onnx", opset=e.opset, batch=e.batch, fold=e.fold,
-                          check=e.check, data_dir=job.data_dir)
+        export_checkpoint(job.final_model, stage / "model.onnx", job.recipe.export, data_dir=job.data_dir)
 
 
 STEPS: dict[str, Callable[[Job], None]] = {"train": _train, "rank": _rank, "prune": _prune, "finetune": _finetune,

@@ -16,26 +16,16 @@ from __future__ import annotations
 import re
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Literal, Optional, Union
+from typing import Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from ..core.data import DATASETS
-from ..core.train import AMP_MODES, OPTIMIZERS, SCHEDULES, TrainConfig
 from ..core.errors import NampruneError
 from ..core.models import check_name
-from ..core.nam import ATTENTIONS
-from .stages import DEFAULT_DISTILL
-from ..core.latency_cost import RUNTIMES
-from ..core.prune import DEFAULT_RATIO, SCOPES, PruneConfig
-from ..core.saliency import IMPORTANCES, NORMALIZATIONS
-from ..core.sparsity import DEFAULT_STRENGTH, DEFAULT_TARGETS, TARGETS
-
-
-def _choice(values):
-    return Literal[tuple(values)]
-
+from ..core.onnx import check_opset
+from ..core.settings import (TRAIN, ATTENTIONS, Count, DATASETS, DEFAULT_WORKERS, DEFAULT_ATTENTION, DEFAULT_DATASET, DEFAULT_MODEL, DEFAULT_STRENGTH, DEFAULT_TARGETS, SPARSITY_TARGETS, ExportSettings,
+                             FinetuneSettings, PruneConfig, Strength, TrainConfig, TrainSchedule)
 
 class RecipeLoader(yaml.SafeLoader):
     """PyYAML's safe loader, reading exponent floats without a dot (``1e-4``) as numbers."""
@@ -54,8 +44,8 @@ class Section(BaseModel):
 
 
 class ModelSection(Section):
-    name: str = "resnet20"
-    attention: _choice(ATTENTIONS) = "nam"
+    name: str = DEFAULT_MODEL
+    attention: Literal[ATTENTIONS] = DEFAULT_ATTENTION
     weights: Optional[str] = None
     nam_after: Optional[list[str]] = None
 
@@ -73,11 +63,11 @@ class ModelSection(Section):
 
 
 class DataSection(Section):
-    dataset: _choice(DATASETS) = "digits"
+    dataset: Literal[DATASETS] = DEFAULT_DATASET
     data_dir: Optional[str] = None
     image_size: Optional[int] = Field(None, ge=8, le=1024)
-    batch_size: int = Field(128, ge=1)
-    workers: int = Field(2, ge=0)
+    batch_size: Count = TRAIN.batch_size
+    workers: int = Field(DEFAULT_WORKERS, ge=0)
 
     @field_validator("data_dir")
     @classmethod
@@ -87,87 +77,46 @@ class DataSection(Section):
         return data_dir
 
 
-_TRAIN = TrainConfig()
+STRICT = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
-class TrainSection(Section):
-    # every default is TrainConfig's: a recipe that leaves a key out trains like `namprune train`
-    epochs: int = Field(_TRAIN.epochs, ge=1)
-    lr: float = Field(_TRAIN.lr, gt=0)
-    optimizer: _choice(OPTIMIZERS) = _TRAIN.optimizer
-    momentum: float = Field(_TRAIN.momentum, ge=0, lt=1)
-    nesterov: bool = _TRAIN.nesterov
-    weight_decay: float = Field(_TRAIN.weight_decay, ge=0)
-    bn_weight_decay: bool = _TRAIN.bn_weight_decay
-    schedule: _choice(SCHEDULES) = _TRAIN.schedule
-    milestones: Optional[list[int]] = _TRAIN.milestones
-    lr_decay: float = Field(_TRAIN.lr_decay, gt=0, le=1)
-    warmup_epochs: int = Field(_TRAIN.warmup_epochs, ge=0)
-    label_smoothing: float = Field(_TRAIN.label_smoothing, ge=0, lt=1)
-    seed: int = _TRAIN.seed
-    amp: _choice(AMP_MODES) = _TRAIN.amp
-    channels_last: bool = _TRAIN.channels_last
+# The sections below are namprune's settings themselves (core/settings.py): the same keys,
+# defaults and checks as `namprune train`, `prune` and `export`, read strictly from YAML.
 
-    @model_validator(mode="after")
-    def _warmup_fits(self):
-        if self.warmup_epochs >= self.epochs:
-            raise ValueError(f"warmup_epochs ({self.warmup_epochs}) must be smaller than epochs ({self.epochs})")
-        return self
+
+class TrainSection(TrainSchedule):
+    model_config = STRICT
+    __init__ = BaseModel.__init__  # validated inside a recipe: errors name the key, not the flag
 
 
 class SparsitySection(Section):
-    strength: float = Field(DEFAULT_STRENGTH, ge=0)
-    targets: _choice(TARGETS) = DEFAULT_TARGETS
+    strength: Strength = DEFAULT_STRENGTH
+    targets: Literal[SPARSITY_TARGETS] = DEFAULT_TARGETS
 
 
-_PRUNE = PruneConfig()
+class PruneSection(PruneConfig):
+    model_config = STRICT
+    __init__ = BaseModel.__init__  # validated inside a recipe: errors name the key, not the flag
 
 
-class PruneSection(Section):
-    ratio: Optional[float] = Field(None, gt=0, lt=1)
-    target_macs: Optional[float] = Field(None, gt=0, lt=1)
-    target_latency: Optional[float] = Field(None, gt=0, lt=1)
-    latency_runtime: _choice(RUNTIMES) = _PRUNE.latency_runtime
-    latency_batch: int = Field(_PRUNE.latency_batch, ge=1)
-    threads: Optional[int] = Field(_PRUNE.threads, ge=1)
-    scope: _choice(SCOPES) = _PRUNE.scope
-    importance: _choice(IMPORTANCES) = _PRUNE.importance
-    normalization: _choice(NORMALIZATIONS) = _PRUNE.normalization
-    round_to: Optional[Union[Annotated[int, Field(ge=1)], Literal["auto"]]] = _PRUNE.round_to
-    max_layer_ratio: float = Field(_PRUNE.max_layer_ratio, gt=0, lt=1)
-    seed: int = _PRUNE.seed
-    calibration_images: int = Field(_PRUNE.calibration_images, ge=1)
-    recalibrate: bool = _PRUNE.recalibrate
-
-    @model_validator(mode="after")
-    def _one_amount(self):
-        given = [self.ratio, self.target_macs, self.target_latency].count(None)
-        if given < 2:
-            raise ValueError("give one of ratio, target_macs and target_latency")
-        if given == 3:
-            self.ratio = DEFAULT_RATIO
-        return self
+class FinetuneSection(FinetuneSettings):
+    model_config = STRICT
+    __init__ = BaseModel.__init__  # validated inside a recipe: errors name the key, not the flag
+    epochs: int = Field(10, ge=0)  # a recipe delivers a fine-tuned model; `namprune prune` fine-tunes only when asked
 
 
-class FinetuneSection(Section):
-    epochs: int = Field(10, ge=0)
-    lr: Optional[float] = Field(None, gt=0)
-    sparsity: float = Field(0.0, ge=0)
-    distill: float = Field(DEFAULT_DISTILL, ge=0, le=1)
-
-
-class ExportSection(Section):
+class ExportSection(ExportSettings):
+    model_config = STRICT
+    __init__ = BaseModel.__init__  # validated inside a recipe: errors name the key, not the flag
     enabled: bool = True
-    opset: Optional[int] = Field(None, ge=7, le=30)
-    batch: Union[Literal["dynamic"], int] = "dynamic"
-    fold: bool = True
-    check: bool = True
 
-    @model_validator(mode="after")
-    def _batch_positive(self):
-        if isinstance(self.batch, int) and self.batch < 1:
-            raise ValueError(f"batch must be 'dynamic' or a positive size, got {self.batch}")
-        return self
+    @field_validator("opset")
+    @classmethod
+    def _exportable(cls, opset: int | None) -> int | None:
+        try:
+            return check_opset(opset)
+        except NampruneError as exc:
+            raise ValueError(str(exc).removeprefix("--opset ")) from None
 
 
 class Recipe(Section):
@@ -184,17 +133,8 @@ class Recipe(Section):
     export: ExportSection = ExportSection()
 
     def train_config(self, device: str = "auto") -> TrainConfig:
-        t = self.train
-        return TrainConfig(epochs=t.epochs, batch_size=self.data.batch_size, lr=t.lr, optimizer=t.optimizer,
-                           momentum=t.momentum, nesterov=t.nesterov, weight_decay=t.weight_decay,
-                           bn_weight_decay=t.bn_weight_decay, schedule=t.schedule,
-                           milestones=t.milestones, lr_decay=t.lr_decay, warmup_epochs=t.warmup_epochs,
-                           label_smoothing=t.label_smoothing, sparsity=self.sparsity.strength,
-                           sparsity_targets=self.sparsity.targets, seed=t.seed, device=device, amp=t.amp,
-                           channels_last=t.channels_last)
-
-    def prune_config(self) -> PruneConfig:
-        return PruneConfig(**self.prune.model_dump())
+        return TrainConfig(**self.train.model_dump(), batch_size=self.data.batch_size, sparsity=self.sparsity.strength,
+                           sparsity_targets=self.sparsity.targets, device=device)
 
 
 def packaged_recipes() -> dict[str, Path]:
@@ -299,5 +239,5 @@ def _describe(error: dict, with_key: bool = True) -> str:
     if error["type"] == "extra_forbidden":
         return f"{prefix}unknown key (known keys here: {', '.join(_known_keys(error['loc']))})"
     message = error["msg"].removeprefix("Value error, ")
-    return f"{prefix}{message} (got {error['input']!r})" if "input" in error and error["type"] != "value_error" \
+    return f"{prefix}{message} (got {error['input']!r})" if "input" in error and not isinstance(error["input"], dict) \
         else f"{prefix}{message}"

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -18,39 +17,40 @@ from ..core import checkpoint, distributed, models
 from ..core.console import is_main_process
 from ..core.data import DataBundle, load_data
 from ..core.calibrate import recalibrate_batchnorm
-from ..core.train import TRAIN_STATE, TrainConfig, evaluate, fit, load_train_state, resolve_device, seed_everything
+from ..core.train import TRAIN_STATE, evaluate, fit, load_train_state, resolve_device, seed_everything
+from ..core.settings import DEFAULT_ATTENTION, DEFAULT_WORKERS, FINETUNE, FinetuneSettings, PruneConfig, TrainConfig, resolve_normalization
 from ..core.errors import NampruneError
+from ..core.nam import check_attention
 from ..core.files import check_out_dir, read_json, run_dir, staging_dir, write_json
 from ..core.cost import count_macs, count_params
-from ..core.prune import PruneConfig, prune
-from ..core.saliency import resolve_normalization
+from ..core.prune import prune
 
-DEFAULT_DISTILL = 0.0  # weight of distillation from the unpruned model while fine-tuning
 
 
 def train_model(model_name: str, dataset: str, cfg: TrainConfig, out: str | Path, data_dir=None,
-                image_size: int | None = None, attention: str = "nam", workers: int = 2, overwrite: bool = False,
+                image_size: int | None = None, attention: str = DEFAULT_ATTENTION, workers: int = DEFAULT_WORKERS, overwrite: bool = False,
                 progress: bool = True, weights: str | Path | None = None, nam_after: list[str] | None = None) -> dict:
     """Train a new model into the run folder ``out``, from the local state_dict ``weights`` when
     given; returns the summary."""
     out = Path(out)
     check_out_dir(out, overwrite)
     models.check_name(model_name)  # before the data is loaded
+    check_attention(attention)
     device = resolve_device(cfg.device)
     data = load_data(dataset, data_dir, image_size, cfg.batch_size, device, workers, cfg.seed,
                      rank=distributed.rank(), world_size=distributed.world_size())
     seed_everything(cfg.seed)  # the initial weights depend on the seed alone
     model = models.create(model_name, data.info.num_classes, attention, data.info.image_size, data.info.in_channels,
                           weights=weights, nam_after=nam_after)
-    cfg.extra = {**cfg.extra, "model": model_name, "dataset": dataset, "attention": attention,
-                 "data_dir": str(data_dir) if data_dir else None, "weights": str(weights) if weights else None}
+    cfg = cfg.with_(extra={**cfg.extra, "model": model_name, "dataset": dataset, "attention": attention,
+                 "data_dir": str(data_dir) if data_dir else None, "weights": str(weights) if weights else None})
     with run_dir(out, overwrite=overwrite) as stage:
         summary = fit(model, data, cfg, stage, progress=progress)
         (stage / TRAIN_STATE).unlink(missing_ok=True)
     return summary
 
 
-def resume_training(out: str | Path, data_dir=None, device: str = "auto", workers: int = 2,
+def resume_training(out: str | Path, data_dir=None, device: str = "auto", workers: int = DEFAULT_WORKERS,
                     progress: bool = True) -> dict:
     """Continue the interrupted training run ``out`` after its last complete epoch."""
     out = Path(out)
@@ -61,7 +61,7 @@ def resume_training(out: str | Path, data_dir=None, device: str = "auto", worker
         raise NampruneError(f"there is no interrupted run to resume at {out} (no {staging_dir(out) / TRAIN_STATE})")
     cfg = TrainConfig.from_dict(payload["config"])
     if device != "auto":
-        cfg.device = device
+        cfg = cfg.with_(device=device)
     data = compatible_data(payload, data_dir or cfg.extra.get("data_dir"), cfg.batch_size, resolve_device(cfg.device),
                            cfg.seed, workers, rank=distributed.rank(), world_size=distributed.world_size())
     model = checkpoint.build(payload)
@@ -71,19 +71,18 @@ def resume_training(out: str | Path, data_dir=None, device: str = "auto", worker
     return summary
 
 
-def finetune_config(train_config: dict, epochs: int, lr: float | None = None, sparsity: float = 0.0,
-                    device: str = "auto", batch_size: int | None = None, seed: int | None = None,
-                    distill: float = DEFAULT_DISTILL) -> TrainConfig:
-    """Fine-tuning settings: those the model was trained with, at a tenth of its learning rate
-    (unless ``lr`` is given), a cosine schedule, no sparsity penalty (unless asked), and
-    distillation from the unpruned model with weight ``distill``."""
+def finetune_config(train_config: dict, finetune: FinetuneSettings, device: str = "auto") -> TrainConfig:
+    """Fine-tuning as training: the settings the model was trained with, at a tenth of its
+    learning rate (unless ``finetune.lr`` is given), a cosine schedule, the penalty and the
+    distillation weight ``finetune`` asks for (at least one epoch: the data's batch size
+    comes from it even when nothing is fine-tuned)."""
     base = TrainConfig.from_dict(train_config) if train_config else TrainConfig()
-    return replace(base, epochs=epochs, lr=lr if lr is not None else base.lr * 0.1, schedule="cosine",
-                   warmup_epochs=0, milestones=None, sparsity=sparsity, device=device,
-                   batch_size=batch_size or base.batch_size, seed=base.seed if seed is None else seed, distill=distill)
+    return base.with_(epochs=max(finetune.epochs, 1), lr=finetune.lr or base.lr * 0.1, schedule="cosine",
+                      warmup_epochs=0, milestones=None, sparsity=finetune.sparsity, device=device,
+                      batch_size=finetune.batch_size or base.batch_size, distill=finetune.distill)
 
 
-def compatible_data(payload: dict, data_dir, batch_size: int, device, seed: int = 0, workers: int = 2,
+def compatible_data(payload: dict, data_dir, batch_size: int, device, seed: int = 0, workers: int = DEFAULT_WORKERS,
                     rank: int = 0, world_size: int = 1, augment: bool = True) -> DataBundle:
     """The dataset a checkpoint was trained on, checked against the checkpoint's channels and
     classes (its training split sharded by ``rank`` of ``world_size`` processes)."""
@@ -111,24 +110,21 @@ def cost(model: nn.Module) -> dict:
 PRUNED = "pruned.json"  # measurements before and right after pruning, kept while fine-tuning runs
 
 
-def prune_checkpoint(ckpt: str | Path, cfg: PruneConfig, out: str | Path, finetune_epochs: int = 0,
-                     finetune_lr: float | None = None, finetune_sparsity: float = 0.0, data_dir=None,
-                     device: str = "auto", batch_size: int | None = None, overwrite: bool = False,
-                     progress: bool = True, resume: bool = False, distill: float = DEFAULT_DISTILL) -> dict:
+def prune_checkpoint(ckpt: str | Path, cfg: PruneConfig, out: str | Path, finetune: FinetuneSettings = FINETUNE,
+                     data_dir=None, device: str = "auto", overwrite: bool = False, progress: bool = True,
+                     resume: bool = False) -> dict:
     """Prune a checkpoint, fine-tune it, and write ``out/model.pt`` and ``out/report.json``.
 
     With ``resume``, an interrupted fine-tuning in ``out`` continues from its last epoch.
     """
     started = time.perf_counter()
-    cfg.validate()
     out = Path(out)
     payload = checkpoint.read(ckpt)
     saved = load_train_state(staging_dir(out)) if resume else None
     resuming = saved is not None and (staging_dir(out) / PRUNED).exists()
     if not resuming:
         check_out_dir(out, overwrite)
-    ft = finetune_config(payload.get("config", {}), max(finetune_epochs, 1), finetune_lr, finetune_sparsity,
-                         device, batch_size, distill=distill)  # also sets the data's batch size when there is no fine-tuning
+    ft = finetune_config(payload.get("config", {}), finetune, device)
     device_ = resolve_device(device)
     data = compatible_data(payload, data_dir, ft.batch_size, device_, ft.seed, rank=distributed.rank(),
                            world_size=distributed.world_size())
@@ -144,18 +140,17 @@ def prune_checkpoint(ckpt: str | Path, cfg: PruneConfig, out: str | Path, finetu
         if is_main_process():
             write_json(stage / PRUNED, measured)
         finetuned = None
-        if finetune_epochs > 0:
-            finetuned = _finetune(model, data, replace(ft, epochs=finetune_epochs), stage, progress,
+        if finetune.epochs > 0:
+            finetuned = _finetune(model, data, ft, stage, progress,
                                   saved["train_state"] if resuming else None, teacher=_teacher(payload, ft))
-        report = _report(ckpt, out, payload, cfg, measured, finetuned, finetune_epochs, started)
+        report = _report(ckpt, out, payload, cfg, measured, finetuned, finetune.epochs, started)
         _save_pruned(stage, model, data, {**payload.get("config", {}), "prune": cfg.to_dict(),
-                                          "finetune": ft.to_dict() if finetune_epochs else None}, report)
+                                          "finetune": ft.to_dict() if finetune.epochs else None}, report)
     return report
 
 
-def finetune_pruned(pruned: str | Path, out: str | Path, epochs: int, lr: float | None = None, sparsity: float = 0.0,
-                    data_dir=None, device: str = "auto", batch_size: int | None = None, overwrite: bool = False,
-                    progress: bool = True, resume: bool = False, distill: float = DEFAULT_DISTILL) -> dict:
+def finetune_pruned(pruned: str | Path, out: str | Path, finetune: FinetuneSettings, data_dir=None, device: str = "auto",
+                    overwrite: bool = False, progress: bool = True, resume: bool = False) -> dict:
     """Fine-tune a pruned run (written by ``prune_checkpoint``) into ``out``; its report gains
     the fine-tuned accuracy. With ``resume``, an interrupted fine-tuning continues."""
     started = time.perf_counter()
@@ -164,7 +159,7 @@ def finetune_pruned(pruned: str | Path, out: str | Path, epochs: int, lr: float 
     saved = load_train_state(staging_dir(out)) if resume else None
     if saved is None:
         check_out_dir(out, overwrite)
-    ft = finetune_config(payload.get("config", {}), epochs, lr, sparsity, device, batch_size, distill=distill)
+    ft = finetune_config(payload.get("config", {}), finetune, device)
     device_ = resolve_device(device)
     data = compatible_data(payload, data_dir, ft.batch_size, device_, ft.seed, rank=distributed.rank(),
                            world_size=distributed.world_size())
@@ -174,7 +169,7 @@ def finetune_pruned(pruned: str | Path, out: str | Path, epochs: int, lr: float 
         finetuned = _finetune(model, data, ft, stage, progress, saved["train_state"] if saved else None, teacher)
         source = Path(prior["source"])
         report = {**prior, "source_relative": os.path.relpath(source, out.resolve()),
-                  "top1_finetuned": finetuned["top1"], "top5_finetuned": finetuned["top5"], "finetune_epochs": epochs,
+                  "top1_finetuned": finetuned["top1"], "top5_finetuned": finetuned["top5"], "finetune_epochs": ft.epochs,
                   "finetune_distill": finetuned["distill"],
                   "time_s": round(prior.get("time_s", 0) + time.perf_counter() - started, 2)}
         _save_pruned(stage, model, data, {**payload.get("config", {}), "finetune": ft.to_dict()}, report)
@@ -208,7 +203,7 @@ def _save_pruned(stage: Path, model: nn.Module, data: DataBundle, config: dict, 
 def _prune_and_measure(model: nn.Module, cfg: PruneConfig, data: DataBundle, device: torch.device) -> dict:
     """Accuracy and cost before pruning, right after it, and after BatchNorm recalibration."""
     before = {**cost(model), **_accuracy(model, data, device)}
-    result = prune(model, replace(cfg, recalibrate=False), data.calibration)
+    result = prune(model, cfg.with_(recalibrate=False), data.calibration)
     uncalibrated = _accuracy(model, data, device)
     if cfg.recalibrate:
         recalibrate_batchnorm(model, data.calibration, cfg.calibration_images)

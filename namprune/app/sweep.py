@@ -12,27 +12,24 @@ The output folder appears only when the whole sweep has succeeded (``files.run_d
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 from ..core import checkpoint
 from ..core.console import note
 from ..core.errors import NampruneError
 from ..core.files import check_out_dir, run_dir, write_json
-from ..core.measure import LatencySettings
-from .stages import DEFAULT_DISTILL, prune_checkpoint
-from .plots import plot_layer_widths, plot_pareto
-from ..core.prune import PruneConfig
-from .comparison import compare, fronts
+from ..core.settings import LATENCY, FinetuneSettings, LatencySettings, PruneConfig
+from .comparison import compare, pruned_layers, save_comparison
+from .stages import prune_checkpoint
 from .run_folders import load_run
 
 
 def sweep_configs(base: PruneConfig, ratios: list[float], target_macs: list[float],
                   target_latency: list[float] = ()) -> list[PruneConfig]:
     """One PruneConfig per point, ratios first; each is validated, and no point twice."""
-    configs = [replace(base, ratio=r, target_macs=None, target_latency=None) for r in ratios]
-    configs += [replace(base, ratio=None, target_macs=t, target_latency=None) for t in target_macs]
-    configs += [replace(base, ratio=None, target_macs=None, target_latency=t) for t in target_latency]
+    configs = [base.with_(ratio=r, target_macs=None, target_latency=None) for r in ratios]
+    configs += [base.with_(ratio=None, target_macs=t, target_latency=None) for t in target_macs]
+    configs += [base.with_(ratio=None, target_macs=None, target_latency=t) for t in target_latency]
     if not configs:
         raise NampruneError("the sweep has no points; give --ratios, --target-macs and/or --target-latency")
     names = [point_name(cfg) for cfg in configs]
@@ -49,10 +46,9 @@ def point_name(cfg: PruneConfig) -> str:
     return f"macs-{cfg.target_macs:.2f}" if cfg.target_macs is not None else f"latency-{cfg.target_latency:.2f}"
 
 
-def run_sweep(ckpt: str | Path, configs: list[PruneConfig], out: str | Path, finetune_epochs: int = 1,
-              finetune_lr: float | None = None, data_dir=None, device: str = "auto", batch_size: int | None = None,
-              settings: LatencySettings = LatencySettings(), overwrite: bool = False, progress: bool = True,
-              distill: float = DEFAULT_DISTILL) -> dict:
+def run_sweep(ckpt: str | Path, configs: list[PruneConfig], out: str | Path, finetune: FinetuneSettings,
+              data_dir=None, device: str = "auto", settings: LatencySettings = LATENCY, overwrite: bool = False,
+              progress: bool = True) -> dict:
     """Prune ``ckpt`` at every point of ``configs`` into ``out`` and compare them; returns sweep.json."""
     out = Path(out)
     source = checkpoint.model_file(ckpt).resolve()  # absolute: the points' reports must find it later
@@ -61,24 +57,22 @@ def run_sweep(ckpt: str | Path, configs: list[PruneConfig], out: str | Path, fin
     with run_dir(out, overwrite=overwrite) as stage:
         for i, cfg in enumerate(configs, 1):
             note(f"sweep point {i}/{len(configs)}: {point_name(cfg)}")
-            prune_checkpoint(source, cfg, stage / point_name(cfg), finetune_epochs, finetune_lr, data_dir=data_dir,
-                             device=device, batch_size=batch_size, progress=progress, distill=distill)
+            prune_checkpoint(source, cfg, stage / point_name(cfg), finetune, data_dir=data_dir, device=device,
+                             progress=progress)
         note("measuring the base and every point side by side")
         points = [load_run(stage / point_name(cfg)) for cfg in configs]
         result = compare(points, load_run(source), settings)
-        front = fronts(result)
-        record = _record(result, front, configs, out, finetune_epochs)
-        plot_pareto(result, front, stage / "pareto.png",
-                    title=f"sweep of {source.parent.name}: top-1 after {finetune_epochs} fine-tuning epoch(s)")
-        plot_layer_widths({run.path.name: run.record["layers"] for run in points}, stage / "widths.png")
+        record = _record(result, configs, out, finetune.epochs)
+        save_comparison(result, pareto=stage / "pareto.png", widths=stage / "widths.png", layers=pruned_layers(points),
+                        title=f"sweep of {source.parent.name}, {finetune.epochs} fine-tuning epoch(s)")
         write_json(stage / "sweep.json", record)
     return record
 
 
-def _record(result: dict, front: dict[str, list[bool]], configs: list[PruneConfig], out: Path,
-            finetune_epochs: int) -> dict:
+def _record(result: dict, configs: list[PruneConfig], out: Path, finetune_epochs: int) -> dict:
     """sweep.json: the base row, one row per point (with its requested setting, its final
     folder and which fronts it is on), and the names on each front."""
+    front = result["fronts"]
     rows = [{**row, "on_front": {key: on[i] for key, on in front.items()}} for i, row in enumerate(result["runs"])]
     base, points = rows[0], rows[1:]
     for row, cfg in zip(points, configs):

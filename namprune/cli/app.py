@@ -20,7 +20,6 @@ try:  # typer >= 0.29 carries its own copy of click
 except ImportError:  # older typer runs on click itself
     from click.exceptions import UsageError
 
-from ..core import distributed
 from ..core.errors import NampruneError
 
 app = typer.Typer(
@@ -77,5 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         return fail(f"internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
                     "(run again with --debug for the traceback)", 1)
     finally:
-        distributed.teardown()  # under torchrun: leave the process group cleanly, whatever happened
+        distributed = sys.modules.get("namprune.core.distributed")  # imported by whatever joined a process group
+        if distributed:
+            distributed.teardown()  # under torchrun: leave the process group cleanly, whatever happened
     return result if isinstance(result, int) else 0

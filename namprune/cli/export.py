@@ -11,11 +11,7 @@ from rich.table import Table
 
 from ..core.console import console
 from ..core.errors import NampruneError
-from ..app.datasource import GATE_IMAGES
-from ..app.exporting import check_file, export_checkpoint
-from ..core.onnx import MAX_OPSET, MIN_OPSET, TOLERANCE, ExportError, record_path
-from ..core.gates import DEFAULT_TOLERANCE
-from ..core.timing import LatencySettings, mark, summary
+from ..core.settings import EXPORT, LATENCY, ExportSettings, LatencySettings
 from .app import DataDir, Overwrite, app, fail
 from .report import MinTime, Rounds, Threads
 
@@ -24,23 +20,26 @@ from .report import MinTime, Rounds, Threads
 def export_(
     ckpt: Annotated[Path, typer.Argument(help="A run folder or its model.pt (pruned or not).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="The ONNX file to write; its record (sizes, check, latency) goes beside it: a.onnx -> a.export.json.")],
-    opset: Annotated[Optional[int], typer.Option("--opset", help=f"ONNX opset, {MIN_OPSET}-{MAX_OPSET} (default: the exporter's; below 18 usually needs the TorchScript exporter, which the export falls back to).")] = None,
-    batch: Annotated[str, typer.Option("--batch", help="dynamic (any batch size) or a fixed batch size N.")] = "dynamic",
-    fold: Annotated[bool, typer.Option("--fold/--no-fold", help="Fold every NAM into x * sigmoid(a * x + b) first (exact and faster; --no-fold exports the BatchNorm form).")] = True,
-    check: Annotated[bool, typer.Option("--check/--no-check", help=f"Run the file in onnxruntime against torch on random inputs and, when the data is at hand, test images: max relative difference under {TOLERANCE:g} and the same top-1, else exit code 1 and nothing written.")] = True,
+    opset: Annotated[Optional[int], typer.Option("--opset", help="ONNX opset (default: the exporter's; below 18 usually needs the TorchScript exporter, which the export falls back to).")] = None,
+    batch: Annotated[str, typer.Option("--batch", help="dynamic (any batch size) or a fixed batch size N.")] = EXPORT.batch,
+    fold: Annotated[bool, typer.Option("--fold/--no-fold", help="Fold every NAM into x * sigmoid(a * x + b) first (exact and faster; --no-fold exports the BatchNorm form).")] = EXPORT.fold,
+    check: Annotated[bool, typer.Option("--check/--no-check", help="Run the file in onnxruntime against torch on random inputs and, when the data is at hand, test images: max relative difference under 1e-4 and the same top-1, else exit code 1 and nothing written.")] = EXPORT.check,
     check_only: Annotated[bool, typer.Option("--check-only", help="Export nothing: check the existing --out file against the checkpoint (e.g. after editing it with other tools).")] = False,
-    optimize: Annotated[bool, typer.Option("--optimize/--no-optimize", help="Simplify the graph with the exporter's optimizer (constant folding, BatchNorm into Conv, dead nodes) and drop its per-node debug metadata (stack traces with local paths).")] = True,
-    gate_tolerance: Annotated[Optional[float], typer.Option("--gate-tolerance", help=f"Replace a NAM gate by its constant (folded into the BatchNorm before it) when its spread on the calibration images (std / mean) is at most this; 0 keeps every gate that varies at all. Default {DEFAULT_TOLERANCE:g}; with --check-only, what the export recorded.")] = None,
-    int8: Annotated[bool, typer.Option("--int8", help="Also write <out>.int8.onnx, quantized by onnxruntime (static, QDQ, calibrated on training images), with the test top-1 of both files and their latency (and, for a pruned run, the unpruned FP32 model's).")] = False,
-    calibration: Annotated[Optional[int], typer.Option("--calibration-images", help=f"Training images the gates and the INT8 ranges are calibrated on. Default {GATE_IMAGES}; with --check-only, what the export recorded.")] = None,
+    optimize: Annotated[bool, typer.Option("--optimize/--no-optimize", help="Simplify the graph with the exporter's optimizer (constant folding, BatchNorm into Conv, dead nodes) and drop its per-node debug metadata (stack traces with local paths).")] = EXPORT.optimize,
+    gate_tolerance: Annotated[Optional[float], typer.Option("--gate-tolerance", help=f"Replace a NAM gate by its constant (folded into the BatchNorm before it) when its spread on the calibration images (std / mean) is at most this; 0 keeps every gate that varies at all. Default {EXPORT.gate_tolerance:g}; with --check-only, what the export recorded.")] = None,
+    int8: Annotated[bool, typer.Option("--int8", help="Also write <out>.int8.onnx, quantized by onnxruntime (static, QDQ, calibrated on training images), with the test top-1 of both files and their latency (and, for a pruned run, the unpruned FP32 model's).")] = EXPORT.int8,
+    calibration: Annotated[Optional[int], typer.Option("--calibration-images", help=f"Training images the gates and the INT8 ranges are calibrated on. Default {EXPORT.calibration_images}; with --check-only, what the export recorded.")] = None,
     latency: Annotated[bool, typer.Option("--latency/--no-latency", help="Measure the median CPU latency of onnxruntime and torch eager at batch 1 and 32, side by side (a few seconds).")] = True,
-    threads: Threads = None,
-    rounds: Rounds = 5,
-    min_time: MinTime = 0.2,
+    threads: Threads = LATENCY.threads,
+    rounds: Rounds = LATENCY.rounds,
+    min_time: MinTime = LATENCY.min_run_time,
     data_dir: DataDir = None,
     overwrite: Overwrite = False,
 ) -> int:
     """Export a checkpoint to ONNX (NAM folded), check it with onnxruntime, and record size and latency."""
+    from ..app.exporting import check_file, export_checkpoint
+    from ..core.onnx import ExportError, record_path
+
     try:
         if check_only:
             if not check:
@@ -48,16 +47,26 @@ def export_(
             print_parity(check_file(ckpt, out, data_dir, gate_tolerance, calibration))
             console.print(f"{out} agrees with {ckpt}")
             return 0
-        settings = LatencySettings(threads=threads, rounds=rounds, min_run_time=min_time) if latency else False
-        report = export_checkpoint(ckpt, out, opset, batch, fold, check, optimize, settings, data_dir, overwrite,
-                                   gate_tolerance=DEFAULT_TOLERANCE if gate_tolerance is None else gate_tolerance,
-                                   int8=int8, calibration=GATE_IMAGES if calibration is None else calibration)
+        settings = ExportSettings(opset=opset, batch=parse_batch(batch), fold=fold, check=check, optimize=optimize,
+                                  gate_tolerance=EXPORT.gate_tolerance if gate_tolerance is None else gate_tolerance,
+                                  calibration_images=EXPORT.calibration_images if calibration is None else calibration,
+                                  int8=int8)
+        timing = LatencySettings(threads=threads, rounds=rounds, min_run_time=min_time) if latency else None
+        report = export_checkpoint(ckpt, out, settings, timing, data_dir, overwrite)
     except ExportError as exc:  # not the user's mistake: exit code 1, still one line
         return fail(str(exc), 1)
     print_report(report)
     int8_file = f"   INT8: {report['int8']['file']}" if report["int8"] else ""
     console.print(f"ONNX: {report['onnx']}{int8_file}   report: {record_path(report['onnx'])}")
     return 0
+
+
+def parse_batch(text: str) -> str | int:
+    """``--batch``: ``dynamic`` or a number (ExportSettings checks the value)."""
+    try:
+        return int(text)
+    except ValueError:
+        return text
 
 
 def print_report(report: dict) -> None:
@@ -128,6 +137,8 @@ def print_parity(parity: dict) -> None:
 
 
 def print_latency(latency: dict) -> None:
+    from ..core.timing import mark, summary
+
     records, threads = latency["records"], latency["settings"]["threads"]
     table = Table(title=f"median CPU latency, ms ({threads} thread{'s' if threads != 1 else ''}, "
                         f"{latency['settings']['rounds']} interleaved rounds; ! = not to be trusted)")

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import torch.nn as nn
 from rich.table import Table
 
 from ..app.datasource import calibration_images, checkpoint_data
 from ..core.console import console, note
-from ..core.gates import DEFAULT_TOLERANCE, has_gates, measure_gates
+from ..core.settings import GATE_TOLERANCE
+from ..core.gates import has_gates, measure_gates
 
 
-def print_gate_spread(model: nn.Module, payload: dict, data_dir=None, tolerance: float = DEFAULT_TOLERANCE) -> list[dict] | None:
+def print_gate_spread(model, payload: dict, data_dir=None, tolerance: float = GATE_TOLERANCE) -> list[dict] | None:
     """Measure every NAM gate on training images and print one row per gate; returns the rows
     (None for a model without NAM, or when the training images are not at hand)."""
     if not has_gates(model):

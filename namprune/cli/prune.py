@@ -8,19 +8,10 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from ..core import checkpoint
 from ..core.console import console
-from ..core.files import write_json
-from ..core.calibrate import DEFAULT_IMAGES
-from ..core.train import resolve_device
-from ..core.errors import NampruneError
-from ..app.stages import DEFAULT_DISTILL, compatible_data, prune_checkpoint
-from ..app.plots import plot_ranking
-from ..core.latency_cost import LATENCY_TOLERANCE, RUNTIMES
-from ..core.prune import DEFAULT_RATIO, PruneConfig
-from ..core.saliency import DEFAULT_IMPORTANCE, DEFAULT_NORMALIZATION, IMPORTANCES, NEAR_ZERO, NEEDS_DATA, rank_model
+from ..core.settings import (FINETUNE, IMPORTANCES, NORMALIZATIONS, PRUNE, RUNTIMES, SCOPES, FinetuneSettings,
+                             PruneConfig)
 from .app import DataDir, Device, JsonOut, Overwrite, Quiet, app
-from .gates import print_gate_spread
 
 Importance = Annotated[str, typer.Option("--importance", help=f"How channels are ranked: {', '.join(IMPORTANCES)}. "
                                          "nam: what each channel carries through its BatchNorm and NAM gate into the "
@@ -28,29 +19,30 @@ Importance = Annotated[str, typer.Option("--importance", help=f"How channels are
                                          "weight w (the paper); slim: BatchNorm |gamma|; l1: filter norm; taylor: "
                                          "first-order loss change.")]
 Normalization = Annotated[str, typer.Option("--normalization", help="How scores of layers of different width are compared: "
-                                            "auto (the one measured best for the importance), none, mean, sum, max.")]
-CalibrationImages = Annotated[int, typer.Option("--calibration-images", min=1, help="Training images the data-driven scores "
+                                            f"{', '.join(NORMALIZATIONS)} (auto: the one measured best for the importance).")]
+CalibrationImages = Annotated[int, typer.Option("--calibration-images", help="Training images the data-driven scores "
                                                 "(nam, taylor) and the BatchNorm recalibration read.")]
 Recalibrate = Annotated[bool, typer.Option("--recalibrate/--no-recalibrate", help="Re-estimate BatchNorm statistics on "
                                            "calibration images right after pruning.")]
-Distill = Annotated[float, typer.Option("--distill", min=0.0, max=1.0, help="Fine-tune with distillation from the unpruned "
+Distill = Annotated[float, typer.Option("--distill", help="Fine-tune with distillation from the unpruned "
                                         "model: the weight of its soft targets in the loss (0: plain fine-tuning).")]
-Scope = Annotated[str, typer.Option("--scope", help="global: rank all channels together; local: remove the same fraction of every layer.")]
+Scope = Annotated[str, typer.Option("--scope", help=f"{' or '.join(SCOPES)}: rank all channels together, or remove the same fraction of every layer.")]
 RoundTo = Annotated[Optional[str], typer.Option("--round-to", help="Keep channel counts that are multiples of N (hardware-friendly widths); auto: the multiple of 1, 4, 8, 16 whose pruned model times fastest on --latency-runtime.")]
 MaxLayerRatio = Annotated[float, typer.Option("--max-layer-ratio", help="No layer loses more than this fraction of its channels.")]
-FinetuneEpochs = Annotated[int, typer.Option("--finetune-epochs", min=0, help="Epochs of fine-tuning after pruning (0: none).")]
+FinetuneEpochs = Annotated[int, typer.Option("--finetune-epochs", help="Epochs of fine-tuning after pruning (0: none).")]
 FinetuneLr = Annotated[Optional[float], typer.Option("--lr", help="Fine-tuning learning rate (default: a tenth of the training one).")]
-FinetuneBatch = Annotated[Optional[int], typer.Option("--batch-size", "-b", min=1, help="Fine-tuning batch size (default: the training one).")]
+FinetuneBatch = Annotated[Optional[int], typer.Option("--batch-size", "-b", help="Fine-tuning batch size (default: the training one).")]
 Seed = Annotated[int, typer.Option("--seed", help="Seed of the random importance.")]
 LatencyRuntime = Annotated[str, typer.Option("--latency-runtime", help=f"What --target-latency times: {', '.join(RUNTIMES)} (eager), on the CPU.")]
+FinetuneSparsity = Annotated[float, typer.Option("--finetune-sparsity", help="Keep the sparsity penalty on while fine-tuning (default off).")]
 
 
 @app.command()
 def rank(
     ckpt: Annotated[Path, typer.Argument(help="A run folder or its model.pt.")],
-    importance: Importance = DEFAULT_IMPORTANCE,
-    normalization: Normalization = DEFAULT_NORMALIZATION,
-    calibration_images: CalibrationImages = DEFAULT_IMAGES,
+    importance: Importance = PRUNE.importance,
+    normalization: Normalization = PRUNE.normalization,
+    calibration_images: CalibrationImages = PRUNE.calibration_images,
     data_dir: DataDir = None,
     top: Annotated[int, typer.Option("--top", min=0, help="Also list the K channels ranked lowest (pruned first).")] = 10,
     json_out: JsonOut = None,
@@ -58,6 +50,14 @@ def rank(
                                                  "and every SpatialNAM's pixel map to this PNG.")] = None,
 ) -> None:
     """Rank channels and pixels by their learned NAM weights; show how ready the model is to prune."""
+    from ..app.plots import plot_ranking
+    from ..app.stages import compatible_data
+    from ..core import checkpoint
+    from ..core.files import write_json
+    from ..core.saliency import NEAR_ZERO, NEEDS_DATA, rank_model
+    from ..core.train import resolve_device
+    from .gates import print_gate_spread
+
     payload = checkpoint.read(ckpt)
     model = checkpoint.build(payload).eval()
     calibration = None
@@ -103,24 +103,24 @@ def rank(
 def prune(
     ckpt: Annotated[Path, typer.Argument(help="A trained run folder or its model.pt (a pruned one can be pruned again).")],
     ratio: Annotated[Optional[float], typer.Option("--ratio", "-r", help="Fraction of the prunable channels to remove, in (0, 1).")] = None,
-    target_macs: Annotated[Optional[float], typer.Option("--target-macs", help="Instead of --ratio: fraction of the MACs to keep, in (0, 1), met within 0.02.")] = None,
-    target_latency: Annotated[Optional[float], typer.Option("--target-latency", help=f"Instead of --ratio: fraction of the measured latency to keep, in (0, 1), met within {LATENCY_TOLERANCE} (timed side by side with the unpruned model; untrustworthy timings are refused).")] = None,
-    latency_runtime: LatencyRuntime = "onnxruntime",
-    latency_batch: Annotated[int, typer.Option("--latency-batch", help="Batch size --target-latency times at.")] = 1,
-    threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads --target-latency times with (default 1).")] = None,
-    scope: Scope = "global",
-    importance: Importance = DEFAULT_IMPORTANCE,
-    normalization: Normalization = DEFAULT_NORMALIZATION,
-    round_to: RoundTo = None,
-    max_layer_ratio: MaxLayerRatio = 0.9,
-    calibration_images: CalibrationImages = DEFAULT_IMAGES,
-    recalibrate: Recalibrate = True,
-    finetune_epochs: FinetuneEpochs = 0,
-    distill: Distill = DEFAULT_DISTILL,
-    lr: FinetuneLr = None,
-    finetune_sparsity: Annotated[float, typer.Option("--finetune-sparsity", min=0.0, help="Keep the sparsity penalty on while fine-tuning (default off).")] = 0.0,
-    batch_size: FinetuneBatch = None,
-    seed: Seed = 0,
+    target_macs: Annotated[Optional[float], typer.Option("--target-macs", help="Instead of --ratio: fraction of the MACs to keep, in (0, 1), met within 0.02.")] = PRUNE.target_macs,
+    target_latency: Annotated[Optional[float], typer.Option("--target-latency", help="Instead of --ratio: fraction of the measured latency to keep, in (0, 1), met within 0.05 (timed side by side with the unpruned model; untrustworthy timings are refused).")] = PRUNE.target_latency,
+    latency_runtime: LatencyRuntime = PRUNE.latency_runtime,
+    latency_batch: Annotated[int, typer.Option("--latency-batch", help="Batch size --target-latency times at.")] = PRUNE.latency_batch,
+    threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads --target-latency times with (default 1).")] = PRUNE.threads,
+    scope: Scope = PRUNE.scope,
+    importance: Importance = PRUNE.importance,
+    normalization: Normalization = PRUNE.normalization,
+    round_to: RoundTo = PRUNE.round_to,
+    max_layer_ratio: MaxLayerRatio = PRUNE.max_layer_ratio,
+    calibration_images: CalibrationImages = PRUNE.calibration_images,
+    recalibrate: Recalibrate = PRUNE.recalibrate,
+    finetune_epochs: FinetuneEpochs = FINETUNE.epochs,
+    distill: Distill = FINETUNE.distill,
+    lr: FinetuneLr = FINETUNE.lr,
+    finetune_sparsity: FinetuneSparsity = FINETUNE.sparsity,
+    batch_size: FinetuneBatch = FINETUNE.batch_size,
+    seed: Seed = PRUNE.seed,
     data_dir: DataDir = None,
     device: Device = "auto",
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder: model.pt and report.json.")] = Path("runs/pruned"),
@@ -129,27 +129,26 @@ def prune(
     quiet: Quiet = False,
 ) -> None:
     """Remove the lowest-ranked channels structurally, fine-tune, and report the trade-off."""
-    if ratio is None and target_macs is None and target_latency is None:
-        ratio = DEFAULT_RATIO
+    from ..app.stages import prune_checkpoint
+
     cfg = PruneConfig(ratio=ratio, target_macs=target_macs, target_latency=target_latency, scope=scope,
                       importance=importance, normalization=normalization, round_to=parse_round_to(round_to),
                       max_layer_ratio=max_layer_ratio, seed=seed, calibration_images=calibration_images,
                       recalibrate=recalibrate, latency_runtime=latency_runtime, latency_batch=latency_batch,
                       threads=threads)
-    report = prune_checkpoint(ckpt, cfg, out, finetune_epochs, lr, finetune_sparsity, data_dir, device, batch_size,
-                              overwrite, progress=not quiet, resume=resume, distill=distill)
+    finetune = FinetuneSettings(epochs=finetune_epochs, lr=lr, sparsity=finetune_sparsity, distill=distill,
+                                batch_size=batch_size)
+    report = prune_checkpoint(ckpt, cfg, out, finetune, data_dir, device, overwrite, progress=not quiet, resume=resume)
     print_prune_report(report)
     console.print(f"pruned model: {out / 'model.pt'}   report: {out / 'report.json'}")
 
 
 def parse_round_to(text: str | None) -> int | str | None:
     """``--round-to``: a channel multiple or ``auto`` (PruneConfig checks the value)."""
-    if text is None or text == "auto":
-        return text
     try:
         return int(text)
-    except ValueError:
-        raise NampruneError(f"--round-to must be a positive channel count or auto, got {text!r}") from None
+    except (TypeError, ValueError):
+        return text
 
 
 def print_prune_report(report: dict) -> None:

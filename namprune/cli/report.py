@@ -8,31 +8,22 @@ from typing import Annotated, Optional
 import typer
 
 from ..core.console import console, note
-from ..core.train import resolve_device
 from ..core.errors import NampruneError
-from ..core.files import write_json, write_text
-from ..core.measure import LatencySettings
-from ..app.stages import compatible_data
-from ..app.plots import plot_layer_widths, plot_pareto
-from ..core.prune import PruneConfig
-from ..app.comparison import check_outputs, compare, csv_text, fronts, markdown, print_table
-from ..app.run_folders import expand, find_base
-from ..core.calibrate import DEFAULT_IMAGES
-from ..app.stages import DEFAULT_DISTILL
-from ..core.saliency import DEFAULT_IMPORTANCE, DEFAULT_NORMALIZATION
-from ..app.sweep import run_sweep, sweep_configs
-from ..core.timing import DEFAULT_THREADS, MAX_SPREAD
+from ..core.settings import DEFAULT_THREADS, FINETUNE, LATENCY, MAX_SPREAD, PRUNE, FinetuneSettings, LatencySettings, PruneConfig
 from .app import DataDir, Device, JsonOut, Overwrite, Quiet, app
 from .prune import (CalibrationImages, Distill, FinetuneBatch, FinetuneEpochs, FinetuneLr, Importance, LatencyRuntime,
                     MaxLayerRatio, Normalization, Recalibrate, RoundTo, Scope, Seed, parse_round_to)
 
-LatencyBatch = Annotated[int, typer.Option("--batch", min=1, help="The larger batch latency is also measured at (batch 1 always is).")]
-Threads = Annotated[Optional[int], typer.Option("--threads", min=1, help=f"CPU threads while timing, torch and onnxruntime alike (default {DEFAULT_THREADS}: steady on a shared machine; recorded with every figure). More threads than idle cores make the figures wait for the other jobs.")]
+SWEEP_FINETUNE_EPOCHS = 1  # a sweep compares points after fine-tuning: one epoch each unless told
+LatencyBatch = Annotated[int, typer.Option("--batch", help="The larger batch latency is also measured at (batch 1 always is).")]
+Threads = Annotated[Optional[int], typer.Option("--threads", help=f"CPU threads while timing, torch and onnxruntime alike (default {DEFAULT_THREADS}: steady on a shared machine; recorded with every figure). More threads than idle cores make the figures wait for the other jobs.")]
 MinTime = Annotated[float, typer.Option("--min-time", help="Seconds of timing per block (torch.utils.benchmark's blocked_autorange).")]
-Rounds = Annotated[int, typer.Option("--rounds", min=1, help=f"Timing blocks per run and batch, interleaved across runs; the median of the rounds is reported, and rounds that differ by more than {MAX_SPREAD:.0%} mark the figure '!' (not to be trusted).")]
+Rounds = Annotated[int, typer.Option("--rounds", help=f"Timing blocks per run and batch, interleaved across runs; the median of the rounds is reported, and rounds that differ by more than {MAX_SPREAD:.0%} mark the figure '!' (not to be trusted).")]
 
 
 def latency_settings(batch: int, threads: int | None, device: str, min_time: float, rounds: int) -> LatencySettings:
+    from ..core.train import resolve_device
+
     return LatencySettings(batches=tuple(sorted({1, batch})), threads=threads, device=str(resolve_device(device)),
                            min_run_time=min_time, rounds=rounds)
 
@@ -48,40 +39,37 @@ def report(
     json_out: JsonOut = None,
     evaluate: Annotated[bool, typer.Option("--evaluate", help="Measure top-1 / top-5 again on the test split instead of reading the runs' records.")] = False,
     data_dir: DataDir = None,
-    batch: LatencyBatch = 32,
-    threads: Threads = None,
-    min_time: MinTime = 0.2,
-    rounds: Rounds = 5,
-    device: Device = "cpu",
+    batch: LatencyBatch = max(LATENCY.batches),
+    threads: Threads = LATENCY.threads,
+    min_time: MinTime = LATENCY.min_run_time,
+    rounds: Rounds = LATENCY.rounds,
+    device: Device = LATENCY.device,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing output files.")] = False,
 ) -> None:
     """Compare runs: params, MACs, measured latency and top-1 against the unpruned base."""
+    from ..app.comparison import check_outputs, compare, print_table, pruned_layers, save_comparison
+    from ..app.run_folders import expand, find_base
+
     check_outputs(markdown_out, csv_out, plot, widths, json_out, overwrite=overwrite)
     settings = latency_settings(batch, threads, device, min_time, rounds)
     found = expand(runs)
     base_run = find_base(found, base)
-    pruned = {run.path.name: run.record.get("layers") for run in found if run.pruned and run.record.get("layers")}
-    if widths and not pruned:
+    layers = pruned_layers(found)
+    if widths and not layers:
         raise NampruneError("--widths needs at least one pruned run (with layer widths in its report.json)")
     data_for = _data_loader(data_dir, settings.device) if evaluate else None
     note(f"measuring the runs side by side on {settings.device} ({settings.rounds} rounds)")
     result = compare(found, base_run, settings, data_for)
     print_table(result)
-    if widths:  # the one picture that can refuse its input: drawn first, so a refusal writes nothing
-        plot_layer_widths(pruned, widths)
-    if plot:
-        plot_pareto(result, fronts(result), plot)
-    if markdown_out:
-        write_text(markdown_out, markdown(result))
-    if csv_out:
-        write_text(csv_out, csv_text(result))
-    if json_out:
-        write_json(json_out, {**result, "front": fronts(result)})
+    save_comparison(result, json_out, markdown_out, csv_out, plot, widths, layers)
 
 
 def _data_loader(data_dir, device: str):
     """The test split of each checkpoint's dataset, loaded once per dataset."""
     cache: dict[tuple, object] = {}
+
+    from ..app.stages import compatible_data
+    from ..core.train import resolve_device
 
     def data_for(payload: dict):
         info = payload["data"]
@@ -107,39 +95,42 @@ def sweep(
     ratios: Annotated[Optional[str], typer.Option("--ratios", help="Comma-separated fractions of channels to remove, e.g. 0.2,0.4,0.6.")] = None,
     target_macs: Annotated[Optional[str], typer.Option("--target-macs", help="Comma-separated fractions of the MACs to keep, e.g. 0.7,0.5 (points besides --ratios).")] = None,
     target_latency: Annotated[Optional[str], typer.Option("--target-latency", help="Comma-separated fractions of the measured latency to keep (at --batch, on --latency-runtime), e.g. 0.8,0.6.")] = None,
-    latency_runtime: LatencyRuntime = "onnxruntime",
-    finetune_epochs: FinetuneEpochs = 1,
-    lr: FinetuneLr = None,
-    batch_size: FinetuneBatch = None,
-    scope: Scope = "global",
-    importance: Importance = DEFAULT_IMPORTANCE,
-    normalization: Normalization = DEFAULT_NORMALIZATION,
-    round_to: RoundTo = None,
-    max_layer_ratio: MaxLayerRatio = 0.9,
-    calibration_images: CalibrationImages = DEFAULT_IMAGES,
-    recalibrate: Recalibrate = True,
-    distill: Distill = DEFAULT_DISTILL,
-    seed: Seed = 0,
+    latency_runtime: LatencyRuntime = PRUNE.latency_runtime,
+    finetune_epochs: FinetuneEpochs = SWEEP_FINETUNE_EPOCHS,
+    lr: FinetuneLr = FINETUNE.lr,
+    batch_size: FinetuneBatch = FINETUNE.batch_size,
+    scope: Scope = PRUNE.scope,
+    importance: Importance = PRUNE.importance,
+    normalization: Normalization = PRUNE.normalization,
+    round_to: RoundTo = PRUNE.round_to,
+    max_layer_ratio: MaxLayerRatio = PRUNE.max_layer_ratio,
+    calibration_images: CalibrationImages = PRUNE.calibration_images,
+    recalibrate: Recalibrate = PRUNE.recalibrate,
+    distill: Distill = FINETUNE.distill,
+    seed: Seed = PRUNE.seed,
     data_dir: DataDir = None,
     device: Device = "auto",
-    batch: LatencyBatch = 32,
-    threads: Threads = None,
-    min_time: MinTime = 0.2,
-    rounds: Rounds = 5,
-    latency_device: Annotated[str, typer.Option("--latency-device", help="Where latency is timed: cpu (default) or cuda[:N].")] = "cpu",
+    batch: LatencyBatch = max(LATENCY.batches),
+    threads: Threads = LATENCY.threads,
+    min_time: MinTime = LATENCY.min_run_time,
+    rounds: Rounds = LATENCY.rounds,
+    latency_device: Annotated[str, typer.Option("--latency-device", help="Where latency is timed: cpu (default) or cuda[:N].")] = LATENCY.device,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder: one run folder per point, sweep.json, pareto.png, widths.png.")] = Path("runs/sweep"),
     overwrite: Overwrite = False,
     quiet: Quiet = False,
 ) -> None:
     """Prune one checkpoint at several ratios / MACs targets, fine-tune each, and draw the Pareto front."""
+    from ..app.comparison import print_table
+    from ..app.sweep import run_sweep, sweep_configs
+
     base_cfg = PruneConfig(scope=scope, importance=importance, normalization=normalization, round_to=parse_round_to(round_to),
                            max_layer_ratio=max_layer_ratio, seed=seed, calibration_images=calibration_images,
                            recalibrate=recalibrate, latency_runtime=latency_runtime, latency_batch=batch, threads=threads)
     configs = sweep_configs(base_cfg, _fractions(ratios, "--ratios"), _fractions(target_macs, "--target-macs"),
                             _fractions(target_latency, "--target-latency"))
     settings = latency_settings(batch, threads, latency_device, min_time, rounds)
-    record = run_sweep(ckpt, configs, out, finetune_epochs, lr, data_dir, device, batch_size, settings, overwrite,
-                       progress=not quiet, distill=distill)
+    finetune = FinetuneSettings(epochs=finetune_epochs, lr=lr, distill=distill, batch_size=batch_size)
+    record = run_sweep(ckpt, configs, out, finetune, data_dir, device, settings, overwrite, progress=not quiet)
     print_table({"base": record["base"]["name"], "settings": record["settings"],
                  "runs": [record["base"], *record["points"]]})
     console.print(f"Pareto front (top-1 against MACs): {', '.join(record['front']['macs'])}")

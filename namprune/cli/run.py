@@ -8,10 +8,6 @@ from typing import Annotated, Optional
 import typer
 
 from ..core.console import console
-from ..core.files import read_json
-from ..app.recipes import load_recipe
-from ..app.comparison import print_table
-from ..app.recipe_run import run_recipe
 from .app import DataDir, Device, Overwrite, Quiet, app
 
 Set = Annotated[Optional[list[str]], typer.Option("--set", help="Override a recipe value: --set prune.ratio=0.5 (repeatable; the value is read as YAML).", metavar="KEY=VALUE")]
@@ -23,13 +19,16 @@ def run(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder, one sub-folder per stage; run again to continue an interrupted run.")] = Path("runs/run"),
     overrides: Set = None,
     data_dir: DataDir = None,
-    epochs: Annotated[Optional[int], typer.Option("--epochs", "-e", min=1, help="Override train.epochs.")] = None,
+    epochs: Annotated[Optional[int], typer.Option("--epochs", "-e", help="Override train.epochs.")] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Override train.seed.")] = None,
     device: Device = "auto",
     overwrite: Overwrite = False,
     quiet: Quiet = False,
 ) -> None:
     """Run a recipe end to end: train, rank, prune, fine-tune, report, export."""
+    from ..app.recipe_run import run_recipe
+    from ..app.recipes import load_recipe
+
     flags = {"data.data_dir": ("--data-dir", str(data_dir) if data_dir else None), "train.epochs": ("--epochs", epochs),
              "train.seed": ("--seed", seed)}
     loaded = load_recipe(recipe, overrides or [], {k: v for k, v in flags.items() if v[1] is not None})
@@ -46,12 +45,18 @@ def demo(
     quiet: Quiet = False,
 ) -> None:
     """The digits recipe end to end, offline, in about a minute on two CPU cores."""
+    from ..app.recipe_run import run_recipe
+    from ..app.recipes import load_recipe
+
     done = run_recipe(load_recipe("digits-resnet20", overrides or []), out, device, overwrite, progress=not quiet)
     show_results(done)
 
 
 def show_results(out: Path) -> None:
     """The trade-off table and where everything is."""
+    from ..app.comparison import print_table
+    from ..core.files import read_json
+
     print_table(read_json(out / "report" / "report.json"))
     final = out / "finetune" if (out / "finetune").exists() else out / "prune"
     rows = [("pruned model", final / "model.pt"), ("trade-off report", out / "report" / "report.md"),

@@ -8,25 +8,11 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from ..core import checkpoint, models
 from ..core.console import console
-from ..core.data import DATASETS
-from ..core.train import TrainConfig, evaluate, resolve_device
 from ..core.errors import NampruneError
-from ..core.files import write_json
-from ..core.measure import count_macs, count_params
-from ..core.nam import ATTENTIONS
-from ..app.stages import compatible_data, resume_training, train_model
-from ..core.sparsity import DEFAULT_STRENGTH, DEFAULT_TARGETS, TARGETS
+from ..core.settings import (AMP_MODES, ATTENTIONS, DATASETS, DEFAULT_ATTENTION, DEFAULT_DATASET, DEFAULT_MODEL,
+                             DEFAULT_WORKERS, OPTIMIZERS, SCHEDULES, TRAIN, TrainConfig)
 from .app import DataDir, Device, JsonOut, Overwrite, Quiet, Workers, app
-from .gates import print_gate_spread
-
-
-def _choice(value: str, choices, what: str) -> str:
-    if value not in choices:
-        raise NampruneError(f"unknown {what} {value!r}; choose one of {', '.join(choices)}")
-    return value
-
 
 def _names(text: Optional[str]) -> Optional[list[str]]:
     names = [n.strip() for n in (text or "").split(",") if n.strip()]
@@ -44,47 +30,46 @@ def _milestones(text: Optional[str]) -> Optional[list[int]]:
 
 @app.command()
 def train(
-    model: Annotated[str, typer.Option("--model", "-m", help="Registry name (resnet20, resnet56, resnet18/34/50, mobilenetv2), tv:<torchvision name>, timm:<timm name> (pip install \"namprune\\[timm]\") or path/to/file.py:function (your own constructor, called with the arguments it declares among num_classes, in_channels, input_size).")] = "resnet20",
+    model: Annotated[str, typer.Option("--model", "-m", help="Registry name (resnet20, resnet56, resnet18/34/50, mobilenetv2), tv:<torchvision name>, timm:<timm name> (pip install \"namprune\\[timm]\") or path/to/file.py:function (your own constructor, called with the arguments it declares among num_classes, in_channels, input_size).")] = DEFAULT_MODEL,
     weights: Annotated[Optional[Path], typer.Option("--weights", help="Start from this local state_dict (saved by torchvision, timm or any PyTorch code; read with weights_only=True). A classifier of another class count starts fresh, with a note.", metavar="FILE")] = None,
     nam_after: Annotated[Optional[str], typer.Option("--nam-after", help="Attach NAM after these layers (comma-separated module names) instead of at the residual branches namprune recognises; for tv:, timm: and file models.", metavar="NAMES")] = None,
-    dataset: Annotated[str, typer.Option("--dataset", "-d", help=f"One of {', '.join(DATASETS)}.")] = "digits",
+    dataset: Annotated[str, typer.Option("--dataset", "-d", help=f"One of {', '.join(DATASETS)}.")] = DEFAULT_DATASET,
     data_dir: DataDir = None,
     image_size: Annotated[Optional[int], typer.Option("--image-size", min=8, help="Input side in pixels (default: the dataset's own; 16 for digits, 224 for large image folders).")] = None,
-    attention: Annotated[str, typer.Option("--attention", help=f"One of {', '.join(ATTENTIONS)}; nam = channel then spatial NAM.")] = "nam",
-    epochs: Annotated[int, typer.Option("--epochs", "-e", min=1, help="Training epochs.")] = 30,
-    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Images per step (per process under torchrun).")] = 128,
-    lr: Annotated[float, typer.Option("--lr", help="Peak learning rate.")] = 0.1,
-    optimizer: Annotated[str, typer.Option("--optimizer", help="sgd (momentum) or adamw.")] = "sgd",
-    momentum: Annotated[float, typer.Option("--momentum", help="SGD momentum.")] = 0.9,
-    nesterov: Annotated[bool, typer.Option("--nesterov/--no-nesterov", help="Nesterov momentum for SGD.")] = True,
-    weight_decay: Annotated[float, typer.Option("--weight-decay", "--wd", help="Weight decay.")] = 5e-4,
-    bn_weight_decay: Annotated[bool, typer.Option("--bn-weight-decay", help="Also decay the BatchNorm / NAM scale factors and shifts (the NAM code does; by default they are exempt, so only the sparsity penalty pulls them).")] = False,
-    schedule: Annotated[str, typer.Option("--schedule", help="onecycle (best measured for short runs), multistep (the NAM paper's), cosine or constant.")] = "onecycle",
+    attention: Annotated[str, typer.Option("--attention", help=f"One of {', '.join(ATTENTIONS)}; nam = channel then spatial NAM.")] = DEFAULT_ATTENTION,
+    epochs: Annotated[int, typer.Option("--epochs", "-e", help="Training epochs.")] = TRAIN.epochs,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Images per step (per process under torchrun).")] = TRAIN.batch_size,
+    lr: Annotated[float, typer.Option("--lr", help="Peak learning rate.")] = TRAIN.lr,
+    optimizer: Annotated[str, typer.Option("--optimizer", help=f"{' or '.join(OPTIMIZERS)} (SGD with momentum).")] = TRAIN.optimizer,
+    momentum: Annotated[float, typer.Option("--momentum", help="SGD momentum.")] = TRAIN.momentum,
+    nesterov: Annotated[bool, typer.Option("--nesterov/--no-nesterov", help="Nesterov momentum for SGD.")] = TRAIN.nesterov,
+    weight_decay: Annotated[float, typer.Option("--weight-decay", "--wd", help="Weight decay.")] = TRAIN.weight_decay,
+    bn_weight_decay: Annotated[bool, typer.Option("--bn-weight-decay", help="Also decay the BatchNorm / NAM scale factors and shifts (the NAM code does; by default they are exempt, so only the sparsity penalty pulls them).")] = TRAIN.bn_weight_decay,
+    schedule: Annotated[str, typer.Option("--schedule", help=f"One of {', '.join(SCHEDULES)}: onecycle (best measured for short runs), multistep (the NAM paper's).")] = TRAIN.schedule,
     milestones: Annotated[Optional[str], typer.Option("--milestones", help="Epochs where multistep multiplies the lr by --lr-decay, e.g. 60,120,160 (default 30/60/80 % of the run).")] = None,
-    lr_decay: Annotated[float, typer.Option("--lr-decay", help="Multistep factor (the NAM paper uses 0.2).")] = 0.2,
-    warmup_epochs: Annotated[int, typer.Option("--warmup-epochs", min=0, help="Linear lr warmup epochs.")] = 0,
-    sparsity: Annotated[float, typer.Option("--sparsity", "-p", min=0.0, help="Strength p of the L1 penalty on the scale factors (0 turns it off; the paper uses 1e-4 over 200 epochs).")] = DEFAULT_STRENGTH,
-    sparsity_targets: Annotated[str, typer.Option("--sparsity-targets", help="all: every scale factor; bn: the network's own BatchNorms (Network Slimming); nam: NAM's gamma and lambda only (the paper).")] = DEFAULT_TARGETS,
-    seed: Annotated[int, typer.Option("--seed", help="Random seed (weights, data order, augmentation).")] = 0,
+    lr_decay: Annotated[float, typer.Option("--lr-decay", help="Multistep factor (the NAM paper uses 0.2).")] = TRAIN.lr_decay,
+    warmup_epochs: Annotated[int, typer.Option("--warmup-epochs", help="Linear lr warmup epochs.")] = TRAIN.warmup_epochs,
+    sparsity: Annotated[float, typer.Option("--sparsity", "-p", help="Strength p of the L1 penalty on the scale factors (0 turns it off; the paper uses 1e-4 over 200 epochs).")] = TRAIN.sparsity,
+    sparsity_targets: Annotated[str, typer.Option("--sparsity-targets", help="all: every scale factor; bn: the network's own BatchNorms (Network Slimming); nam: NAM's gamma and lambda only (the paper).")] = TRAIN.sparsity_targets,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed (weights, data order, augmentation).")] = TRAIN.seed,
     device: Device = "auto",
-    amp: Annotated[str, typer.Option("--amp", help="auto (bf16 on CUDA, off on CPU), bf16, fp16 (with loss scaling) or off.")] = "auto",
-    channels_last: Annotated[bool, typer.Option("--channels-last/--no-channels-last", help="Train in the channels-last memory format (NHWC).")] = True,
-    compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the model for training (the first steps wait for the compiler).")] = False,
-    sync_bn: Annotated[bool, typer.Option("--sync-bn", help="Under torchrun on GPUs: BatchNorm statistics over all processes' batches (SyncBatchNorm).")] = False,
-    workers: Workers = 2,
+    amp: Annotated[str, typer.Option("--amp", help=f"One of {', '.join(AMP_MODES)}: auto is bf16 on CUDA, off on CPU; fp16 uses loss scaling.")] = TRAIN.amp,
+    channels_last: Annotated[bool, typer.Option("--channels-last/--no-channels-last", help="Train in the channels-last memory format (NHWC).")] = TRAIN.channels_last,
+    compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the model for training (the first steps wait for the compiler).")] = TRAIN.compile,
+    sync_bn: Annotated[bool, typer.Option("--sync-bn", help="Under torchrun on GPUs: BatchNorm statistics over all processes' batches (SyncBatchNorm).")] = TRAIN.sync_bn,
+    workers: Workers = DEFAULT_WORKERS,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder: model.pt, metrics.jsonl, summary.json.")] = Path("runs/train"),
     overwrite: Overwrite = False,
     resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue the interrupted run whose --out was DIR from its last complete epoch, with the settings saved in it (only --data-dir, --device, --workers and --quiet still apply).", metavar="DIR")] = None,
     quiet: Quiet = False,
 ) -> None:
     """Train a model with NAM attention and the sparsity penalty; checkpoint every epoch."""
+    from ..app.stages import resume_training, train_model
+
     if resume is not None:
         summary = resume_training(resume, data_dir, device, workers, progress=not quiet)
         out = resume
     else:
-        _choice(dataset, DATASETS, "dataset")
-        _choice(attention, ATTENTIONS, "attention")
-        _choice(sparsity_targets, TARGETS, "sparsity targets")
         cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, momentum=momentum,
                           nesterov=nesterov, weight_decay=weight_decay, bn_weight_decay=bn_weight_decay, schedule=schedule, milestones=_milestones(milestones),
                           lr_decay=lr_decay, warmup_epochs=warmup_epochs, sparsity=sparsity,
@@ -108,6 +93,11 @@ def eval_(
     json_out: JsonOut = None,
 ) -> None:
     """Evaluate a checkpoint on the test split of the dataset it was trained on."""
+    from ..app.stages import compatible_data
+    from ..core import checkpoint
+    from ..core.files import write_json
+    from ..core.train import evaluate, resolve_device
+
     payload = checkpoint.read(ckpt)
     net = checkpoint.build(payload)
     info = payload["data"]
@@ -130,6 +120,11 @@ def info(
     data_dir: DataDir = None,
 ) -> None:
     """Show a checkpoint's architecture, size, cost and metrics, and what its NAM gates do on training images."""
+    from ..core import checkpoint, models
+    from ..core.cost import count_macs, count_params
+    from ..core.files import write_json
+    from .gates import print_gate_spread
+
     payload = checkpoint.read(ckpt)
     net = checkpoint.build(payload)
     arch, data = payload["arch"], payload["data"]

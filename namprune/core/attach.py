@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 
 from .errors import NampruneError
-from .nam import ATTENTIONS, NAM, SCALED, check_attention
+from .nam import BRANCHES, NAM, SCALED, check_attention
 
 # (module, block class, the child that ends the block's residual branch, before the add).
 # "-1" is the last child of a Sequential. A class is only looked for when its library is
@@ -115,7 +115,7 @@ def attach_nam(model: nn.Module, example_input: torch.Tensor, attention: str = "
     ``none`` (nothing attached). ``example_input`` is one batch the model takes (its size
     fixes each spatial branch's feature-map size; the model must then be fed that size).
     """
-    mode = ATTENTIONS[check_attention(attention)]
+    mode = BRANCHES[check_attention(attention)]
     remember_input(model, example_input)
     if mode is None:
         return model

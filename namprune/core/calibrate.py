@@ -21,15 +21,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .errors import NampruneError
+from .settings import DEFAULT_IMAGES
 
-DEFAULT_IMAGES = 1024  # calibration images for scores and for BatchNorm recalibration
-
-
-def check_count(count: int) -> int:
-    """The one rule for every --calibration-images."""
-    if count < 1:
-        raise NampruneError(f"--calibration-images must be at least 1, got {count}")
-    return count
 
 
 def calibration_batches(loader: Iterable, images: int, device: torch.device) -> Iterator[torch.Tensor]:

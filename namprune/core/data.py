@@ -26,8 +26,8 @@ from PIL import Image
 from torchvision.transforms import v2
 
 from .errors import NampruneError
+from .settings import DATASETS, DEFAULT_WORKERS
 
-DATASETS = ("digits", "mnist", "fashionmnist", "cifar10", "cifar100", "imagefolder", "fake")
 DEFAULT_DATA_DIR = Path.home() / ".cache" / "namprune" / "data"
 # Image folders whose images are at most this big are decoded into memory.
 IN_MEMORY_MAX_SIDE = 64
@@ -341,7 +341,7 @@ NATIVE_SIZE = {"digits": 16, "mnist": 28, "fashionmnist": 28, "cifar10": 32, "ci
 
 
 def load_data(name: str, data_dir: str | Path | None = None, image_size: int | None = None, batch_size: int = 128,
-              device: str | torch.device = "cpu", workers: int = 2, seed: int = 0, rank: int = 0,
+              device: str | torch.device = "cpu", workers: int = DEFAULT_WORKERS, seed: int = 0, rank: int = 0,
               world_size: int = 1, augment: bool = True, eval_batch_size: int | None = None) -> DataBundle:
     """Load a dataset by name and return its train and test loaders and its ``DataInfo``."""
     if name not in DATASETS:

@@ -32,13 +32,11 @@ import torch.fx as fx
 import torch.nn as nn
 
 from .fold import FoldedChannelNAM, FoldedNAM, fold_nam
-from .errors import NampruneError
 from .nam import NAM, ChannelNAM, SpatialNAM
 
 # Gates whose spread is at most 3 % go. Measured (BENCHMARKS.md, "NAM at inference"): removing
 # every gate of a CIFAR-10 ResNet-20 (largest spread 2.3 %) changed test top-1 by +0.01 point,
 # and no tolerance moved it by more than 0.14; digits models did not move at any tolerance.
-DEFAULT_TOLERANCE = 0.03
 
 
 @dataclass
@@ -67,12 +65,6 @@ class GateStat:
                "min": round(self.low, 6), "max": round(self.high, 6), "spread": round(self.spread, 6),
                "max_deviation": round(self.max_deviation, 6), "images": self.images}
         return out if tolerance is None else {**out, "removed": self.removable(tolerance)}
-
-
-def check_tolerance(tolerance: float) -> float:
-    if not 0 <= tolerance < 1:
-        raise NampruneError(f"--gate-tolerance must be a fraction in [0, 1), got {tolerance}")
-    return tolerance
 
 
 def has_gates(model: nn.Module) -> bool:
@@ -225,5 +217,5 @@ def fold_for_export(model: nn.Module, images: torch.Tensor | None, tolerance: fl
                     "calibration_images": len(images), "gates": [s.to_dict(tolerance) for s in stats]}
 
 
-__all__ = ["DEFAULT_TOLERANCE", "ConstantScale", "GateStat", "check_tolerance", "fold_for_export", "has_gates",
+__all__ = ["ConstantScale", "GateStat", "fold_for_export", "has_gates",
            "measure_gates", "remove_constant_gates"]

@@ -26,9 +26,9 @@ import torch.nn as nn
 from .errors import NampruneError
 from .fold import fold_nam
 from .onnx import to_onnx
-from .timing import CLEAN_HINT, LatencySettings, measure_latency
+from .settings import LatencySettings, PruneConfig
+from .timing import CLEAN_HINT, measure_latency
 
-RUNTIMES = ("onnxruntime", "torch")
 LATENCY_TOLERANCE = 0.05  # of the unpruned latency: the target is met within this or the miss is reported
 COST_PROBE = 0.5  # the fraction of a group's channels removed to measure what its channels cost
 MAX_UNCERTAINTY = LATENCY_TOLERANCE  # standard error of a measured ratio: no finer than the target is held to
@@ -47,10 +47,10 @@ class LatencyMeter:
     rounds: int = 15  # many short rounds: single blocks on a shared VM jump by 25 %
     min_run_time: float = 0.1
 
-    def __post_init__(self):
-        if self.runtime not in RUNTIMES:
-            raise NampruneError(f"unknown --latency-runtime {self.runtime!r}; choose one of {', '.join(RUNTIMES)}")
-        self.settings  # validates batch, threads, rounds and time with the one set of timing rules
+    @classmethod
+    def of(cls, cfg: PruneConfig) -> "LatencyMeter":
+        """The meter a (validated) ``PruneConfig`` asks for."""
+        return cls(cfg.latency_runtime, cfg.latency_batch, cfg.threads)
 
     @property
     def settings(self) -> LatencySettings:
@@ -142,4 +142,4 @@ def group_costs(model: nn.Module, groups: list, prune_copy: Callable[[nn.Module,
     return costs
 
 
-__all__ = ["LATENCY_TOLERANCE", "RUNTIMES", "LatencyComparison", "LatencyMeter", "group_costs"]
+__all__ = ["LATENCY_TOLERANCE", "LatencyComparison", "LatencyMeter", "group_costs"]

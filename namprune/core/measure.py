@@ -23,7 +23,8 @@ from .cost import MACS_COUNTER, count_macs, count_params
 from .data import DataBundle
 from .train import evaluate
 from .graph import example_input
-from .timing import LatencySettings, measure_latency
+from .settings import LatencySettings
+from .timing import measure_latency
 
 
 def measure_cost(model: nn.Module) -> dict:

@@ -29,9 +29,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .errors import NampruneError
+from .settings import ATTENTIONS
 
-# attention name -> which NAM branches it has; the names in SCALED use the width-invariant weights
-ATTENTIONS = {"none": None, "nam": "both", "nam-channel": "channel", "nam-spatial": "spatial", "nam-scaled": "both"}
+# attention name (settings.ATTENTIONS) -> which NAM branches it has; the names in SCALED use
+# the width-invariant weights
+BRANCHES = {"none": None, "nam": "both", "nam-channel": "channel", "nam-spatial": "spatial", "nam-scaled": "both"}
 SCALED = frozenset({"nam-scaled"})
 
 
@@ -144,7 +146,7 @@ def create_attention(name: str, channels: int, spatial_size: tuple[int, int] | i
     """The attention layer a block asks for by short name: ``none``, ``nam``, ``nam-channel``,
     ``nam-spatial``, ``nam-scaled``."""
     check_attention(name)
-    mode = ATTENTIONS[name]
+    mode = BRANCHES[name]
     return nn.Identity() if mode is None else NAM(channels, spatial_size, mode, scaled=name in SCALED)
 
 

@@ -22,80 +22,24 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass
 from typing import Iterable
 
 import torch
 import torch.nn as nn
 
 from .attach import remember_input
-from .calibrate import DEFAULT_IMAGES, check_count, recalibrate_batchnorm
+from .calibrate import recalibrate_batchnorm
 from .cost import channel_macs, count_macs
 from .latency_cost import LATENCY_TOLERANCE, LatencyComparison, LatencyMeter, group_costs
+from .settings import PruneConfig
 from .errors import NampruneError
 from .graph import channel_groups, dependency_graph, grouped_indices, ignored_names
-from .saliency import (DEFAULT_IMPORTANCE, DEFAULT_NORMALIZATION, NEEDS_DATA, GroupSaliency, check_importance,
-                       make_importance, resolve_normalization, score_groups)
+from .saliency import NEEDS_DATA, GroupSaliency, make_importance, score_groups
 
-SCOPES = ("global", "local")
-DEFAULT_RATIO = 0.3
 ROUND_TO_CANDIDATES = (1, 4, 8, 16)
 COST_EXPONENT = 0.5  # channels go in order of score^2 / cost^COST_EXPONENT (benchmarks/allocation.py)
 MACS_TOLERANCE = 0.02  # of the unpruned MACs: one stream channel of a small net can weigh over 1 %
-
-
-@dataclass
-class PruneConfig:
-    """How to prune: how much (ratio of channels, or fraction of MACs to keep), where to rank
-    (globally or per layer), by what, the limits that keep every layer usable, and whether to
-    re-estimate BatchNorm statistics afterwards."""
-
-    ratio: float | None = DEFAULT_RATIO
-    target_macs: float | None = None
-    target_latency: float | None = None
-    latency_runtime: str = "onnxruntime"  # what --target-latency times: onnxruntime or torch (eager)
-    latency_batch: int = 1
-    threads: int | None = None  # timing threads (None: the timing default)
-    scope: str = "global"
-    importance: str = DEFAULT_IMPORTANCE
-    normalization: str = DEFAULT_NORMALIZATION
-    round_to: int | str | None = None  # a channel multiple, or "auto": the one that times fastest
-    max_layer_ratio: float = 0.9
-    seed: int = 0
-    calibration_images: int = DEFAULT_IMAGES  # for data-driven scores and BatchNorm recalibration
-    recalibrate: bool = True
-
-    def __post_init__(self):
-        self.validate()
-
-    def validate(self) -> None:
-        if [self.ratio, self.target_macs, self.target_latency].count(None) != 2:
-            raise NampruneError("give exactly one of --ratio, --target-macs and --target-latency")
-        if self.ratio is not None and not 0 < self.ratio < 1:
-            raise NampruneError(f"--ratio must be in (0, 1) (the fraction of channels removed), got {self.ratio}")
-        if self.target_macs is not None and not 0 < self.target_macs < 1:
-            raise NampruneError(f"--target-macs must be in (0, 1) (the fraction of MACs kept), got {self.target_macs}")
-        if self.target_latency is not None and not 0 < self.target_latency < 1:
-            raise NampruneError(f"--target-latency must be in (0, 1) (the fraction of the measured latency kept), "
-                                f"got {self.target_latency}")
-        self.meter  # the runtime, batch and threads, checked by the timing rules
-        if not 0 < self.max_layer_ratio < 1:
-            raise NampruneError(f"--max-layer-ratio must be in (0, 1), got {self.max_layer_ratio}")
-        if self.scope not in SCOPES:
-            raise NampruneError(f"unknown scope {self.scope!r}; choose global or local")
-        if self.round_to is not None and self.round_to != "auto" and not (isinstance(self.round_to, int)
-                                                                          and self.round_to >= 1):
-            raise NampruneError(f"--round-to must be a positive channel count or auto, got {self.round_to}")
-        check_count(self.calibration_images)
-        check_importance(self.importance)
-        resolve_normalization(self.importance, self.normalization)
-
-    @property
-    def meter(self) -> LatencyMeter:
-        return LatencyMeter(self.latency_runtime, self.latency_batch, self.threads)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass
@@ -240,7 +184,6 @@ def prune(model: nn.Module, cfg: PruneConfig, calibration: Iterable | None = Non
     once for a model namprune did not build. The classifier (the last ``nn.Linear``) keeps
     its outputs, and so do the ``ignored`` layers (names or modules).
     """
-    cfg.validate()
     if example_input is not None:
         remember_input(model, example_input)
     before = layer_widths(model)
@@ -285,16 +228,17 @@ def _fastest_rounding(model: nn.Module, ranked: list, cfg: PruneConfig) -> tuple
     finer steps keep the ranking's choice closer)."""
     copies = {}
     for multiple in ROUND_TO_CANDIDATES:
-        candidate = replace(cfg, round_to=multiple)
+        candidate = cfg.with_(round_to=multiple)
         try:
             removed, _ = _removal(model, ranked, candidate)
         except NampruneError:  # this multiple's steps cannot meet the target
             continue
         copies[multiple] = _plan(model, ranked, removed).apply(copy.deepcopy(model))
-    ms, trusted = cfg.meter.compare(copies)
+    meter = LatencyMeter.of(cfg)
+    ms, trusted = meter.compare(copies)
     fastest = min(ms.values())
     chosen = min(m for m, t in ms.items() if t <= fastest * (1 + LATENCY_TOLERANCE))
-    return replace(cfg, round_to=chosen), {**cfg.meter.describe(), "ms": ms, "chosen": chosen, "trusted": trusted}
+    return cfg.with_(round_to=chosen), {**meter.describe(), "ms": ms, "chosen": chosen, "trusted": trusted}
 
 
 def _removal_for_budget(model: nn.Module, ranked: list, cfg: PruneConfig, costs: list[float], measure,
@@ -365,7 +309,8 @@ def _removal_for_latency(model: nn.Module, ranked: list, cfg: PruneConfig) -> tu
     latency, timed side by side with the model, and the record of what was measured. A target
     missed by more than ``LATENCY_TOLERANCE`` is still pruned to the closest measured point;
     the record says by how much and why."""
-    kept = LatencyComparison(cfg.meter, model)
+    meter = LatencyMeter.of(cfg)
+    kept = LatencyComparison(meter, model)
 
     def prune_copy(copy_: nn.Module, index: int, count: int) -> nn.Module:
         return _plan(model, ranked, [count if i == index else 0 for i in range(len(ranked))]).apply(copy_)
@@ -375,7 +320,7 @@ def _removal_for_latency(model: nn.Module, ranked: list, cfg: PruneConfig) -> tu
     removed, _, least = _removal_for_budget(model, ranked, cfg, costs, kept, cfg.target_latency, 1.0,
                                             LATENCY_TOLERANCE, bisections=3)  # every step is timed
     kept(_plan(model, ranked, removed).apply(copy.deepcopy(model)))  # the record is of the plan chosen
-    record = {**cfg.meter.describe(), "target": cfg.target_latency, **kept.last, "tolerance": LATENCY_TOLERANCE}
+    record = {**meter.describe(), "target": cfg.target_latency, **kept.last, "tolerance": LATENCY_TOLERANCE}
     record["met"] = abs(record["kept"] - cfg.target_latency) <= LATENCY_TOLERANCE
     if not record["met"]:
         record["missed_by"] = round(record["kept"] - cfg.target_latency, 4)
@@ -385,6 +330,6 @@ def _removal_for_latency(model: nn.Module, ranked: list, cfg: PruneConfig) -> tu
     return removed, record
 
 
-__all__ = ["LATENCY_TOLERANCE", "MACS_TOLERANCE", "SCOPES", "Plan", "PruneConfig", "PruneResult", "allocate_macs", "allocate_ratio",
+__all__ = ["LATENCY_TOLERANCE", "MACS_TOLERANCE", "Plan", "PruneConfig", "PruneResult", "allocate_macs", "allocate_ratio",
            "layer_widths", "prune"]
 

@@ -38,41 +38,20 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
-from .calibrate import DEFAULT_IMAGES, accumulate_gradients, input_energy
+from .calibrate import accumulate_gradients, input_energy
 from .errors import NampruneError
 from .graph import dependency_graph, prunable_groups
 from .nam import ChannelNAM, SpatialNAM
+from .settings import (DEFAULT_IMAGES, DEFAULT_IMPORTANCE, DEFAULT_NORMALIZATION, check_importance,
+                       resolve_normalization)
 
-IMPORTANCES = ("nam", "nam-w", "slim", "l1", "taylor", "random")
-DEFAULT_IMPORTANCE = "nam"
-NEEDS_DATA = ("nam", "taylor")
-NORMALIZATIONS = ("auto", "none", "mean", "sum", "max")
-DEFAULT_NORMALIZATION = "auto"
-# What "auto" means for each importance: the normalization measured best for it
-# (BENCHMARKS.md, "Ranking normalization"). ``nam`` is a fraction already: it takes none.
-AUTO_NORMALIZATION = {"nam": "none", "nam-w": "none", "slim": "none", "l1": "sum", "taylor": "mean", "random": "none"}
+NEEDS_DATA = ("nam", "taylor")  # scores measured on calibration images
 # A channel whose score is below this fraction of the model's mean score counts as "near zero".
 NEAR_ZERO = 0.05
 
 
-def resolve_normalization(importance: str, normalization: str) -> str:
-    """The normalization ``auto`` stands for with this importance; any other name as is."""
-    if normalization not in NORMALIZATIONS:
-        raise NampruneError(f"unknown normalization {normalization!r}; choose one of {', '.join(NORMALIZATIONS)}")
-    if importance in ("nam", "random") and normalization not in ("auto", "none"):
-        raise NampruneError(f"the {importance} score takes no normalization (it is relative already); "
-                            "--normalization applies to nam-w, slim, l1 and taylor")
-    return AUTO_NORMALIZATION.get(importance, "none") if normalization == "auto" else normalization
-
-
 def _normalizer(how: str):
     return None if how == "none" else how
-
-
-def check_importance(name: str) -> str:
-    if name not in IMPORTANCES:
-        raise NampruneError(f"unknown importance {name!r}; choose one of {', '.join(IMPORTANCES)}")
-    return name
 
 
 class CarriedSignalImportance(tp.importance.Importance):
@@ -279,5 +258,5 @@ def rank_model(model: nn.Module, importance: str = DEFAULT_IMPORTANCE, normaliza
                    pixel_saliency(model))
 
 
-__all__ = ["IMPORTANCES", "NORMALIZATIONS", "CarriedSignalImportance", "GroupSaliency", "NAMWeightImportance",
+__all__ = ["CarriedSignalImportance", "GroupSaliency", "NAMWeightImportance",
            "Ranking", "largest_safe_ratio", "make_importance", "pixel_saliency", "rank_model", "score_groups"]

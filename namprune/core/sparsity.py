@@ -15,20 +15,13 @@ import torch.nn as nn
 
 from .errors import NampruneError
 from .nam import ChannelNAM, SpatialNAM
-
-TARGETS = ("all", "bn", "nam")
-DEFAULT_TARGETS = "all"
-# The L1 gradient p * sign(gamma) moves a scale factor by p times the sum of the learning
-# rates over a run: about 0.24 for p = 1e-3 over 12 epochs of CIFAR-10 at batch 128 with the
-# one-cycle schedule, the budget the default was measured at (BENCHMARKS.md).
-DEFAULT_STRENGTH = 1e-3
-PAPER_STRENGTH, PAPER_TARGETS = 1e-4, "nam"  # the NAM paper's setting (for a 200-epoch schedule)
+from .settings import DEFAULT_STRENGTH, DEFAULT_TARGETS, SPARSITY_TARGETS
 
 
 def penalized_parameters(model: nn.Module, targets: str = DEFAULT_TARGETS) -> list[nn.Parameter]:
     """The scale factors the penalty applies to."""
-    if targets not in TARGETS:
-        raise NampruneError(f"unknown sparsity targets {targets!r}; choose one of {', '.join(TARGETS)}")
+    if targets not in SPARSITY_TARGETS:
+        raise NampruneError(f"unknown sparsity targets {targets!r}; choose one of {', '.join(SPARSITY_TARGETS)}")
     nam_norms = {id(m.bn) for m in model.modules() if isinstance(m, (ChannelNAM, SpatialNAM))}
     return [m.weight for m in model.modules()
             if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine

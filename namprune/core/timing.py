@@ -29,7 +29,6 @@ from __future__ import annotations
 import os
 import platform
 import statistics
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -38,54 +37,19 @@ import torch
 import torch.nn as nn
 import torch.utils.benchmark as benchmark
 
-from .errors import NampruneError
+from .settings import DEFAULT_THREADS, MAX_CPU_WAIT, MAX_SPREAD, LatencySettings
 from .graph import example_input
 from .onnx import fixed_batch, session
 
-# One thread by default: it is what torch.utils.benchmark defaults to, and it holds up on
-# a shared machine (two threads on two busy cores measured 1170 ms where one took 20 ms;
-# BENCHMARKS.md, "Timings a user can trust"). More threads are a flag away.
-DEFAULT_THREADS = 1
-MAX_SPREAD = 0.20  # rounds may disagree by this fraction of the median
-MAX_CPU_WAIT = 0.20  # the timing threads may wait this share of their ready time for a CPU
 CLEAN_HINT = ("for a clean figure, time while no other job runs (or with fewer --threads than idle cores), "
               "with more --rounds")
 
 
-@dataclass(frozen=True)
-class LatencySettings:
-    """How latency is timed: the batch sizes, threads, device, how long, and how much the
-    rounds may disagree before a figure is flagged."""
-
-    batches: tuple[int, ...] = (1, 32)
-    threads: int | None = None  # None: DEFAULT_THREADS
-    device: str = "cpu"
-    min_run_time: float = 0.2  # seconds of timing per block (torch.utils.benchmark's blocked_autorange)
-    rounds: int = 5  # blocks per model and batch, interleaved across models
-    max_spread: float = MAX_SPREAD
-    max_cpu_wait: float = MAX_CPU_WAIT
-
-    def __post_init__(self):
-        checks = [
-            (len(self.batches) > 0 and all(b >= 1 for b in self.batches), f"latency batch sizes must be at least 1, got {list(self.batches)}"),
-            (self.threads is None or self.threads >= 1, f"--threads must be at least 1, got {self.threads}"),
-            (self.min_run_time > 0, f"--min-time must be positive, got {self.min_run_time}"),
-            (self.rounds >= 1, f"--rounds must be at least 1, got {self.rounds}"),
-            (self.max_spread > 0 and 0 < self.max_cpu_wait <= 1, "the trust limits must be positive fractions"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise NampruneError(message)
-
-    @property
-    def num_threads(self) -> int:
-        return self.threads or DEFAULT_THREADS
-
-    def describe(self) -> dict:
-        """The settings as recorded next to every latency figure."""
-        return {**asdict(self), "batches": list(self.batches), "threads": self.num_threads, "torch": torch.__version__,
-                "onnxruntime": ort.__version__, "cores": available_cores(),
-                "machine": f"{platform.machine()} {platform.system()}, {_device_name(self.device)}"}
+def settings_record(settings: LatencySettings) -> dict:
+    """The settings as recorded next to every latency figure."""
+    return {**settings.model_dump(mode="json"), "threads": settings.num_threads, "torch": torch.__version__,
+            "onnxruntime": ort.__version__, "cores": available_cores(),
+            "machine": f"{platform.machine()} {platform.system()}, {_device_name(settings.device)}"}
 
 
 def available_cores() -> int:
@@ -219,7 +183,7 @@ def measure_latency(models: dict[str, object], settings: LatencySettings = Laten
             after = _scheduler_ns()
             if before and after:
                 waits[key].append((after[0] - before[0], after[1] - before[1]))
-    described = {**settings.describe(), "load_before": load, "load_after": _load()}
+    described = {**settings_record(settings), "load_before": load, "load_after": _load()}
     records: dict[str, dict[int, dict]] = {name: {} for name in models}
     for (name, batch), measurements in blocks.items():
         threads = getattr(runners[name], "threads", settings.num_threads)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -26,73 +25,8 @@ from .data import DataBundle
 from .errors import NampruneError
 from .files import write_json, write_jsonl
 from .loaders import as_bundle
-from .sparsity import DEFAULT_STRENGTH, DEFAULT_TARGETS, TARGETS, SparsityPenalty
-
-OPTIMIZERS = ("sgd", "adamw")
-SCHEDULES = ("onecycle", "multistep", "cosine", "constant")
-AMP_MODES = ("auto", "bf16", "fp16", "off")
-
-
-@dataclass
-class TrainConfig:
-    """Everything that decides how a model is trained; saved with every checkpoint."""
-
-    epochs: int = 30
-    batch_size: int = 128
-    lr: float = 0.1
-    optimizer: str = "sgd"
-    momentum: float = 0.9
-    nesterov: bool = True
-    weight_decay: float = 5e-4
-    bn_weight_decay: bool = False  # weight decay on BatchNorm / NAM scale factors and shifts too (the NAM code does)
-    schedule: str = "onecycle"
-    milestones: list[int] | None = None  # epochs; default 30 %, 60 % and 80 % of the run (the NAM paper's 60/120/160 of 200)
-    lr_decay: float = 0.2
-    warmup_epochs: int = 0
-    label_smoothing: float = 0.0
-    sparsity: float = DEFAULT_STRENGTH
-    sparsity_targets: str = DEFAULT_TARGETS
-    distill: float = 0.0  # weight of the distillation term when fit() is given a teacher (0: plain task loss)
-    distill_temperature: float = 4.0
-    seed: int = 0
-    device: str = "auto"
-    amp: str = "auto"
-    channels_last: bool = True
-    compile: bool = False  # torch.compile the training step (opt-in: compiling takes a while)
-    sync_bn: bool = False  # SyncBatchNorm across processes under torchrun (CUDA only)
-    extra: dict = field(default_factory=dict)  # free-form notes kept with the run
-
-    def __post_init__(self):
-        self.validate()
-
-    def validate(self) -> None:
-        checks = [
-            (self.epochs >= 1, f"epochs must be at least 1, got {self.epochs}"),
-            (self.batch_size >= 1, f"batch size must be at least 1, got {self.batch_size}"),
-            (self.lr > 0, f"learning rate must be positive, got {self.lr}"),
-            (self.optimizer in OPTIMIZERS, f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}"),
-            (self.schedule in SCHEDULES, f"unknown schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}"),
-            (self.amp in AMP_MODES, f"unknown amp mode {self.amp!r}; choose one of {', '.join(AMP_MODES)}"),
-            (self.weight_decay >= 0, f"weight decay must be >= 0, got {self.weight_decay}"),
-            (self.sparsity >= 0, f"sparsity must be >= 0, got {self.sparsity}"),
-            (0 < self.lr_decay <= 1, f"lr decay must be in (0, 1], got {self.lr_decay}"),
-            (0 <= self.warmup_epochs < self.epochs, f"warmup epochs must be in [0, epochs), got {self.warmup_epochs}"),
-            (self.sparsity_targets in TARGETS, f"unknown sparsity targets {self.sparsity_targets!r}; choose one of {', '.join(TARGETS)}"),
-            (0 <= self.distill <= 1, f"distillation weight must be in [0, 1], got {self.distill}"),
-            (self.distill_temperature > 0, f"distillation temperature must be positive, got {self.distill_temperature}"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise NampruneError(message)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in known})
-
+from .settings import TrainConfig
+from .sparsity import SparsityPenalty
 
 def seed_everything(seed: int) -> None:
     """Seed torch (weights, dropout); data order and augmentation are seeded per epoch by the loaders."""
@@ -262,7 +196,6 @@ def fit(model: nn.Module, data: DataBundle, cfg: TrainConfig, out_dir: str | Pat
     the same optimizer, schedule, loss scale and random state, so the result equals that of
     an uninterrupted run. Returns the summary (also written to ``out_dir/summary.json``).
     """
-    cfg.validate()
     data = as_bundle(data, test)
     device = resolve_device(cfg.device)
     distributed.setup(device)

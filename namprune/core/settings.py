@@ -1,0 +1,284 @@
+"""Every setting a user can give, typed once: training, pruning, fine-tuning, timing and
+export, with their defaults, choices and checks. The library functions take these models,
+recipes are built from them, and the command line takes its defaults from them (a test
+holds the two equal).
+
+This module imports only pydantic, so the command line can read it without loading torch.
+A bad value raises ``NampruneError`` with one line naming the flag (``--ratio must be in
+(0, 1) ..., got 1.5``); recipes name the key instead (``recipes.load_recipe``).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, Optional, Union
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .errors import NampruneError
+
+# ----------------------------------------------------------------------------- choices
+
+DATASETS = ("digits", "mnist", "fashionmnist", "cifar10", "cifar100", "imagefolder", "fake")
+ATTENTIONS = ("none", "nam", "nam-channel", "nam-spatial", "nam-scaled")
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("onecycle", "multistep", "cosine", "constant")
+AMP_MODES = ("auto", "bf16", "fp16", "off")
+SPARSITY_TARGETS = ("all", "bn", "nam")  # every BatchNorm scale / the residual-branch ones / NAM's only (the paper)
+IMPORTANCES = ("nam", "nam-w", "slim", "l1", "taylor", "random")
+NORMALIZATIONS = ("auto", "none", "mean", "sum", "max")
+# What `auto` normalization means per importance: measured on digits, three seeds
+# (benchmarks/normalization.py, BENCHMARKS.md "Ranking normalization").
+AUTO_NORMALIZATION = {"nam": "none", "nam-w": "none", "slim": "none", "l1": "sum", "taylor": "mean", "random": "none"}
+SELF_NORMALIZED = ("nam", "random")  # relative scores already: no normalization applies
+SCOPES = ("global", "local")
+RUNTIMES = ("onnxruntime", "torch")
+
+# ----------------------------------------------------------------------------- defaults
+
+DEFAULT_MODEL, DEFAULT_DATASET, DEFAULT_ATTENTION = "resnet20", "digits", "nam"
+DEFAULT_WORKERS = 2  # DataLoader processes for image folders streamed from disk
+# The L1 gradient p * sign(gamma) moves a scale factor by p times the sum of the learning
+# rates over a run: about 0.24 for p = 1e-3 over 12 epochs of CIFAR-10 at batch 128 with the
+# one-cycle schedule, the budget the default was measured at (BENCHMARKS.md).
+DEFAULT_STRENGTH = 1e-3
+DEFAULT_TARGETS = "all"
+PAPER_STRENGTH, PAPER_TARGETS = 1e-4, "nam"  # the NAM paper's setting (for a 200-epoch schedule)
+DEFAULT_RATIO = 0.3  # fraction of channels removed when no amount is given
+DEFAULT_IMPORTANCE, DEFAULT_NORMALIZATION = "nam", "auto"
+DEFAULT_DISTILL = 0.0  # weight of distillation from the unpruned model while fine-tuning
+DEFAULT_IMAGES = 1024  # calibration images for scores and for BatchNorm recalibration
+GATE_IMAGES = 256  # for the gates' spread and INT8 ranges: stable ranges, a second of work on ResNet-56
+GATE_TOLERANCE = 0.03  # a NAM gate whose spread (std / mean) is at most this is a constant
+# One timing thread: it is what torch.utils.benchmark defaults to, and it holds up on a
+# shared machine (two threads on two busy cores measured 1170 ms where one took 20 ms;
+# BENCHMARKS.md, "Timings a user can trust").
+DEFAULT_THREADS = 1
+MAX_SPREAD = 0.20  # timing rounds may disagree by this fraction of the median
+MAX_CPU_WAIT = 0.20  # the timing threads may wait this share of their ready time for a CPU
+
+
+# ----------------------------------------------------------------------------- rules
+
+
+def _fraction(what: str):
+    def check(value: Optional[float]) -> Optional[float]:
+        if value is not None and not 0 < value < 1:
+            raise ValueError(f"must be in (0, 1) ({what})")
+        return value
+    return AfterValidator(check)
+
+
+def _batch(value: Union[str, int]) -> Union[str, int]:
+    if value != "dynamic" and not (isinstance(value, int) and value >= 1):
+        raise ValueError("must be 'dynamic' or a positive batch size")
+    return value
+
+
+def _multiple(value: Union[int, str, None]) -> Union[int, str, None]:
+    if value is not None and value != "auto" and not (isinstance(value, int) and value >= 1):
+        raise ValueError("must be a positive channel count or auto")
+    return value
+
+
+Count = Annotated[int, Field(ge=1)]
+NonNegative = Annotated[float, Field(ge=0)]
+Strength = NonNegative
+CalibrationImages = Annotated[int, Field(ge=1, title="--calibration-images")]
+Threads = Annotated[Optional[int], Field(ge=1, title="--threads")]
+
+
+def flag(name: str, title: str | None = None) -> str:
+    return title or f"--{name.replace('_', '-')}"
+
+
+def describe(error: dict, label: str) -> str:
+    """One pydantic error as one line about ``label`` (a flag, or a recipe key)."""
+    kind, ctx, got = error["type"], error.get("ctx", {}), error.get("input")
+    if kind == "literal_error":
+        return f"unknown {label} {got!r}; choose one of {ctx['expected'].replace(' or ', ', ')}"
+    bounds = {"greater_than": "greater than {gt}", "greater_than_equal": "at least {ge}",
+              "less_than": "less than {lt}", "less_than_equal": "at most {le}"}
+    if kind in bounds:
+        return f"{label} must be {bounds[kind].format(**ctx)}, got {got!r}"
+    if kind == "extra_forbidden":
+        return f"unknown setting {label}"
+    message = error["msg"].removeprefix("Value error, ")
+    if kind == "value_error" and not error["loc"]:  # a rule over several fields: the message says it all
+        return message
+    return f"{label} {message}, got {got!r}"
+
+
+class Settings(BaseModel):
+    """A frozen, validated group of settings. ``with_(**changes)`` gives a checked copy."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def __init__(self, **values: Any):
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            name = str(error["loc"][0]) if error["loc"] else ""
+            field = type(self).model_fields.get(name)
+            raise NampruneError(describe(error, flag(name, field and field.title))) from None
+
+    def with_(self, **changes: Any):
+        return type(self)(**{**self.model_dump(), **changes})
+
+    def to_dict(self) -> dict:
+        return self.model_dump(mode="json")
+
+    @classmethod
+    def from_dict(cls, values: dict):
+        """From a record written by an older or newer namprune: unknown keys are skipped."""
+        return cls(**{k: v for k, v in values.items() if k in cls.model_fields})
+
+
+# ----------------------------------------------------------------------------- training
+
+
+class TrainSchedule(Settings):
+    """How long and how a model learns: the part of training a recipe's ``train`` section sets."""
+
+    epochs: Count = 30
+    lr: float = Field(0.1, gt=0, title="--lr (learning rate)")
+    optimizer: Literal[OPTIMIZERS] = "sgd"
+    momentum: float = Field(0.9, ge=0, lt=1)
+    nesterov: bool = True
+    weight_decay: NonNegative = 5e-4
+    bn_weight_decay: bool = False  # weight decay on BatchNorm / NAM scale factors and shifts too (the NAM code does)
+    schedule: Literal[SCHEDULES] = "onecycle"
+    milestones: Optional[list[int]] = None  # epochs; default 30 %, 60 % and 80 % of the run (the paper's 60/120/160 of 200)
+    lr_decay: float = Field(0.2, gt=0, le=1)
+    warmup_epochs: int = Field(0, ge=0)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    seed: int = 0
+    amp: Literal[AMP_MODES] = "auto"
+    channels_last: bool = True
+
+    @model_validator(mode="after")
+    def _warmup_fits(self):
+        if self.warmup_epochs >= self.epochs:
+            raise ValueError(f"warmup epochs ({self.warmup_epochs}) must be smaller than epochs ({self.epochs})")
+        return self
+
+
+class TrainConfig(TrainSchedule):
+    """Everything that decides how a model is trained; saved with every checkpoint."""
+
+    batch_size: Count = 128
+    sparsity: Strength = DEFAULT_STRENGTH
+    sparsity_targets: Literal[SPARSITY_TARGETS] = DEFAULT_TARGETS
+    distill: float = Field(0.0, ge=0, le=1, title="--distill (distillation weight)")  # with a teacher: weight of its soft targets
+    distill_temperature: float = Field(4.0, gt=0)
+    device: str = "auto"
+    compile: bool = False  # torch.compile the training step (opt-in: compiling takes a while)
+    sync_bn: bool = False  # SyncBatchNorm across processes under torchrun (CUDA only)
+    extra: dict = Field(default_factory=dict)  # free-form notes kept with the run
+
+
+class FinetuneSettings(Settings):
+    """Fine-tuning after pruning. ``lr`` and ``batch_size`` default to a tenth of the training
+    learning rate and to the training batch size."""
+
+    epochs: int = Field(0, ge=0, title="--finetune-epochs")
+    lr: Optional[float] = Field(None, gt=0)
+    sparsity: Strength = Field(0.0, title="--finetune-sparsity")  # keep the penalty on while fine-tuning
+    distill: float = Field(DEFAULT_DISTILL, ge=0, le=1)  # weight of distillation from the unpruned model (0: plain fine-tuning)
+    batch_size: Optional[int] = Field(None, ge=1)
+
+
+# ----------------------------------------------------------------------------- pruning
+
+
+def check_importance(name: str) -> str:
+    if name not in IMPORTANCES:
+        raise NampruneError(f"unknown importance {name!r}; choose one of {', '.join(IMPORTANCES)}")
+    return name
+
+
+def resolve_normalization(importance: str, normalization: str) -> str:
+    """The normalization ``auto`` stands for with this importance; any other name as is."""
+    if normalization not in NORMALIZATIONS:
+        raise NampruneError(f"unknown normalization {normalization!r}; choose one of {', '.join(NORMALIZATIONS)}")
+    if importance in SELF_NORMALIZED and normalization not in ("auto", "none"):
+        raise NampruneError(f"the {importance} score takes no normalization (it is relative already); "
+                            "--normalization applies to nam-w, slim, l1 and taylor")
+    return AUTO_NORMALIZATION.get(importance, "none") if normalization == "auto" else normalization
+
+
+class PruneConfig(Settings):
+    """How to prune: how much (a ratio of channels, or the fraction of MACs or of measured
+    latency to keep), where to rank (globally or per layer), by what, the limits that keep
+    every layer usable, and whether to re-estimate BatchNorm statistics afterwards. With no
+    amount given, ``ratio`` is ``DEFAULT_RATIO``."""
+
+    ratio: Annotated[Optional[float], _fraction("the fraction of channels removed")] = None
+    target_macs: Annotated[Optional[float], _fraction("the fraction of MACs kept")] = None
+    target_latency: Annotated[Optional[float], _fraction("the fraction of the measured latency kept")] = None
+    latency_runtime: Literal[RUNTIMES] = "onnxruntime"  # what target_latency times: onnxruntime or torch (eager)
+    latency_batch: int = Field(1, ge=1)
+    threads: Threads = None  # timing threads (None: DEFAULT_THREADS)
+    scope: Literal[SCOPES] = "global"
+    importance: Literal[IMPORTANCES] = DEFAULT_IMPORTANCE
+    normalization: Literal[NORMALIZATIONS] = DEFAULT_NORMALIZATION
+    round_to: Annotated[Union[int, str, None], AfterValidator(_multiple)] = None  # a channel multiple, or "auto": the fastest
+    max_layer_ratio: float = Field(0.9, gt=0, lt=1)
+    seed: int = 0  # of the random importance
+    calibration_images: CalibrationImages = DEFAULT_IMAGES  # for data-driven scores and BatchNorm recalibration
+    recalibrate: bool = True
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_amount(cls, values: Any) -> Any:
+        if isinstance(values, dict) and all(values.get(k) is None for k in ("ratio", "target_macs", "target_latency")):
+            values = {**values, "ratio": DEFAULT_RATIO}
+        return values
+
+    @model_validator(mode="after")
+    def _one_amount(self):
+        if [self.ratio, self.target_macs, self.target_latency].count(None) != 2:
+            raise ValueError("give exactly one of --ratio, --target-macs and --target-latency")
+        try:
+            resolve_normalization(self.importance, self.normalization)
+        except NampruneError as exc:
+            raise ValueError(str(exc)) from None
+        return self
+
+
+# ----------------------------------------------------------------------------- timing and export
+
+
+class LatencySettings(Settings):
+    """How latency is timed: the batch sizes, threads, device, how long, and how much the
+    rounds may disagree before a figure is flagged."""
+
+    batches: tuple[Annotated[int, Field(ge=1)], ...] = Field((1, 32), min_length=1, title="latency batch sizes")
+    threads: Threads = None  # None: DEFAULT_THREADS
+    device: str = "cpu"
+    min_run_time: float = Field(0.2, gt=0, title="--min-time")  # seconds per block (torch.utils.benchmark's blocked_autorange)
+    rounds: Count = 5  # blocks per model and batch, interleaved across models
+    max_spread: float = Field(MAX_SPREAD, gt=0)
+    max_cpu_wait: float = Field(MAX_CPU_WAIT, gt=0, le=1)
+
+    @property
+    def num_threads(self) -> int:
+        return self.threads or DEFAULT_THREADS
+
+
+class ExportSettings(Settings):
+    """How ``namprune export`` writes and checks an ONNX file. ``batch``: ``dynamic`` or a fixed
+    size; ``opset`` None is the exporter's own (its range depends on the installed onnx and is
+    checked by ``onnx.check_opset``)."""
+
+    opset: Optional[int] = None
+    batch: Annotated[Union[str, int], AfterValidator(_batch)] = "dynamic"
+    fold: bool = True
+    check: bool = True
+    optimize: bool = True
+    gate_tolerance: float = Field(GATE_TOLERANCE, ge=0, lt=1)
+    calibration_images: CalibrationImages = GATE_IMAGES
+    int8: bool = False
+
+
+TRAIN, FINETUNE, PRUNE, LATENCY, EXPORT = TrainConfig(), FinetuneSettings(), PruneConfig(), LatencySettings(), ExportSettings()
