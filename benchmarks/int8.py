@@ -34,7 +34,8 @@ from namprune.core.gates import fold_for_export
 from namprune.core.measure import count_macs
 from namprune.core.settings import PruneConfig
 from namprune.core.prune import prune
-from namprune.core.quantize import onnx_accuracy, quantize_int8, unpruned_source
+from namprune.app.run_folders import unpruned_source
+from namprune.core.quantize import onnx_accuracy, quantize_int8
 from namprune.core.settings import LatencySettings
 from namprune.core.timing import measure_latency, round_ratios
 from namprune.core.onnx import session

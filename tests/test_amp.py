@@ -73,6 +73,6 @@ def test_engine_trains_in_fp16_with_its_grad_scaler():
     before = model.fc.weight.detach().clone()
     summary = fit(model, data, TrainConfig(epochs=1, batch_size=32, lr=0.05, schedule="cosine", amp="fp16", device="cpu"),
                   progress=False)
-    assert summary["final"]["penalty"] > 0
+    assert summary.final["penalty"] > 0
     assert all(torch.isfinite(p).all() for p in model.parameters())
     assert not torch.equal(before, model.fc.weight.detach())

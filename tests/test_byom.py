@@ -82,7 +82,7 @@ def test_attach_train_prune_save_reload_export(arch, tmp_path):
     if arch == "user-cnn":  # any iterable of (images, labels): here a DataLoader the user already has
         data = DataLoader(TensorDataset(torch.cat([b[0] for b in data]), torch.cat([b[1] for b in data])), batch_size=8)
     summary = namprune.fit(net, data, SPARSE, progress=False)
-    assert summary["final"]["penalty"] > 0 and summary["final"]["test_top1"] is None  # sparse, and no test set given
+    assert summary.final["penalty"] > 0 and summary.final["test_top1"] is None  # sparse, and no test set given
 
     base = count_macs(net)
     # calibration on 256 images: three training steps leave BatchNorm statistics far from the
@@ -104,8 +104,8 @@ def test_attach_train_prune_save_reload_export(arch, tmp_path):
         assert torch.equal(reloaded(x), expected)
 
     record = namprune.export_onnx(reloaded, tmp_path / "net.onnx", test_images=x, exporter=exporter)
-    assert [r["inputs"] for r in record["parity"]["results"]] == ["random", "test images"]
-    assert all(r["ok"] for r in record["parity"]["results"])
+    assert [r["inputs"] for r in record.parity["results"]] == ["random", "test images"]
+    assert all(r["ok"] for r in record.parity["results"])
     assert (tmp_path / "net.export.json").is_file()
 
 

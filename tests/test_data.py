@@ -7,7 +7,8 @@ import torchvision
 from torchvision.transforms import v2
 
 from namprune import NampruneError
-from namprune.core.data import Augment, load_data, random_crop_flip
+from namprune.core.batches import Augment, random_crop_flip
+from namprune.core.data import load_data
 
 
 def _normalize(info):

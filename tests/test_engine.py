@@ -6,7 +6,8 @@ import torch
 import namprune
 from namprune import NampruneError, TrainConfig, fit, load_data, models
 from namprune.core import checkpoint
-from namprune.core.train import Divergence, build_optimizer, lr_factor
+from namprune.core.optim import build_optimizer, lr_factor
+from namprune.core.train import Divergence
 
 FAST = dict(batch_size=32, lr=0.1, schedule="cosine", weight_decay=5e-4)
 
@@ -15,12 +16,12 @@ def test_digits_training_reaches_90_percent_and_writes_every_epoch(tmp_path):
     data = load_data("digits", batch_size=32)
     model = models.create("resnet20", num_classes=10, attention="nam", input_size=16, in_channels=1)
     summary = fit(model, data, TrainConfig(epochs=4, **FAST), tmp_path, progress=False)
-    assert summary["final"]["test_top1"] >= 90.0
+    assert summary.final["test_top1"] >= 90.0
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
     assert all(r["penalty"] > 0 for r in rows)  # the NAM penalty was in the loss
     saved = json.loads((tmp_path / "summary.json").read_text())
-    assert saved["final"]["test_top1"] == summary["final"]["test_top1"]
+    assert saved["final"]["test_top1"] == summary.final["test_top1"]
     reloaded = namprune.load(tmp_path)
     assert torch.equal(reloaded.state_dict()["fc.weight"], model.state_dict()["fc.weight"])
 

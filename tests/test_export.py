@@ -64,10 +64,10 @@ def test_onnxruntime_matches_torch(exported, name, pruned):
     assert relative_difference(expected, got) < TOLERANCE
     assert (expected.argmax(1) == got.argmax(1)).all()
     # the export's own check ran on random inputs and on real digits images
-    results = {r["inputs"]: r for r in report["parity"]["results"]}
+    results = {r["inputs"]: r for r in report.parity["results"]}
     assert results["random"]["ok"] and results["test images"]["ok"] and results["test images"]["images"] == 64
-    assert report["exporter"] == "dynamo" and report["batch"] == BATCH
-    assert report["file_bytes"] == path.stat().st_size
+    assert report.exporter == "dynamo" and report.batch == BATCH
+    assert report.file_bytes == path.stat().st_size
 
 
 def test_pruned_onnx_file_shrinks_with_the_parameter_count(exported):
@@ -92,4 +92,4 @@ def test_folding_removes_the_pixel_batchnorm_and_the_unfolded_export_agrees_too(
     assert ops["unfolded"].count("Reshape") == ops["folded"].count("Reshape") + 18
     assert ops["folded"].count("Sigmoid") == ops["unfolded"].count("Sigmoid") == 18
     assert len(ops["folded"]) < len(ops["unfolded"])
-    assert not report["folded"] and all(r["ok"] for r in report["parity"]["results"])
+    assert not report.folded and all(r["ok"] for r in report.parity["results"])

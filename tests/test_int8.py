@@ -13,7 +13,7 @@ from namprune.core import checkpoint
 from namprune.cli import main
 from namprune.app.stages import prune_checkpoint
 from namprune.core.settings import PruneConfig
-from namprune.core.quantize import unpruned_source
+from namprune.app.run_folders import unpruned_source
 
 FAST = ["--rounds", "2", "--min-time", "0.02"]
 

@@ -30,7 +30,7 @@ def test_compiled_training_matches_eager_training():
     summary = fit(compiled, data, TrainConfig(**cfg, compile=True), progress=False)
     assert counters["stats"]["unique_graphs"] >= 1  # dynamo did capture and compile the model
     assert type(compiled) is nn.Sequential  # trained in place, handed back uncompiled
-    assert summary["final"]["penalty"] > 0
+    assert summary.final["penalty"] > 0
     for (name, a), b in zip(eager.state_dict().items(), compiled.state_dict().values()):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5, msg=name)  # weights and running statistics
 

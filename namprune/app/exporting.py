@@ -18,16 +18,18 @@ import torch.nn as nn
 
 from ..core import checkpoint
 from ..core.errors import NampruneError
-from ..core.files import read_json, write_atomic, write_json
+from ..core.files import write_atomic, write_json
 from ..core.gates import fold_for_export, has_gates
 from ..core.measure import count_params
 from ..core.onnx import (RANDOM_SAMPLES, ExportError, check_opset, check_parity, compare, input_shape, onnx_params,
                          opset_of, output_paths, parse_batch, session, to_onnx)
-from ..core.quantize import int8_path, int8_record, onnx_accuracy, quantize_int8, unpruned_source
+from ..core.records import ExportRecord
+from ..core.quantize import int8_path, int8_record, onnx_accuracy, quantize_int8
 from ..core.settings import EXPORT, GATE_IMAGES, GATE_TOLERANCE, LATENCY, ExportSettings, LatencySettings
 from ..core.timing import measure_latency, settings_record, speedups
 from ..core.train import evaluate
 from .datasource import calibration_images, checkpoint_data
+from .run_folders import unpruned_source
 
 TEST_SAMPLES = 64
 
@@ -52,7 +54,7 @@ def removal_effect(model: nn.Module, sess: ort.InferenceSession, images: torch.T
 
 
 def export_checkpoint(ckpt: str | Path, out: str | Path, settings: ExportSettings = EXPORT,
-                      latency: LatencySettings | None = LATENCY, data_dir=None, overwrite: bool = False) -> dict:
+                      latency: LatencySettings | None = LATENCY, data_dir=None, overwrite: bool = False) -> ExportRecord:
     """Export a checkpoint to ``out`` (ONNX) and its record beside it (``record_path``); returns the record.
 
     Raises ``NampruneError`` for bad arguments (before any work) and ``ExportError`` when
@@ -89,7 +91,7 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, settings: ExportSetting
     timings = measure_latency(timed, latency) if latency else None
     if int8_report and timings:
         int8_report |= _int8_speedups(timings)
-    record = {
+    record = ExportRecord(**{
         "source": str(checkpoint.model_file(ckpt)), "onnx": str(onnx_path),
         "model": payload["arch"]["name"], "attention": payload["arch"]["attention"],
         "pruning_steps": len(payload.get("pruning_history") or []),
@@ -100,10 +102,10 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, settings: ExportSetting
         "parity": parity, "int8": int8_report,
         "latency": {"settings": settings_record(latency), "records": timings} if timings else None,
         "versions": {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": ort.__version__},
-    }
+    })
     for path, content in files.items():
         write_atomic(path, lambda tmp, content=content: tmp.write_bytes(content))
-    write_json(json_path, record)
+    write_json(json_path, record.to_json())
     return record
 
 
@@ -168,5 +170,7 @@ def check_file(ckpt: str | Path, onnx_file: str | Path, data_dir=None, gate_tole
 def recorded_gates(onnx_file: Path) -> dict:
     """The ``nam_gates`` record of the export that wrote ``onnx_file`` ({} when there is none)."""
     json_path = output_paths(onnx_file, overwrite=True)[1]
-    report = read_json(json_path) if json_path.is_file() else {}
-    return (report.get("nam_gates") or {}) if Path(report.get("onnx", "")).name == onnx_file.name else {}
+    if not json_path.is_file():
+        return {}
+    record = ExportRecord.read(json_path)
+    return (record.nam_gates or {}) if Path(record.onnx).name == onnx_file.name else {}

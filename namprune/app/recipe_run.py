@@ -33,7 +33,7 @@ from ..core.train import TRAIN_STATE
 from .exporting import export_checkpoint
 from .stages import compatible_data, finetune_pruned, prune_checkpoint, resume_training, train_model
 from .recipes import Recipe
-from .comparison import compare, save_comparison
+from .comparison import compare, pruned_layers, save_comparison
 from .run_folders import load_run
 from ..core.saliency import rank_model
 
@@ -146,7 +146,7 @@ def _report(job: Job) -> None:
     result = compare(runs, runs[0], job.latency)
     with run_dir(job.folder("report"), overwrite=True) as stage:
         save_comparison(result, stage / "report.json", stage / "report.md", stage / "report.csv", stage / "pareto.png",
-                        stage / "widths.png", {"pruned": load_run(job.final_model).record["layers"]},
+                        stage / "widths.png", pruned_layers([load_run(job.final_model)]),
                         title=job.recipe.name or job.recipe.model.name)
 
 

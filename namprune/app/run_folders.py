@@ -19,13 +19,13 @@ else the checkpoint the pruned runs were pruned from (their common ``source``).
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..core import checkpoint
 from ..core.errors import NampruneError
+from ..core.records import REPORT, SUMMARY, SWEEP, PruneReport, SweepRecord, TrainSummary
 
 KINDS = ("trained", "pruned", "checkpoint")
 
@@ -36,7 +36,7 @@ class Run:
 
     path: Path  # the folder holding model.pt
     kind: str  # one of KINDS
-    record: dict  # summary.json or report.json (empty for a bare checkpoint)
+    record: TrainSummary | PruneReport | None  # summary.json or report.json (None for a bare checkpoint)
 
     @property
     def model_file(self) -> Path:
@@ -50,12 +50,12 @@ class Run:
     def source(self) -> Path | None:
         """The checkpoint a pruned run was pruned from: by its path relative to this run (which
         survives moving both together), else by its absolute path (which survives moving this run)."""
-        if not self.pruned or not self.record.get("source"):
+        if not self.pruned:
             return None
-        relative = self.record.get("source_relative")
+        relative = self.record.source_relative
         if relative and (self.path / relative).exists():
             return (self.path / relative).resolve()
-        return Path(self.record["source"])
+        return Path(self.record.source)
 
     def same(self, other: "Run") -> bool:
         return os.path.realpath(self.path) == os.path.realpath(other.path)
@@ -63,12 +63,10 @@ class Run:
     def accuracy(self) -> dict:
         """The recorded top-1 / top-5 (%) and the file they were read from."""
         if self.kind == "trained":
-            final = self.record.get("final") or {}
-            return _accuracy(final.get("test_top1"), final.get("test_top5"), self.path / "summary.json")
+            final = self.record.final
+            return _accuracy(final.get("test_top1"), final.get("test_top5"), self.path / SUMMARY)
         if self.kind == "pruned":
-            tuned = self.record.get("top1_finetuned") is not None
-            stage = "finetuned" if tuned else "pruned"
-            return _accuracy(self.record.get(f"top1_{stage}"), self.record.get(f"top5_{stage}"), self.path / "report.json")
+            return _accuracy(self.record.top1, self.record.top5, self.path / REPORT)
         metrics = checkpoint.read(self.path).get("metrics", {})
         return _accuracy(metrics.get("top1"), metrics.get("top5"), self.model_file)
 
@@ -88,30 +86,36 @@ def load_run(path: str | os.PathLike) -> Run:
     if not (folder / "model.pt").is_file():
         raise NampruneError(f"{path} is not a run folder (it holds no model.pt); give folders written by "
                             "namprune train, prune or sweep")
-    for name, kind in (("report.json", "pruned"), ("summary.json", "trained")):
+    for record, kind in ((PruneReport, "pruned"), (TrainSummary, "trained")):
+        name = REPORT if kind == "pruned" else SUMMARY
         if (folder / name).is_file():
-            return Run(folder, kind, _read_json(folder / name))
+            return Run(folder, kind, record.read(folder / name))
     checkpoint.read(folder)  # a bare folder must at least hold a namprune checkpoint
-    return Run(folder, "checkpoint", {})
+    return Run(folder, "checkpoint", None)
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        record = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise NampruneError(f"{path} is not valid JSON ({exc})") from None
-    if not isinstance(record, dict):
-        raise NampruneError(f"{path} does not hold a JSON object")
-    return record
+def unpruned_source(ckpt) -> Path | None:
+    """The unpruned checkpoint a pruned run came from, following each run's ``report.json``
+    (``source_relative``, else ``source``); None when the chain breaks or ``ckpt`` is unpruned."""
+    path = checkpoint.model_file(ckpt)
+    for _ in range(16):  # a run pruned again and again still ends somewhere
+        if not checkpoint.read(path).get("pruning_history"):
+            return None if path == checkpoint.model_file(ckpt) else path
+        if not (path.parent / REPORT).is_file():
+            return None
+        source = load_run(path.parent).source
+        if source is None or not checkpoint.model_file(source).is_file():
+            return None
+        path = checkpoint.model_file(source)
+    return None
 
 
 def expand(paths: list[str | os.PathLike]) -> list[Run]:
     """The runs behind the given paths, a sweep folder standing for its points, each run once."""
     runs: list[Run] = []
     for path in map(Path, paths):
-        if (path / "sweep.json").is_file() and not (path / "model.pt").exists():
-            points = _read_json(path / "sweep.json").get("points", [])
-            found = [load_run(path / point["folder"]) for point in points]
+        if (path / SWEEP).is_file() and not (path / "model.pt").exists():
+            found = [load_run(path / point["folder"]) for point in SweepRecord.read(path / SWEEP).points]
         else:
             found = [load_run(path)]
         runs += [run for run in found if not any(run.same(seen) for seen in runs)]

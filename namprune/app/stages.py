@@ -21,6 +21,7 @@ from ..core.train import TRAIN_STATE, evaluate, fit, load_train_state, resolve_d
 from ..core.settings import DEFAULT_ATTENTION, DEFAULT_WORKERS, FINETUNE, FinetuneSettings, PruneConfig, TrainConfig, resolve_normalization
 from ..core.errors import NampruneError
 from ..core.nam import check_attention
+from ..core.records import REPORT, PruneReport, TrainSummary
 from ..core.files import check_out_dir, read_json, run_dir, staging_dir, write_json
 from ..core.cost import count_macs, count_params
 from ..core.prune import prune
@@ -29,7 +30,7 @@ from ..core.prune import prune
 
 def train_model(model_name: str, dataset: str, cfg: TrainConfig, out: str | Path, data_dir=None,
                 image_size: int | None = None, attention: str = DEFAULT_ATTENTION, workers: int = DEFAULT_WORKERS, overwrite: bool = False,
-                progress: bool = True, weights: str | Path | None = None, nam_after: list[str] | None = None) -> dict:
+                progress: bool = True, weights: str | Path | None = None, nam_after: list[str] | None = None) -> TrainSummary:
     """Train a new model into the run folder ``out``, from the local state_dict ``weights`` when
     given; returns the summary."""
     out = Path(out)
@@ -51,7 +52,7 @@ def train_model(model_name: str, dataset: str, cfg: TrainConfig, out: str | Path
 
 
 def resume_training(out: str | Path, data_dir=None, device: str = "auto", workers: int = DEFAULT_WORKERS,
-                    progress: bool = True) -> dict:
+                    progress: bool = True) -> TrainSummary:
     """Continue the interrupted training run ``out`` after its last complete epoch."""
     out = Path(out)
     payload = load_train_state(staging_dir(out))
@@ -112,7 +113,7 @@ PRUNED = "pruned.json"  # measurements before and right after pruning, kept whil
 
 def prune_checkpoint(ckpt: str | Path, cfg: PruneConfig, out: str | Path, finetune: FinetuneSettings = FINETUNE,
                      data_dir=None, device: str = "auto", overwrite: bool = False, progress: bool = True,
-                     resume: bool = False) -> dict:
+                     resume: bool = False) -> PruneReport:
     """Prune a checkpoint, fine-tune it, and write ``out/model.pt`` and ``out/report.json``.
 
     With ``resume``, an interrupted fine-tuning in ``out`` continues from its last epoch.
@@ -150,12 +151,12 @@ def prune_checkpoint(ckpt: str | Path, cfg: PruneConfig, out: str | Path, finetu
 
 
 def finetune_pruned(pruned: str | Path, out: str | Path, finetune: FinetuneSettings, data_dir=None, device: str = "auto",
-                    overwrite: bool = False, progress: bool = True, resume: bool = False) -> dict:
+                    overwrite: bool = False, progress: bool = True, resume: bool = False) -> PruneReport:
     """Fine-tune a pruned run (written by ``prune_checkpoint``) into ``out``; its report gains
     the fine-tuned accuracy. With ``resume``, an interrupted fine-tuning continues."""
     started = time.perf_counter()
     out = Path(out)
-    payload, prior = checkpoint.read(pruned), read_json(checkpoint.model_file(pruned).parent / "report.json")
+    payload, prior = checkpoint.read(pruned), PruneReport.read(checkpoint.model_file(pruned).parent / REPORT)
     saved = load_train_state(staging_dir(out)) if resume else None
     if saved is None:
         check_out_dir(out, overwrite)
@@ -165,13 +166,12 @@ def finetune_pruned(pruned: str | Path, out: str | Path, finetune: FinetuneSetti
                            world_size=distributed.world_size())
     model = checkpoint.build(saved or payload).to(device_)
     with run_dir(out, overwrite=overwrite, resume=saved is not None) as stage:
-        teacher = _teacher(checkpoint.read(prior["source"]), ft) if ft.distill else None  # read only when used
+        teacher = _teacher(checkpoint.read(prior.source), ft) if ft.distill else None  # read only when used
         finetuned = _finetune(model, data, ft, stage, progress, saved["train_state"] if saved else None, teacher)
-        source = Path(prior["source"])
-        report = {**prior, "source_relative": os.path.relpath(source, out.resolve()),
-                  "top1_finetuned": finetuned["top1"], "top5_finetuned": finetuned["top5"], "finetune_epochs": ft.epochs,
-                  "finetune_distill": finetuned["distill"],
-                  "time_s": round(prior.get("time_s", 0) + time.perf_counter() - started, 2)}
+        report = prior.model_copy(update={
+            "source_relative": os.path.relpath(prior.source, out.resolve()), "top1_finetuned": finetuned["top1"],
+            "top5_finetuned": finetuned["top5"], "finetune_epochs": ft.epochs, "finetune_distill": finetuned["distill"],
+            "time_s": round(prior.time_s + time.perf_counter() - started, 2)})
         _save_pruned(stage, model, data, {**payload.get("config", {}), "finetune": ft.to_dict()}, report)
     return report
 
@@ -187,15 +187,13 @@ def _finetune(model: nn.Module, data: DataBundle, ft: TrainConfig, stage: Path, 
     return {**_accuracy(model, data, resolve_device(ft.device)), "distill": ft.distill}
 
 
-def _save_pruned(stage: Path, model: nn.Module, data: DataBundle, config: dict, report: dict) -> None:
+def _save_pruned(stage: Path, model: nn.Module, data: DataBundle, config: dict, report: PruneReport) -> None:
     """The finished pruned run: model.pt and report.json; the files kept for resuming go."""
     if not is_main_process():
         return
-    tuned = report["top1_finetuned"] is not None
-    metrics = {"top1": report["top1_finetuned" if tuned else "top1_pruned"],
-               "top5": report["top5_finetuned" if tuned else "top5_pruned"]}
+    metrics = {"top1": report.top1, "top5": report.top5}
     checkpoint.save(stage / "model.pt", model, data.info.as_dict(), metrics=metrics, config=config)
-    write_json(stage / "report.json", report)
+    write_json(stage / REPORT, report.to_json())
     for leftover in (PRUNED, TRAIN_STATE):
         (stage / leftover).unlink(missing_ok=True)
 
@@ -218,10 +216,10 @@ def _accuracy(model: nn.Module, data: DataBundle, device: torch.device) -> dict:
     return {"top1": result["top1"], "top5": result["top5"]}
 
 
-def _report(ckpt, out, payload, cfg, measured, finetuned, finetune_epochs, started) -> dict:
+def _report(ckpt, out, payload, cfg, measured, finetuned, finetune_epochs, started) -> PruneReport:
     before, after = measured["before"], measured["after"]
     source = checkpoint.model_file(ckpt).resolve()
-    return {
+    return PruneReport(**{
         "source": str(source),
         "source_relative": os.path.relpath(source, Path(out).resolve()),
         "model": payload["arch"]["name"], "attention": payload["arch"]["attention"], "dataset": payload["data"]["name"],
@@ -246,4 +244,4 @@ def _report(ckpt, out, payload, cfg, measured, finetuned, finetune_epochs, start
         "finetune_distill": finetuned["distill"] if finetuned else None,
         "layers": measured["layers"],
         "time_s": round(time.perf_counter() - started, 2),
-    }
+    })

@@ -18,6 +18,7 @@ from ..core import checkpoint
 from ..core.console import note
 from ..core.errors import NampruneError
 from ..core.files import check_out_dir, run_dir, write_json
+from ..core.records import SWEEP, SweepRecord
 from ..core.settings import LATENCY, FinetuneSettings, LatencySettings, PruneConfig
 from .comparison import compare, pruned_layers, save_comparison
 from .stages import prune_checkpoint
@@ -48,7 +49,7 @@ def point_name(cfg: PruneConfig) -> str:
 
 def run_sweep(ckpt: str | Path, configs: list[PruneConfig], out: str | Path, finetune: FinetuneSettings,
               data_dir=None, device: str = "auto", settings: LatencySettings = LATENCY, overwrite: bool = False,
-              progress: bool = True) -> dict:
+              progress: bool = True) -> SweepRecord:
     """Prune ``ckpt`` at every point of ``configs`` into ``out`` and compare them; returns sweep.json."""
     out = Path(out)
     source = checkpoint.model_file(ckpt).resolve()  # absolute: the points' reports must find it later
@@ -65,11 +66,11 @@ def run_sweep(ckpt: str | Path, configs: list[PruneConfig], out: str | Path, fin
         record = _record(result, configs, out, finetune.epochs)
         save_comparison(result, pareto=stage / "pareto.png", widths=stage / "widths.png", layers=pruned_layers(points),
                         title=f"sweep of {source.parent.name}, {finetune.epochs} fine-tuning epoch(s)")
-        write_json(stage / "sweep.json", record)
+        write_json(stage / SWEEP, record.to_json())
     return record
 
 
-def _record(result: dict, configs: list[PruneConfig], out: Path, finetune_epochs: int) -> dict:
+def _record(result: dict, configs: list[PruneConfig], out: Path, finetune_epochs: int) -> SweepRecord:
     """sweep.json: the base row, one row per point (with its requested setting, its final
     folder and which fronts it is on), and the names on each front."""
     front = result["fronts"]
@@ -79,10 +80,11 @@ def _record(result: dict, configs: list[PruneConfig], out: Path, finetune_epochs
         row |= {"folder": point_name(cfg), "path": str(out / point_name(cfg)),
                 "requested_ratio": cfg.ratio, "target_macs": cfg.target_macs,
                 "target_latency": cfg.target_latency}
-    return {"source": base["path"], "finetune_epochs": finetune_epochs, "settings": result["settings"],
-            "prune": {k: v for k, v in configs[0].to_dict().items() if k not in ("ratio", "target_macs", "target_latency")},
-            "base": base, "points": points,
-            "front": {key: [row["name"] for row, on_it in zip(rows, on) if on_it] for key, on in front.items()}}
+    return SweepRecord(
+        source=base["path"], finetune_epochs=finetune_epochs, settings=result["settings"],
+        prune={k: v for k, v in configs[0].to_dict().items() if k not in ("ratio", "target_macs", "target_latency")},
+        base=base, points=points,
+        front={key: [row["name"] for row, on_it in zip(rows, on) if on_it] for key, on in front.items()})
 
 
 __all__ = ["point_name", "run_sweep", "sweep_configs"]

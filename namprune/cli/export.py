@@ -11,6 +11,7 @@ from rich.table import Table
 
 from ..core.console import console
 from ..core.errors import NampruneError
+from ..core.records import ExportRecord
 from ..core.settings import EXPORT, LATENCY, ExportSettings, LatencySettings
 from .app import DataDir, Overwrite, app, fail
 from .report import MinTime, Rounds, Threads
@@ -56,8 +57,8 @@ def export_(
     except ExportError as exc:  # not the user's mistake: exit code 1, still one line
         return fail(str(exc), 1)
     print_report(report)
-    int8_file = f"   INT8: {report['int8']['file']}" if report["int8"] else ""
-    console.print(f"ONNX: {report['onnx']}{int8_file}   report: {record_path(report['onnx'])}")
+    int8_file = f"   INT8: {report.int8['file']}" if report.int8 else ""
+    console.print(f"ONNX: {report.onnx}{int8_file}   report: {record_path(report.onnx)}")
     return 0
 
 
@@ -69,31 +70,31 @@ def parse_batch(text: str) -> str | int:
         return text
 
 
-def print_report(report: dict) -> None:
-    pruned = "pruned" if report["pruning_steps"] else "not pruned"
-    table = Table(title=f"{report['model']} ({report['attention']}, {pruned}) -> ONNX",
+def print_report(report: ExportRecord) -> None:
+    pruned = "pruned" if report.pruning_steps else "not pruned"
+    table = Table(title=f"{report.model} ({report.attention}, {pruned}) -> ONNX",
                   show_header=False)
     table.add_column(style="bold")
     table.add_column()
-    rows = {"exporter": f"{report['exporter']}, opset {report['opset']}, batch {report['batch']}",
+    rows = {"exporter": f"{report.exporter}, opset {report.opset}, batch {report.batch}",
             "NAM": nam_row(report),
-            "file": f"{report['file_bytes']:,} bytes ({report['file_bytes'] / 2**20:.2f} MiB)",
-            "params": f"{report['params']:,} in torch, {report['onnx_params']:,} stored in the file"}
+            "file": f"{report.file_bytes:,} bytes ({report.file_bytes / 2**20:.2f} MiB)",
+            "params": f"{report.params:,} in torch, {report.onnx_params:,} stored in the file"}
     for key, value in rows.items():
         table.add_row(key, value)
     console.print(table)
-    if report["parity"]:
-        print_parity(report["parity"])
-    if report["int8"]:
-        print_int8(report["int8"], report["file_bytes"])
-    if report["latency"]:
-        print_latency(report["latency"])
+    if report.parity:
+        print_parity(report.parity)
+    if report.int8:
+        print_int8(report.int8, report.file_bytes)
+    if report.latency:
+        print_latency(report.latency)
 
 
-def nam_row(report: dict) -> str:
-    gates = report["nam_gates"]
-    if not report["folded"] or not gates:
-        return "folded" if report["folded"] else "unfolded"
+def nam_row(report: ExportRecord) -> str:
+    gates = report.nam_gates
+    if not report.folded or not gates:
+        return "folded" if report.folded else "unfolded"
     text = f"folded; {gates['removed']} of {gates['total']} gates replaced by constants"
     if gates["calibration_images"]:
         text += f" (spread <= {gates['tolerance']:g} on {gates['calibration_images']} training images)"

@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from ..core.console import console
+from ..core.records import PruneReport
 from ..core.settings import (FINETUNE, IMPORTANCES, NORMALIZATIONS, PRUNE, RUNTIMES, SCOPES, FinetuneSettings,
                              PruneConfig)
 from .app import DataDir, Device, JsonOut, Overwrite, Quiet, app
@@ -151,38 +152,38 @@ def parse_round_to(text: str | None) -> int | str | None:
         return text
 
 
-def print_prune_report(report: dict) -> None:
-    table = Table(title=f"{report['model']} ({report['attention']}) on {report['dataset']}: {report['ratio']:.0%} of "
-                        f"channels removed by {report['importance']} ranking ({report['scope']})")
+def print_prune_report(report: PruneReport) -> None:
+    table = Table(title=f"{report.model} ({report.attention}) on {report.dataset}: {report.ratio:.0%} of "
+                        f"channels removed by {report.importance} ranking ({report.scope})")
     for column in ("", "params", "MACs", "top-1 %", "top-5 %"):
         table.add_column(column, justify="left" if not column else "right")
-    table.add_row("before", f"{report['params_before']:,}", f"{report['macs_before']:,}",
-                  f"{report['top1_before']:.2f}", f"{report['top5_before']:.2f}")
-    if report.get("recalibrated"):
-        table.add_row("pruned", f"{report['params_after']:,}", f"{report['macs_after']:,}",
-                      f"{report['top1_pruned_uncalibrated']:.2f}", "")
-    table.add_row("BN recalibrated" if report.get("recalibrated") else "pruned",
-                  f"{report['params_after']:,}", f"{report['macs_after']:,}",
-                  f"{report['top1_pruned']:.2f}", f"{report['top5_pruned']:.2f}")
-    if report["top1_finetuned"] is not None:
-        how = ", distilled" if report.get("finetune_distill") else ""
-        table.add_row(f"fine-tuned ({report['finetune_epochs']} ep{how})", f"{report['params_after']:,}",
-                      f"{report['macs_after']:,}", f"{report['top1_finetuned']:.2f}", f"{report['top5_finetuned']:.2f}")
-    table.add_row("change", f"{report['params_after'] / report['params_before'] - 1:+.1%}",
-                  f"{report['macs_after'] / report['macs_before'] - 1:+.1%} ({report['macs_speedup']:.2f}x)",
-                  f"{(report['top1_finetuned'] or report['top1_pruned']) - report['top1_before']:+.2f}", "")
+    table.add_row("before", f"{report.params_before:,}", f"{report.macs_before:,}",
+                  f"{report.top1_before:.2f}", f"{report.top5_before:.2f}")
+    if report.recalibrated:
+        table.add_row("pruned", f"{report.params_after:,}", f"{report.macs_after:,}",
+                      f"{report.top1_pruned_uncalibrated:.2f}", "")
+    table.add_row("BN recalibrated" if report.recalibrated else "pruned",
+                  f"{report.params_after:,}", f"{report.macs_after:,}",
+                  f"{report.top1_pruned:.2f}", f"{report.top5_pruned:.2f}")
+    if report.top1_finetuned is not None:
+        how = ", distilled" if report.finetune_distill else ""
+        table.add_row(f"fine-tuned ({report.finetune_epochs} ep{how})", f"{report.params_after:,}",
+                      f"{report.macs_after:,}", f"{report.top1_finetuned:.2f}", f"{report.top5_finetuned:.2f}")
+    table.add_row("change", f"{report.params_after / report.params_before - 1:+.1%}",
+                  f"{report.macs_after / report.macs_before - 1:+.1%} ({report.macs_speedup:.2f}x)",
+                  f"{report.top1 - report.top1_before:+.2f}", "")
     console.print(table)
-    changed = [layer for layer in report["layers"] if layer["after"] != layer["before"]]
-    widths = Table(title=f"layer widths ({len(changed)} of {len(report['layers'])} layers changed)")
+    changed = [layer for layer in report.layers if layer.after != layer.before]
+    widths = Table(title=f"layer widths ({len(changed)} of {len(report.layers)} layers changed)")
     for column in ("layer", "before", "after", "kept"):
         widths.add_column(column, justify="left" if column == "layer" else "right")
     for layer in changed:
-        widths.add_row(layer["name"], str(layer["before"]), str(layer["after"]), f"{layer['after'] / layer['before']:.0%}")
+        widths.add_row(layer.name, str(layer.before), str(layer.after), f"{layer.after / layer.before:.0%}")
     console.print(widths)
-    if report.get("latency"):
-        console.print(latency_line(report["latency"]))
-    if report.get("rounding"):
-        r = report["rounding"]
+    if report.latency:
+        console.print(latency_line(report.latency))
+    if report.rounding:
+        r = report.rounding
         times = ", ".join(f"{m}: {ms:.3f} ms" for m, ms in r["ms"].items())
         console.print(f"--round-to auto chose {r['chosen']} ({r['runtime']}, batch {r['batch']}: {times})"
                       + ("" if r["trusted"] else " [yellow]! timings not to be trusted on this busy machine[/yellow]"))

@@ -131,9 +131,8 @@ def sweep(
     settings = latency_settings(batch, threads, latency_device, min_time, rounds)
     finetune = FinetuneSettings(epochs=finetune_epochs, lr=lr, distill=distill, batch_size=batch_size)
     record = run_sweep(ckpt, configs, out, finetune, data_dir, device, settings, overwrite, progress=not quiet)
-    print_table({"base": record["base"]["name"], "settings": record["settings"],
-                 "runs": [record["base"], *record["points"]]})
-    console.print(f"Pareto front (top-1 against MACs): {', '.join(record['front']['macs'])}")
+    print_table({"base": record.base["name"], "settings": record.settings, "runs": [record.base, *record.points]})
+    console.print(f"Pareto front (top-1 against MACs): {', '.join(record.front['macs'])}")
     console.print(f"sweep: {out / 'sweep.json'}   plots: {out / 'pareto.png'}, {out / 'widths.png'}")
 
 

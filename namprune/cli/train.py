@@ -49,6 +49,7 @@ def train(
     milestones: Annotated[Optional[str], typer.Option("--milestones", help="Epochs where multistep multiplies the lr by --lr-decay, e.g. 60,120,160 (default 30/60/80 % of the run).")] = None,
     lr_decay: Annotated[float, typer.Option("--lr-decay", help="Multistep factor (the NAM paper uses 0.2).")] = TRAIN.lr_decay,
     warmup_epochs: Annotated[int, typer.Option("--warmup-epochs", help="Linear lr warmup epochs.")] = TRAIN.warmup_epochs,
+    label_smoothing: Annotated[float, typer.Option("--label-smoothing", help="Label smoothing of the cross-entropy loss, in [0, 1).")] = TRAIN.label_smoothing,
     sparsity: Annotated[float, typer.Option("--sparsity", "-p", help="Strength p of the L1 penalty on the scale factors (0 turns it off; the paper uses 1e-4 over 200 epochs).")] = TRAIN.sparsity,
     sparsity_targets: Annotated[str, typer.Option("--sparsity-targets", help="all: every scale factor; bn: the network's own BatchNorms (Network Slimming); nam: NAM's gamma and lambda only (the paper).")] = TRAIN.sparsity_targets,
     seed: Annotated[int, typer.Option("--seed", help="Random seed (weights, data order, augmentation).")] = TRAIN.seed,
@@ -72,15 +73,15 @@ def train(
     else:
         cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, momentum=momentum,
                           nesterov=nesterov, weight_decay=weight_decay, bn_weight_decay=bn_weight_decay, schedule=schedule, milestones=_milestones(milestones),
-                          lr_decay=lr_decay, warmup_epochs=warmup_epochs, sparsity=sparsity,
+                          lr_decay=lr_decay, warmup_epochs=warmup_epochs, label_smoothing=label_smoothing, sparsity=sparsity,
                           sparsity_targets=sparsity_targets, seed=seed, device=device, amp=amp,
                           channels_last=channels_last, compile=compile_, sync_bn=sync_bn)
         summary = train_model(model, dataset, cfg, out, data_dir=data_dir, image_size=image_size, attention=attention,
                               workers=workers, overwrite=overwrite, progress=not quiet, weights=weights,
                               nam_after=_names(nam_after))
-    final, extra = summary["final"], summary["config"]["extra"]
+    final, extra = summary.final, summary.config["extra"]
     console.print(f"trained {extra['model']} ({extra['attention']}) on {extra['dataset']}: top-1 {final['test_top1']:.2f}%, "
-                  f"top-5 {final['test_top5']:.2f}% after {summary['epochs']} epochs ({summary['train_time_s']:.0f} s)")
+                  f"top-5 {final['test_top5']:.2f}% after {summary.epochs} epochs ({summary.train_time_s:.0f} s)")
     console.print(f"checkpoint: {out / 'model.pt'}")
 
 

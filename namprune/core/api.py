@@ -20,6 +20,7 @@ from .distributed import unwrap
 from .errors import NampruneError
 from .files import write_atomic, write_json
 from .fold import fold_nam, refuse_folded
+from .records import ExportRecord
 from .onnx import (_torchscript_export, check_opset, check_parity, input_shape, onnx_params, opset_of, output_paths,
                    parse_batch, session, to_onnx)
 from .graph import example_input, replay_history
@@ -99,7 +100,8 @@ def _first_line(exc: Exception) -> str:
 
 def export_onnx(model: nn.Module, path: str | Path, example_input: torch.Tensor | None = None, fold: bool = True,
                 check: bool = True, opset: int | None = None, batch: str | int = "dynamic",
-                test_images: torch.Tensor | None = None, overwrite: bool = False, exporter: str = "dynamo") -> dict:
+                test_images: torch.Tensor | None = None, overwrite: bool = False,
+                exporter: str = "dynamo") -> ExportRecord:
     """Export ``model`` to the ONNX file ``path`` (NAM folded) after checking it in onnxruntime
     against torch on random inputs (and ``test_images``, when given); writes the record
     ``<name>.json`` beside it and returns it. A failed check writes nothing.
@@ -122,12 +124,12 @@ def export_onnx(model: nn.Module, path: str | Path, example_input: torch.Tensor 
         raise NampruneError(f"unknown exporter {exporter!r}; choose dynamo or torchscript")
     data = proto.SerializeToString()
     parity = check_parity(model, session(data), test_images) if check else None
-    record = {"onnx": str(onnx_path), "exporter": exporter, "opset": opset_of(proto), "batch": fixed or "dynamic",
-              "input_shape": [fixed or "batch", *example_input_shape(model)], "folded": fold,
-              "file_bytes": len(data), "params": sum(p.numel() for p in model.parameters()),
-              "onnx_params": onnx_params(proto), "parity": parity}
+    record = ExportRecord(onnx=str(onnx_path), exporter=exporter, opset=opset_of(proto), batch=fixed or "dynamic",
+                          input_shape=[fixed or "batch", *example_input_shape(model)], folded=fold, file_bytes=len(data),
+                          params=sum(p.numel() for p in model.parameters()), onnx_params=onnx_params(proto),
+                          parity=parity)
     write_atomic(onnx_path, lambda tmp: tmp.write_bytes(data))
-    write_json(json_path, record)
+    write_json(json_path, record.to_json())
     return record
 
 

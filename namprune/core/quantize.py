@@ -26,8 +26,6 @@ import torch
 from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                       quant_pre_process, quantize_static)
 
-from . import checkpoint
-from .files import read_json
 
 SETTINGS = {"format": "QDQ", "weights": "int8 per channel", "activations": "uint8 per tensor",
             "calibration": "MinMax on training images"}
@@ -106,25 +104,4 @@ def int8_record(sess: ort.InferenceSession, sess8: ort.InferenceSession, int8_by
             "test_images": int8["images"]}
 
 
-def unpruned_source(ckpt) -> Path | None:
-    """The unpruned checkpoint a pruned run came from, following each run's ``report.json``
-    (``source``, else ``source_relative``); None when the chain breaks or ``ckpt`` is unpruned."""
-    path = checkpoint.model_file(ckpt)
-    for _ in range(16):  # a run pruned again and again still ends somewhere
-        if not checkpoint.read(path).get("pruning_history"):
-            return None if path == checkpoint.model_file(ckpt) else path
-        report = path.parent / "report.json"
-        if not report.is_file():
-            return None
-        record = read_json(report)
-        candidates = [Path(record["source"])] if record.get("source") else []
-        if record.get("source_relative"):
-            candidates.append((path.parent / record["source_relative"]).resolve())
-        found = next((c for c in candidates if c.is_file()), None)
-        if found is None:
-            return None
-        path = found
-    return None
-
-
-__all__ = ["SETTINGS", "int8_path", "int8_record", "onnx_accuracy", "quantize_int8", "unpruned_source"]
+__all__ = ["SETTINGS", "int8_path", "int8_record", "onnx_accuracy", "quantize_int8"]

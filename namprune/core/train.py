@@ -10,7 +10,6 @@ epochs, each a training pass, an evaluation, and a checkpoint.
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from pathlib import Path
 
@@ -25,6 +24,8 @@ from .data import DataBundle
 from .errors import NampruneError
 from .files import write_json, write_jsonl
 from .loaders import as_bundle
+from .optim import build_optimizer, lr_factor
+from .records import SUMMARY, TrainSummary
 from .settings import TrainConfig
 from .sparsity import SparsityPenalty
 
@@ -51,59 +52,6 @@ def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     if amp == "auto":
         return torch.bfloat16 if device.type == "cuda" else None
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[amp]
-
-
-# One-cycle shape (Smith & Topin, 2018): the share of the run spent rising, and how far below
-# the peak the learning rate starts and ends.
-ONECYCLE_RISE = 0.3
-ONECYCLE_START_DIV, ONECYCLE_END_DIV = 25.0, 1e4
-
-
-def lr_factor(cfg: TrainConfig, t: float) -> float:
-    """Learning-rate multiplier after ``t`` epochs (fractional: the schedule moves every step).
-
-    ``onecycle`` rises from 1/25 of the peak to the peak over the first 30 % of the run and
-    falls to nearly zero, both halves along a cosine; ``multistep`` multiplies by ``lr_decay``
-    at each milestone; ``cosine`` falls along a cosine after ``warmup_epochs`` of linear warmup.
-    """
-    if cfg.schedule == "onecycle":
-        rise = ONECYCLE_RISE * cfg.epochs
-        low, high, end = 1 / ONECYCLE_START_DIV, 1.0, 1 / (ONECYCLE_START_DIV * ONECYCLE_END_DIV)
-        if t < rise:
-            return _cosine_between(low, high, t / rise)
-        return _cosine_between(high, end, (t - rise) / (cfg.epochs - rise))
-    if t < cfg.warmup_epochs:
-        return (t + 1 / ONECYCLE_START_DIV) / (cfg.warmup_epochs + 1 / ONECYCLE_START_DIV)
-    if cfg.schedule == "multistep":
-        milestones = cfg.milestones or [round(cfg.epochs * f) for f in (0.3, 0.6, 0.8)]
-        return cfg.lr_decay ** sum(t >= m for m in milestones)
-    if cfg.schedule == "cosine":
-        span = max(1, cfg.epochs - cfg.warmup_epochs)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, (t - cfg.warmup_epochs) / span)))
-    return 1.0
-
-
-def _cosine_between(start: float, end: float, progress: float) -> float:
-    return end + (start - end) * 0.5 * (1 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
-
-
-def scale_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """The parameters of every BatchNorm (NAM's included): the scale factors the sparsity
-    penalty acts on and their shifts, which weight decay leaves alone unless asked."""
-    return [p for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) for p in m.parameters(recurse=False)]
-
-
-def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    # Weight decay on gamma would fight the L1 penalty (5e-4 * gamma outweighs a 1e-4 pull
-    # once |gamma| > 0.2), so scale factors get none by default.
-    params = [p for p in model.parameters() if p.requires_grad]
-    exempt = set() if cfg.bn_weight_decay else {id(p) for p in scale_parameters(model)}
-    groups = [{"params": [p for p in params if id(p) not in exempt], "weight_decay": cfg.weight_decay},
-              {"params": [p for p in params if id(p) in exempt], "weight_decay": 0.0}]
-    groups = [g for g in groups if g["params"]]
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
-    return torch.optim.AdamW(groups, lr=cfg.lr)
 
 
 @torch.no_grad()
@@ -180,9 +128,10 @@ CUDA_CHECK_EVERY = 50
 
 def fit(model: nn.Module, data: DataBundle, cfg: TrainConfig, out_dir: str | Path | None = None,
         progress: bool = True, stage: str = "train", resume: dict | None = None, test=None,
-        teacher: nn.Module | None = None) -> dict:
-    """Train ``model`` in place; with ``out_dir``, write a checkpoint, the metrics and the
-    training state (``train_state.pt``) every epoch.
+        teacher: nn.Module | None = None) -> TrainSummary:
+    """Train ``model`` in place and return the ``TrainSummary``; with ``out_dir``, write a
+    checkpoint, the metrics and the training state (``train_state.pt``) every epoch, and the
+    summary at the end.
 
     ``data`` is a ``load_data`` bundle, or any re-iterable of ``(images, labels)`` batches
     with a length (your own ``DataLoader``), evaluated each epoch on ``test`` when given.
@@ -253,10 +202,10 @@ def fit(model: nn.Module, data: DataBundle, cfg: TrainConfig, out_dir: str | Pat
                         time.perf_counter() - start)
 
     tested = [r["test_top1"] for r in history if r["test_top1"] is not None]
-    summary = {"stage": stage, "epochs": cfg.epochs, "final": history[-1], "best_top1": max(tested, default=None),
-               "train_time_s": round(time.perf_counter() - start, 2), "device": str(device), "config": cfg.to_dict()}
+    summary = TrainSummary(stage=stage, epochs=cfg.epochs, final=history[-1], best_top1=max(tested, default=None),
+                           train_time_s=round(time.perf_counter() - start, 2), device=str(device), config=cfg.to_dict())
     if out_dir is not None and is_main_process():
-        write_json(out_dir / "summary.json", summary)
+        write_json(out_dir / SUMMARY, summary.to_json())
     distributed.revert_sync_batchnorm(swaps)
     model.to(memory_format=torch.contiguous_format)
     return summary
