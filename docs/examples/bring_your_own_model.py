@@ -5,7 +5,7 @@ import timm
 import torch
 
 import namprune
-from namprune.core.measure import count_macs
+
 
 torch.manual_seed(0)
 data = namprune.load_data("digits", image_size=32, batch_size=64)  # any iterable of (images, labels) works
@@ -22,14 +22,14 @@ print(f"NAM after {len(net.namprune_nam['after'])} layers: {', '.join(net.nampru
 
 sparse = namprune.TrainConfig(epochs=4, lr=0.05)  # NAM sparsity penalty on every scale factor by default
 namprune.fit(net, data.train, sparse, test=data.test, progress=False)
-top1, macs = namprune.evaluate(net, data.test)["top1"], count_macs(net)
+top1, macs = namprune.evaluate(net, data.test)["top1"], namprune.count_macs(net)
 
 # channels are scored on training images (data.calibration: unaugmented), then BatchNorm is recalibrated
-namprune.prune(net, namprune.PruneConfig(ratio=None, target_macs=0.5), data.calibration, example_input=x)
+namprune.prune(net, namprune.PruneConfig(target_macs=0.5), data.calibration, example_input=x)
 namprune.fit(net, data.train, namprune.TrainConfig(epochs=2, lr=0.01, schedule="cosine"), test=data.test, progress=False,
              stage="finetune")
 print(f"top-1 {top1:.2f} % -> {namprune.evaluate(net, data.test)['top1']:.2f} %, "
-      f"MACs {macs / 1e6:.1f} M -> {count_macs(net) / 1e6:.1f} M")
+      f"MACs {macs / 1e6:.1f} M -> {namprune.count_macs(net) / 1e6:.1f} M")
 
 namprune.save(net, "resnet18-pruned.pt")  # weights + pruning history: torch.load(weights_only=True) reads it
 fresh = namprune.load("resnet18-pruned.pt", model=resnet18())  # NAM attached again, history replayed
