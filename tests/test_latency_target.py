@@ -13,8 +13,8 @@ from namprune.core.cost import channel_macs, count_macs
 from namprune.core.graph import dependency_graph
 from namprune.core import latency_cost
 from namprune.core.latency_cost import MIN_SHARE, LatencyMeter, group_costs, median_and_error
-from namprune.core.prune import MACS_TOLERANCE, ROUND_TO_CANDIDATES, _plan, prune
-from namprune.core.settings import PruneConfig
+from namprune.core.prune import ROUND_TO_CANDIDATES, _plan, prune
+from namprune.core.settings import MACS_TOLERANCE, PruneConfig
 from namprune.app.recipes import PruneSection
 from namprune.core.saliency import make_importance, score_groups
 

@@ -239,5 +239,6 @@ def _describe(error: dict, with_key: bool = True) -> str:
     if error["type"] == "extra_forbidden":
         return f"{prefix}unknown key (known keys here: {', '.join(_known_keys(error['loc']))})"
     message = error["msg"].removeprefix("Value error, ")
-    return f"{prefix}{message} (got {error['input']!r})" if "input" in error and not isinstance(error["input"], dict) \
-        else f"{prefix}{message}"
+    given = error.get("input")
+    shown = "input" not in error or isinstance(given, dict) or repr(given) in message
+    return f"{prefix}{message}" if shown else f"{prefix}{message} (got {given!r})"

@@ -12,7 +12,7 @@ from rich.table import Table
 from ..core.console import console
 from ..core.errors import NampruneError
 from ..core.records import ExportRecord
-from ..core.settings import EXPORT, LATENCY, ExportSettings, LatencySettings
+from ..core.settings import EXPORT, LATENCY, PARITY_TOLERANCE, ExportSettings, LatencySettings
 from .app import DataDir, Overwrite, app, fail
 from .report import MinTime, Rounds, Threads
 
@@ -24,7 +24,7 @@ def export_(
     opset: Annotated[Optional[int], typer.Option("--opset", help="ONNX opset (default: the exporter's; below 18 usually needs the TorchScript exporter, which the export falls back to).")] = None,
     batch: Annotated[str, typer.Option("--batch", help="dynamic (any batch size) or a fixed batch size N.")] = EXPORT.batch,
     fold: Annotated[bool, typer.Option("--fold/--no-fold", help="Fold every NAM into x * sigmoid(a * x + b) first (exact and faster; --no-fold exports the BatchNorm form).")] = EXPORT.fold,
-    check: Annotated[bool, typer.Option("--check/--no-check", help="Run the file in onnxruntime against torch on random inputs and, when the data is at hand, test images: max relative difference under 1e-4 and the same top-1, else exit code 1 and nothing written.")] = EXPORT.check,
+    check: Annotated[bool, typer.Option("--check/--no-check", help=f"Run the file in onnxruntime against torch on random inputs and, when the data is at hand, test images: max relative difference under {PARITY_TOLERANCE:g} and the same top-1, else exit code 1 and nothing written.")] = EXPORT.check,
     check_only: Annotated[bool, typer.Option("--check-only", help="Export nothing: check the existing --out file against the checkpoint (e.g. after editing it with other tools).")] = False,
     optimize: Annotated[bool, typer.Option("--optimize/--no-optimize", help="Simplify the graph with the exporter's optimizer (constant folding, BatchNorm into Conv, dead nodes) and drop its per-node debug metadata (stack traces with local paths).")] = EXPORT.optimize,
     gate_tolerance: Annotated[Optional[float], typer.Option("--gate-tolerance", help=f"Replace a NAM gate by its constant (folded into the BatchNorm before it) when its spread on the calibration images (std / mean) is at most this; 0 keeps every gate that varies at all. Default {EXPORT.gate_tolerance:g}; with --check-only, what the export recorded.")] = None,

@@ -10,8 +10,8 @@ from rich.table import Table
 
 from ..core.console import console
 from ..core.records import PruneReport
-from ..core.settings import (FINETUNE, IMPORTANCES, NORMALIZATIONS, PRUNE, RUNTIMES, SCOPES, FinetuneSettings,
-                             PruneConfig)
+from ..core.settings import (DEFAULT_RATIO, FINETUNE, IMPORTANCES, LATENCY_TOLERANCE, MACS_TOLERANCE, NORMALIZATIONS,
+                             PRUNE, RUNTIMES, SCOPES, FinetuneSettings, PruneConfig)
 from .app import DataDir, Device, JsonOut, Overwrite, Quiet, app
 
 Importance = Annotated[str, typer.Option("--importance", help=f"How channels are ranked: {', '.join(IMPORTANCES)}. "
@@ -103,9 +103,9 @@ def rank(
 @app.command()
 def prune(
     ckpt: Annotated[Path, typer.Argument(help="A trained run folder or its model.pt (a pruned one can be pruned again).")],
-    ratio: Annotated[Optional[float], typer.Option("--ratio", "-r", help="Fraction of the prunable channels to remove, in (0, 1).")] = None,
-    target_macs: Annotated[Optional[float], typer.Option("--target-macs", help="Instead of --ratio: fraction of the MACs to keep, in (0, 1), met within 0.02.")] = PRUNE.target_macs,
-    target_latency: Annotated[Optional[float], typer.Option("--target-latency", help="Instead of --ratio: fraction of the measured latency to keep, in (0, 1), met within 0.05 (timed side by side with the unpruned model; untrustworthy timings are refused).")] = PRUNE.target_latency,
+    ratio: Annotated[Optional[float], typer.Option("--ratio", "-r", help=f"Fraction of the prunable channels to remove, in (0, 1) (default {DEFAULT_RATIO} when no target is given).")] = None,
+    target_macs: Annotated[Optional[float], typer.Option("--target-macs", help=f"Instead of --ratio: fraction of the MACs to keep, in (0, 1), met within {MACS_TOLERANCE}.")] = PRUNE.target_macs,
+    target_latency: Annotated[Optional[float], typer.Option("--target-latency", help=f"Instead of --ratio: fraction of the measured latency to keep, in (0, 1), met within {LATENCY_TOLERANCE} (timed side by side with the unpruned model; untrustworthy timings are refused).")] = PRUNE.target_latency,
     latency_runtime: LatencyRuntime = PRUNE.latency_runtime,
     latency_batch: Annotated[int, typer.Option("--latency-batch", help="Batch size --target-latency times at.")] = PRUNE.latency_batch,
     threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads --target-latency times with (default 1).")] = PRUNE.threads,

@@ -17,8 +17,11 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from .. import __version__
 from .distributed import unwrap
 from .errors import NampruneError
+from .graph import replay_history
+from .models import from_spec
 from .files import write_atomic
 from .fold import refuse_folded
 
@@ -40,7 +43,6 @@ def save(path: str | Path, model: nn.Module, data_info: dict | None = None, metr
     if spec is None:
         raise NampruneError("this model was not built by namprune.models.create: save it with "
                             "namprune.save(model, path, example_input=x)")
-    from .. import __version__
 
     payload = {
         "format": FORMAT,
@@ -110,7 +112,7 @@ def _is_onnx(file: Path) -> bool:
     if head[:1] != b"\x08":  # protobuf field 1 (ir_version), the first byte of every ONNX file
         return False
     try:
-        import onnx
+        import onnx  # only for a file that is not a checkpoint: reading checkpoints does not load onnx
 
         proto = onnx.load(str(file), load_external_data=False)
         return proto.ir_version > 0 and len(proto.graph.node) > 0
@@ -154,8 +156,6 @@ def _schema_problem(payload: dict) -> str | None:
 
 def build(payload: dict) -> nn.Module:
     """Rebuild the architecture, replay its pruning history and load the weights."""
-    from .models import from_spec
-    from .graph import replay_history
 
     try:
         model = from_spec(payload["arch"])

@@ -22,6 +22,7 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 
 from .errors import NampruneError
+from .nam import ChannelNAM, SpatialNAM
 
 
 def launched() -> bool:
@@ -93,7 +94,6 @@ def convert_sync_batchnorm(model: nn.Module, device: torch.device) -> list[tuple
         return []
     if device.type != "cuda":
         raise NampruneError("--sync-bn needs CUDA GPUs (PyTorch's SyncBatchNorm does not run on CPU)")
-    from .nam import ChannelNAM, SpatialNAM
 
     swaps = []
     for parent in list(model.modules()):

@@ -26,10 +26,9 @@ import torch.nn as nn
 from .errors import NampruneError
 from .fold import fold_nam
 from .onnx import to_onnx
-from .settings import LatencySettings, PruneConfig
+from .settings import LATENCY_TOLERANCE, LatencySettings, PruneConfig
 from .timing import CLEAN_HINT, measure_latency
 
-LATENCY_TOLERANCE = 0.05  # of the unpruned latency: the target is met within this or the miss is reported
 COST_PROBE = 0.5  # the fraction of a group's channels removed to measure what its channels cost
 MAX_UNCERTAINTY = LATENCY_TOLERANCE  # standard error of a measured ratio: no finer than the target is held to
 MAX_REPEATS = 3  # timings of one comparison pooled before it is refused
@@ -142,4 +141,4 @@ def group_costs(model: nn.Module, groups: list, prune_copy: Callable[[nn.Module,
     return costs
 
 
-__all__ = ["LATENCY_TOLERANCE", "LatencyComparison", "LatencyMeter", "group_costs"]
+__all__ = ["LatencyComparison", "LatencyMeter", "group_costs"]

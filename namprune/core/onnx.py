@@ -25,8 +25,9 @@ import torch.nn as nn
 from .console import note
 from .errors import NampruneError
 from .graph import example_input
+from .settings import PARITY_TOLERANCE
 
-TOLERANCE = 1e-4
+TOLERANCE = PARITY_TOLERANCE
 # torch's exporters: the dynamo one implements opsets 18+ (lower ones through a version
 # converter that may fail), the TorchScript one 7-20. onnxruntime 1.31 runs released
 # opsets up to 26 and refuses newer, still-changing ones.

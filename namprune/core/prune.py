@@ -32,14 +32,13 @@ from .attach import remember_input
 from .calibrate import recalibrate_batchnorm
 from .cost import channel_macs, count_macs
 from .latency_cost import LATENCY_TOLERANCE, LatencyComparison, LatencyMeter, group_costs
-from .settings import PruneConfig
+from .settings import MACS_TOLERANCE, PruneConfig
 from .errors import NampruneError
 from .graph import channel_groups, dependency_graph, grouped_indices, ignored_names
 from .saliency import NEEDS_DATA, GroupSaliency, make_importance, score_groups
 
 ROUND_TO_CANDIDATES = (1, 4, 8, 16)
 COST_EXPONENT = 0.5  # channels go in order of score^2 / cost^COST_EXPONENT (benchmarks/allocation.py)
-MACS_TOLERANCE = 0.02  # of the unpruned MACs: one stream channel of a small net can weigh over 1 %
 
 
 @dataclass
@@ -330,6 +329,6 @@ def _removal_for_latency(model: nn.Module, ranked: list, cfg: PruneConfig) -> tu
     return removed, record
 
 
-__all__ = ["LATENCY_TOLERANCE", "MACS_TOLERANCE", "Plan", "PruneConfig", "PruneResult", "allocate_macs", "allocate_ratio",
+__all__ = ["Plan", "PruneResult", "allocate_macs", "allocate_ratio",
            "layer_widths", "prune"]
 

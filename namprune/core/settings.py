@@ -53,6 +53,9 @@ GATE_TOLERANCE = 0.03  # a NAM gate whose spread (std / mean) is at most this is
 # shared machine (two threads on two busy cores measured 1170 ms where one took 20 ms;
 # BENCHMARKS.md, "Timings a user can trust").
 DEFAULT_THREADS = 1
+MACS_TOLERANCE = 0.02  # of the unpruned MACs: one stream channel of a small net can weigh over 1 %
+LATENCY_TOLERANCE = 0.05  # of the unpruned latency: the target is met within this or the miss is reported
+PARITY_TOLERANCE = 1e-4  # max |onnxruntime - torch| / max |torch| an exported file may show
 MAX_SPREAD = 0.20  # timing rounds may disagree by this fraction of the median
 MAX_CPU_WAIT = 0.20  # the timing threads may wait this share of their ready time for a CPU
 

@@ -18,6 +18,7 @@ import torch.nn as nn
 
 from .console import note
 from .errors import NampruneError
+from .graph import classifier_name
 from .nam import ChannelNAM, SpatialNAM
 
 # Where training scripts keep the weights inside a larger checkpoint dictionary.
@@ -85,7 +86,6 @@ def nam_keys(model: nn.Module) -> set[str]:
 def load_weights(model: nn.Module, path: str | Path, model_name: str = "the model") -> None:
     """Load the state_dict in ``path`` into ``model`` (NAM layers and a resized classifier keep
     their fresh weights); one ``NampruneError`` when the file does not fit."""
-    from .graph import classifier_name
 
     state = read_state_dict(path)
     own = model.state_dict()

@@ -18,6 +18,7 @@ import torch.nn as nn
 from ..attach import attach_nam
 from ..errors import NampruneError
 from ..nam import check_attention
+from ..weights import load_weights
 from . import foreign
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
@@ -60,7 +61,6 @@ def create(name: str, num_classes: int = 10, attention: str = "none", input_size
         spec.update(pinned)
         foreign.check_input(model, name, in_channels, input_size, num_classes, announce=sha256 is None)
         if weights is not None:
-            from ..weights import load_weights
             load_weights(model, weights, name)
         attach_nam(model, torch.zeros(1, in_channels, input_size, input_size), attention, after=nam_after)
         if nam_after:
@@ -71,7 +71,6 @@ def create(name: str, num_classes: int = 10, attention: str = "none", input_size
         model = _REGISTRY[name](num_classes=num_classes, attention=attention, input_size=input_size,
                                 in_channels=in_channels)
         if weights is not None:
-            from ..weights import load_weights
             load_weights(model, weights, name)
     model.namprune_spec = spec
     return model

@@ -27,6 +27,7 @@ import torchvision
 
 from ..console import note
 from ..errors import NampruneError
+from ..graph import classifier_name
 
 TIMM_MISSING = 'timm models need timm, which is not installed: pip install "namprune[timm]"'
 FILE_ARGUMENTS = ("num_classes", "in_channels", "input_size")
@@ -242,7 +243,6 @@ def smallest_input(model: nn.Module, in_channels: int, failing: int, largest: in
 
 def resize_classifier(model: nn.Module, num_classes: int, why: str, announce: bool = True) -> None:
     """Replace the final ``nn.Linear`` by a fresh one with ``num_classes`` outputs."""
-    from ..graph import classifier_name
 
     name = classifier_name(model)
     old = model.get_submodule(name)
