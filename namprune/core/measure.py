@@ -23,7 +23,6 @@ from .cost import MACS_COUNTER, count_macs, count_params
 from .data import DataBundle
 from .train import evaluate
 from .graph import example_input
-from .settings import LatencySettings
 from .timing import measure_latency
 
 
@@ -40,5 +39,5 @@ def measure_accuracy(model: nn.Module, data: DataBundle, device: torch.device | 
             "device": str(device or next(model.parameters()).device)}
 
 
-__all__ = ["MACS_COUNTER", "LatencySettings", "count_macs", "count_params", "measure_accuracy", "measure_cost",
+__all__ = ["MACS_COUNTER", "count_macs", "count_params", "measure_accuracy", "measure_cost",
            "measure_latency"]
