@@ -3,7 +3,7 @@
 import torch
 import torch.nn as nn
 
-from namprune import load_data, models
+from namprune import NAM, load_data, models
 from namprune.core import checkpoint
 
 
@@ -45,3 +45,11 @@ def random_batches(size: int, channels: int = 1, batches: int = 2, seed: int = 0
     g = torch.Generator().manual_seed(seed)
     return [(torch.randn(8, channels, size, size, generator=g), torch.randint(0, 10, (8,), generator=g))
             for _ in range(batches)]
+
+
+def small_nam_net(seed: int = 0) -> nn.Module:
+    """A convolution, a BatchNorm and a full NAM (channel + spatial) for 16x16 one-channel images:
+    enough to learn digits in a few epochs, small enough to compile or train in a second."""
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), NAM(8, 16), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(128, 10))

@@ -147,11 +147,3 @@ def test_existing_output_is_kept_without_overwrite(exported, digits_ckpt, capsys
     code, _, err = run_cli(capsys, "export", digits_ckpt, "--out", out)
     assert_one_line_error(code, err, "already exists", "--overwrite")
     assert (out.read_bytes(), out.with_name("model.export.json").read_bytes()) == before
-
-
-def test_export_is_documented(capsys):
-    code, out, _ = run_cli(capsys, "export", "--help")
-    assert code == 0
-    for flag in ("--out", "--opset", "--batch", "--no-fold", "--no-check", "--check-only", "--optimize",
-                 "--latency", "--threads", "--data-dir", "--overwrite"):
-        assert flag in out

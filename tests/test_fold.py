@@ -90,10 +90,38 @@ def test_folded_model_is_for_inference_only(tmp_path):
     with pytest.raises(NampruneError, match="cannot prune a folded model"):
         prune(folded, PruneConfig(ratio=0.3))
     assert not (tmp_path / "model.pt").exists()
-    # it still computes gradients correctly (the in-place inference path is not taken)
-    x = torch.randn(2, 1, 16, 16, requires_grad=True)
-    folded(x).sum().backward()
-    assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+def _gradients(model, x):
+    """d(a weighted sum of the logits)/d(image and every parameter), in eval mode."""
+    x = x.clone().requires_grad_()
+    model.zero_grad(set_to_none=True)
+    (model(x) * torch.linspace(-1, 1, 10)).sum().backward()
+    return x.grad, {name: p.grad for name, p in model.named_parameters()}
+
+
+def test_folded_model_gives_the_gradients_of_the_unfolded_one():
+    """Gradients through a folded model (saliency maps, attacks) take the autograd path, not the
+    in-place inference one, and equal the unfolded model's."""
+    model = digits_model("resnet20", "nam", 16)
+    folded = fold_nam(model)
+    x = torch.randn(4, 1, 16, 16, generator=torch.Generator().manual_seed(3))
+    image_grad, param_grads = _gradients(model, x)
+    folded_image_grad, folded_param_grads = _gradients(folded, x)
+    assert image_grad.abs().max() > 0
+    torch.testing.assert_close(folded_image_grad, image_grad, rtol=1e-4, atol=1e-6)
+    shared = folded_param_grads.keys() & param_grads.keys()  # all but the NAM BatchNorms, which folding turned into constants
+    assert len(shared) == len(folded_param_grads) > 0
+    for name in shared:
+        torch.testing.assert_close(folded_param_grads[name], param_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("nam", [ChannelNAM(4), SpatialNAM(3, 3)], ids=["channel", "spatial"])
+def test_folded_branch_gradients_match_finite_differences(nam):
+    torch.manual_seed(2)
+    x = torch.randn(6, 4, 3, 3, dtype=torch.float64)
+    folded = fold_branch(_with_statistics(nam.double(), x))
+    assert torch.autograd.gradcheck(folded, (x.requires_grad_(),))
 
 
 def test_model_without_nam_is_unchanged():

@@ -256,17 +256,3 @@ def test_measure_accuracy_is_evaluate_with_its_settings():
     assert {k: measured[k] for k in ("top1", "top5")} == {k: evaluate(net, data.test)[k] for k in ("top1", "top5")}
     assert (measured["dataset"], measured["split"], measured["device"]) == ("digits", "test", "cpu")
     assert measured["samples"] == data.info.test_size
-
-
-@pytest.mark.parametrize("command,flags", [
-    ("report", ["--base", "--markdown", "--csv", "--plot", "--widths", "--json", "--evaluate", "--batch", "--threads",
-                "--min-time", "--rounds", "--device", "--overwrite"]),
-    ("sweep", ["--ratios", "--target-macs", "--finetune-epochs", "--importance", "--scope", "--batch", "--threads",
-               "--latency-device", "--out", "--overwrite"]),
-    ("rank", ["--plot"]),
-])
-def test_new_flags_are_documented(capsys, command, flags):
-    code, out, _ = run_cli(capsys, command, "--help")
-    assert code == 0
-    for flag in flags:
-        assert flag in out, flag

@@ -7,24 +7,17 @@ import torch.nn as nn
 from torch._dynamo.utils import counters
 
 import namprune
+from model_helpers import small_nam_net
 from namprune import TrainConfig, fit, load_data, models
 from namprune.core import checkpoint
 from namprune.core.train import Divergence, DivergenceWatch
-from namprune.core.nam import NAM
 from tiny_data import tiny_digits
-
-
-def _tiny_net() -> nn.Module:
-    """A convolution, a BatchNorm and a full NAM (channel + spatial): small enough to compile quickly."""
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(1, 6, 3, padding=1, bias=False), nn.BatchNorm2d(6), NAM(6, 16), nn.ReLU(),
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 10))
 
 
 def test_compiled_training_matches_eager_training():
     data = tiny_digits()
     cfg = dict(epochs=1, batch_size=32, lr=0.05, schedule="constant", device="cpu")
-    eager, compiled = _tiny_net(), _tiny_net()
+    eager, compiled = small_nam_net(), small_nam_net()  # small enough to compile quickly
     fit(eager, data, TrainConfig(**cfg), progress=False)
     counters.clear()
     summary = fit(compiled, data, TrainConfig(**cfg, compile=True), progress=False)
@@ -43,11 +36,15 @@ def test_divergence_is_reported_at_its_first_step_even_when_checked_later():
         watch.check(epoch=3)
 
 
-def test_a_clean_epoch_passes_the_check():
+def test_checks_within_an_epoch_pass_finite_losses_and_catch_a_later_bad_one():
     watch = DivergenceWatch(torch.device("cpu"))
-    for step in range(3):
-        watch.record(torch.tensor(1.0 / (step + 1)), step)
-    watch.check(epoch=0)
+    for step, loss in enumerate([2.3, 1e30, -0.5, 0.0]):  # huge or negative, but finite: not a divergence
+        watch.record(torch.tensor(loss), step)
+    watch.check(epoch=0)  # on CUDA the engine checks every few steps of an epoch: this one passes
+    watch.record(torch.tensor(float("-inf")), 4)
+    watch.record(torch.tensor(1.0), 5)
+    with pytest.raises(Divergence, match=r"the loss is -inf at epoch 1, step 5$"):
+        watch.check(epoch=0)
 
 
 def test_a_compiled_model_saves_as_the_plain_model(tmp_path):
