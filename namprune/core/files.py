@@ -108,7 +108,7 @@ def run_dir(out: str | os.PathLike, overwrite: bool = False, resume: bool = Fals
     is cleared. On success an existing ``out`` (allowed by ``overwrite``) is swapped out
     and removed only after the new result is in place; on failure ``out`` is untouched.
     Under torchrun only rank 0 creates and commits the folder; the other ranks get its
-    path and must not write (the engine and pipeline write on rank 0 only).
+    path and must not write (the training loop and the stages write on rank 0 only).
     """
     out = Path(out)
     if not resume:
