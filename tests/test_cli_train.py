@@ -89,5 +89,5 @@ def test_every_command_documents_every_flag(capsys):
 
 def test_unknown_normalization_is_one_line_and_exit_2(trained, capsys, tmp_path):
     code, _, err = run_cli(capsys, "prune", trained, "--normalization", "median", "--out", tmp_path / "p")
-    assert_one_line_error(code, err, "unknown normalization 'median'")
+    assert_one_line_error(code, err, "unknown --normalization 'median'")
     assert not (tmp_path / "p").exists()

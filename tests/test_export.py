@@ -73,11 +73,11 @@ def test_onnxruntime_matches_torch(exported, name, pruned):
 def test_pruned_onnx_file_shrinks_with_the_parameter_count(exported):
     _, full_path, full = exported("resnet20", False)
     _, pruned_path, pruned = exported("resnet20", True)
-    assert pruned["params"] < 0.35 * full["params"]
+    assert pruned.params < 0.35 * full.params
     # every parameter removed takes its 4 float32 bytes out of the file; what stays is
     # the graph itself (a few tens of KB), the same in both files
     saved_bytes = full_path.stat().st_size - pruned_path.stat().st_size
-    assert saved_bytes == pytest.approx(4 * (full["params"] - pruned["params"]), rel=0.03)
+    assert saved_bytes == pytest.approx(4 * (full.params - pruned.params), rel=0.03)
     assert pruned_path.stat().st_size / full_path.stat().st_size < 0.35
 
 

@@ -80,7 +80,7 @@ def test_exponent_numbers_without_a_dot_are_numbers_in_recipes_and_set(tmp_path)
 
 def test_a_set_mistake_is_blamed_on_the_set_not_the_recipe_file(capsys):
     code, _, err = run_cli(capsys, "run", "digits-resnet20", "--set", "prune.ratio=1.5", "--out", "unused")
-    assert_one_line_error(code, err, "error: --set prune.ratio=1.5: Input should be less than 1")
+    assert_one_line_error(code, err, "error: --set prune.ratio=1.5: must be in (0, 1)")
     assert "recipe_files" not in err and ".yaml" not in err
 
 

@@ -112,7 +112,7 @@ def test_a_different_recipe_needs_overwrite(finished, capsys):
 
 @pytest.mark.parametrize("change,fragment", [
     ({"train": {"epochs": "two"}}, "train.epochs: Input should be a valid integer"),
-    ({"prune": {"ratio": 1.2}}, "prune.ratio: Input should be less than 1"),
+    ({"prune": {"ratio": 1.2}}, "prune.ratio: must be in (0, 1)"),
     ({"finetune": {"epochz": 1}}, "finetune.epochz: unknown key"),
 ])
 def test_bad_recipes_fail_before_any_work(tmp_path, capsys, change, fragment):

@@ -203,7 +203,7 @@ def save_comparison(result: dict, json: Path | None = None, markdown_file: Path 
 
 def pruned_layers(runs: list[Run]) -> dict[str, list[dict]]:
     """Layer widths of the pruned runs among ``runs``, by folder name."""
-    return {run.path.name: [layer.model_dump() for layer in run.record.layers] for run in runs if run.pruned}
+    return {run.path.name: [layer.model_dump() for layer in run.record.layers] for run in runs if run.pruned and run.record.layers}
 
 
 def check_outputs(*paths: Path | None, overwrite: bool = False) -> None:

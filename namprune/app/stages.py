@@ -171,7 +171,7 @@ def finetune_pruned(pruned: str | Path, out: str | Path, finetune: FinetuneSetti
         report = prior.model_copy(update={
             "source_relative": os.path.relpath(prior.source, out.resolve()), "top1_finetuned": finetuned["top1"],
             "top5_finetuned": finetuned["top5"], "finetune_epochs": ft.epochs, "finetune_distill": finetuned["distill"],
-            "time_s": round(prior.time_s + time.perf_counter() - started, 2)})
+            "time_s": round((prior.time_s or 0) + time.perf_counter() - started, 2)})
         _save_pruned(stage, model, data, {**payload.get("config", {}), "finetune": ft.to_dict()}, report)
     return report
 

@@ -41,15 +41,16 @@ class Record(BaseModel):
 
 
 class TrainSummary(Record):
-    """``summary.json`` of a training (or a fine-tuning) run."""
+    """``summary.json`` of a training (or a fine-tuning) run. Only ``final`` is required: a
+    summary from an earlier namprune, or written by hand, still reads."""
 
-    stage: str  # train | finetune
-    epochs: int
     final: dict  # the last epoch's row of metrics.jsonl (test_top1, test_top5, ...)
-    best_top1: Optional[float]
-    train_time_s: float
-    device: str
-    config: dict  # the TrainConfig it ran with
+    stage: Optional[str] = None  # train | finetune
+    epochs: Optional[int] = None
+    best_top1: Optional[float] = None
+    train_time_s: Optional[float] = None
+    device: Optional[str] = None
+    config: dict = {}  # the TrainConfig it ran with
 
 
 class LayerWidth(BaseModel):
@@ -60,45 +61,47 @@ class LayerWidth(BaseModel):
 
 class PruneReport(Record):
     """``report.json`` of a pruned run: the amount asked and removed, cost and top-1 before
-    pruning, right after it (before and after BatchNorm recalibration) and after fine-tuning."""
+    pruning, right after it (before and after BatchNorm recalibration) and after fine-tuning.
+    ``namprune prune`` writes every field; a report from an earlier namprune lacks the newer
+    ones, so only what a reader cannot do without is required."""
 
     source: str  # the checkpoint it was pruned from, absolute
-    source_relative: str  # the same, relative to the run folder (survives moving both)
-    model: str
-    attention: str
-    dataset: str
+    source_relative: Optional[str] = None  # the same, relative to the run folder (survives moving both)
+    model: Optional[str] = None
+    attention: Optional[str] = None
+    dataset: Optional[str] = None
     ratio: float  # fraction of prunable channels removed
-    requested_ratio: Optional[float]
-    target_macs: Optional[float]
-    target_latency: Optional[float]
-    latency: Optional[dict]  # with target_latency: runtime, batch, threads, before_ms, after_ms, kept, met, ...
-    importance: str
-    scope: str
-    normalization: str
-    round_to: Union[int, str, None]
-    rounding: Optional[dict]  # with round_to auto: every multiple timed and the one chosen
-    max_layer_ratio: float
-    channels_before: int
-    channels_after: int
-    params_before: int
-    params_after: int
-    macs_before: int
-    macs_after: int
-    macs_kept: float
-    macs_speedup: float
-    top1_before: float
-    top5_before: float
+    requested_ratio: Optional[float] = None
+    target_macs: Optional[float] = None
+    target_latency: Optional[float] = None
+    latency: Optional[dict] = None  # with target_latency: runtime, batch, threads, before_ms, after_ms, kept, met, ...
+    importance: Optional[str] = None
+    scope: Optional[str] = None
+    normalization: Optional[str] = None
+    round_to: Union[int, str, None] = None
+    rounding: Optional[dict] = None  # with round_to auto: every multiple timed and the one chosen
+    max_layer_ratio: Optional[float] = None
+    channels_before: Optional[int] = None
+    channels_after: Optional[int] = None
+    params_before: Optional[int] = None
+    params_after: Optional[int] = None
+    macs_before: Optional[int] = None
+    macs_after: Optional[int] = None
+    macs_kept: Optional[float] = None
+    macs_speedup: Optional[float] = None
+    top1_before: Optional[float] = None
+    top5_before: Optional[float] = None
     top1_pruned: float
-    top5_pruned: float
-    recalibrated: bool
-    calibration_images: int
-    top1_pruned_uncalibrated: float
-    top1_finetuned: Optional[float]
-    top5_finetuned: Optional[float]
-    finetune_epochs: int
-    finetune_distill: Optional[float]
-    layers: list[LayerWidth]
-    time_s: float
+    top5_pruned: Optional[float] = None
+    recalibrated: Optional[bool] = None
+    calibration_images: Optional[int] = None
+    top1_pruned_uncalibrated: Optional[float] = None
+    top1_finetuned: Optional[float] = None
+    top5_finetuned: Optional[float] = None
+    finetune_epochs: Optional[int] = None
+    finetune_distill: Optional[float] = None
+    layers: list[LayerWidth] = []
+    time_s: Optional[float] = None
 
     @property
     def top1(self) -> float:
