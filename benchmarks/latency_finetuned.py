@@ -4,13 +4,14 @@ fine-tuning: ResNet-20 on CIFAR-10 and ResNet-56 on digits, onnxruntime on the C
     OMP_NUM_THREADS=1 python benchmarks/latency_finetuned.py [--runs DIR] [--models r20 r56]
 
 For every model and batch size (1, 32): prune the base with ``target_latency=0.7`` (timed at
-that batch), then prune the same base with ``target_macs`` set to the MACs the first kept;
-time the unpruned and both pruned ONNX files side by side (interleaved rounds, median of
-per-round ratios) so that "same measured latency" is checked, not assumed; then fine-tune
-both with the same budget (epochs, lr, batch size and seed: those of the base's training
-config, seed included). Every pruned model, timing and fine-tuned model is kept in a folder
-under ``--runs`` and skipped when it is already there, so an interrupted run resumes where
-it stopped. The timing steps of every model run before any fine-tuning. Writes
+that batch), then prune the same base with ``target_macs`` set to the MACs the first kept; time
+the unpruned and both pruned ONNX files side by side (interleaved rounds, median of per-round
+ratios) so that "same measured latency" is checked, not assumed; then fine-tune both with the
+same budget (the epochs and lr of ``benches``; batch size and seed from the base's training
+config: ``finetune_pruned`` takes no seed, so one seed is run). Every pruned model, timing and
+fine-tuned model is kept in a folder under ``--runs`` and skipped when it is already there, so
+an interrupted run resumes where it stopped (``--report-only`` rewrites the results from them).
+The timing steps of every model run before any fine-tuning. Writes
 benchmarks/results/latency_finetuned.{json,md} after every step (rows not yet done are "-").
 """
 
