@@ -30,12 +30,12 @@ from pathlib import Path
 import torch
 
 import namprune
-from namprune import checkpoint
-from namprune.errors import NampruneError
-from namprune.files import read_json, write_json
-from namprune.pipeline import finetune_pruned, prune_checkpoint
-from namprune.pruning import PruneConfig
-from namprune.timing import LatencySettings, measure_latency, round_ratios, trust_problem
+from namprune.core import checkpoint
+from namprune.core.errors import NampruneError
+from namprune.core.files import read_json, write_json
+from namprune.app.stages import finetune_pruned, prune_checkpoint
+from namprune.core.settings import FinetuneSettings, LatencySettings, PruneConfig
+from namprune.core.timing import measure_latency, round_ratios, trust_problem
 
 from _results import save
 from latency_target import onnx_bytes
@@ -93,14 +93,14 @@ def prune_pair(bench: Bench, folder: Path, batch: int) -> None:
     """The latency-targeted model, then the MACs-targeted one at the MACs it kept."""
     latency_dir, macs_dir = folder / "target_latency", folder / "target_macs"
     if not (latency_dir / "model.pt").exists():
-        cfg = PruneConfig(ratio=None, target_latency=TARGET, latency_runtime="onnxruntime", latency_batch=batch,
+        cfg = PruneConfig(target_latency=TARGET, latency_runtime="onnxruntime", latency_batch=batch,
                           threads=1)
         retried(f"prune {latency_dir}", lambda: prune_checkpoint(bench.base, cfg, latency_dir, data_dir=bench.data_dir,
                                                                   progress=False))
         log(f"pruned {latency_dir}")
     if not (macs_dir / "model.pt").exists():
         macs_kept = read_json(latency_dir / "report.json")["macs_kept"]
-        cfg = PruneConfig(ratio=None, target_macs=round(macs_kept, 3))
+        cfg = PruneConfig(target_macs=round(macs_kept, 3))
         prune_checkpoint(bench.base, cfg, macs_dir, data_dir=bench.data_dir, progress=False)
         log(f"pruned {macs_dir}")
 
@@ -133,8 +133,8 @@ def finetune(bench: Bench, folder: Path) -> None:
         if (out / "model.pt").exists():
             continue
         log(f"fine-tuning {out} ({bench.epochs} epochs, lr {bench.lr})")
-        finetune_pruned(folder / how, out, bench.epochs, lr=bench.lr, data_dir=bench.data_dir, progress=False,
-                        resume=True)
+        finetune_pruned(folder / how, out, FinetuneSettings(epochs=bench.epochs, lr=bench.lr), data_dir=bench.data_dir,
+                        progress=False, resume=True)
         log(f"fine-tuned {out}: top-1 {read_json(out / 'report.json')['top1_finetuned']:.2f}")
 
 
