@@ -109,6 +109,7 @@ def test_bad_round_to_is_one_line_and_exit_2(ckpt, tmp_path, capsys, value, mess
 def test_a_timing_too_uncertain_to_steer_by_is_refused_in_one_line(ckpt, tmp_path, capsys, monkeypatch):
     """Real timings, a limit no timing can meet: the refusal, not a pruned model."""
     monkeypatch.setattr(latency_cost, "MAX_UNCERTAINTY", -1.0)
+    monkeypatch.setattr(latency_cost, "MAX_REPEATS", 1)  # refused after the first timing, not the third
     code, _, err = run_cli(capsys, "prune", ckpt, "--target-latency", "0.6", "--out", tmp_path / "p")
     assert_one_line_error(code, err, "--target-latency will not steer by a timing that is not to be trusted",
                           "rounds at batch 1")
