@@ -48,8 +48,9 @@ def exported(tmp_path_factory):
     return export
 
 
-@pytest.mark.parametrize("pruned", [False, True], ids=["unpruned", "pruned"])
-@pytest.mark.parametrize("name", list(FAMILIES))
+# Every family pruned (the harder graph: odd widths, replayed history); unpruned once.
+@pytest.mark.parametrize("name, pruned", [(name, True) for name in FAMILIES] + [("resnet20", False)],
+                         ids=lambda v: {True: "pruned", False: "unpruned"}.get(v, v) if isinstance(v, bool) else v)
 def test_onnxruntime_matches_torch(exported, name, pruned):
     ckpt, path, report = exported(name, pruned)
     model = namprune.load(ckpt)
