@@ -43,14 +43,11 @@ from namprune.core import checkpoint
 from namprune.core.calibrate import recalibrate_batchnorm
 from namprune.app.exporting import export_checkpoint
 from namprune.core.files import read_json, staging_dir, write_json, write_text
-from namprune.core.settings import DEFAULT_DISTILL, FinetuneSettings
+from namprune.core.settings import (DEFAULT_DISTILL, DEFAULT_IMPORTANCE, IMPORTANCES, PAPER_STRENGTH, PAPER_TARGETS,
+                                    FinetuneSettings, LatencySettings, PruneConfig)
 from namprune.app.stages import compatible_data, prune_checkpoint, resume_training, train_model
-from namprune.core.settings import PruneConfig
 from namprune.core.prune import prune
-from namprune.core.settings import DEFAULT_IMPORTANCE, IMPORTANCES
-from namprune.core.settings import LatencySettings
 from namprune.core.timing import measure_latency, speedups
-from namprune.core.settings import PAPER_STRENGTH, PAPER_TARGETS
 
 ROOT = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- cifar10_pruning:begin -->", "<!-- cifar10_pruning:end -->"

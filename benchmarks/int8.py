@@ -27,18 +27,15 @@ import namprune
 from namprune import load_data, models
 from namprune.core import checkpoint
 from namprune.app.datasource import calibration_images, checkpoint_data
-from namprune.core.onnx import to_onnx
+from namprune.core.onnx import session, to_onnx
 from namprune.core.files import write_json
-from namprune.core.settings import GATE_TOLERANCE
+from namprune.core.settings import GATE_TOLERANCE, LatencySettings, PruneConfig
 from namprune.core.gates import fold_for_export
 from namprune.core.measure import count_macs
-from namprune.core.settings import PruneConfig
 from namprune.core.prune import prune
 from namprune.app.run_folders import unpruned_source
 from namprune.core.quantize import onnx_accuracy, quantize_int8
-from namprune.core.settings import LatencySettings
 from namprune.core.timing import measure_latency, round_ratios
-from namprune.core.onnx import session
 
 ROOT = Path(__file__).resolve().parents[1]
 

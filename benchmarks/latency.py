@@ -19,10 +19,9 @@ import time
 import torch
 
 from namprune import models
-from namprune.core.settings import LatencySettings
+from namprune.core.settings import LatencySettings, PruneConfig
 from namprune.core.timing import settings_record
 from namprune.core.measure import measure_cost, measure_latency
-from namprune.core.settings import PruneConfig
 from namprune.core.prune import prune
 
 

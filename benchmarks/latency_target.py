@@ -31,9 +31,8 @@ from namprune.core.errors import NampruneError
 from namprune.core.onnx import to_onnx
 from namprune.core.fold import fold_nam
 from namprune.app.stages import compatible_data
-from namprune.core.settings import PruneConfig
+from namprune.core.settings import LatencySettings, PruneConfig
 from namprune.core.prune import prune
-from namprune.core.settings import LatencySettings
 from namprune.core.timing import measure_latency, round_ratios
 
 from _results import save

@@ -38,15 +38,13 @@ import namprune
 from namprune import evaluate, fold_nam
 from namprune.core import checkpoint
 from namprune.app.datasource import calibration_images, checkpoint_data
-from namprune.core.onnx import to_onnx
+from namprune.core.onnx import session, session_options, to_onnx
 from namprune.core.files import write_json
-from namprune.core.settings import GATE_TOLERANCE
+from namprune.core.settings import GATE_TOLERANCE, LatencySettings
 from namprune.core.gates import fold_for_export
 from namprune.core.nam import NAM
 from namprune.core.quantize import onnx_accuracy
-from namprune.core.settings import LatencySettings
 from namprune.core.timing import measure_latency, round_ratios
-from namprune.core.onnx import session, session_options
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -21,10 +21,9 @@ import sys
 import torch
 
 from namprune import fold_nam, models
-from namprune.core.onnx import to_onnx
+from namprune.core.onnx import session, to_onnx
 from namprune.core.settings import LatencySettings
 from namprune.core.timing import available_cores, measure_latency
-from namprune.core.onnx import session
 
 
 def busy_loops(count: int) -> list[subprocess.Popen]:

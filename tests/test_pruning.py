@@ -7,9 +7,10 @@ import torch
 
 import namprune
 from namprune import TrainConfig, evaluate, fit, load_data, models
+from namprune.app.stages import finetune_pruned
 from namprune.core import checkpoint
 from namprune.core.measure import count_macs, count_params
-from namprune.core.settings import PruneConfig
+from namprune.core.settings import FinetuneSettings, PruneConfig
 from namprune.core.prune import layer_widths, prune
 from namprune.core.saliency import rank_model
 
@@ -270,3 +271,10 @@ def test_prune_refuses_a_foreign_checkpoint(tmp_path, capsys):
     code, _, err = run_cli(capsys, "prune", tmp_path / "plain.pt", "--ratio", "0.3", "--out", tmp_path / "p")
     assert_one_line_error(code, err, "not a namprune checkpoint")
     assert not (tmp_path / "p").exists()
+
+
+def test_fine_tuning_a_pruned_run_takes_at_least_one_epoch(tmp_path):
+    """Zero epochs is refused before anything is read or written, not turned into one."""
+    with pytest.raises(namprune.NampruneError, match="at least one epoch, got 0"):
+        finetune_pruned(tmp_path / "no-such-run", tmp_path / "out", FinetuneSettings(epochs=0))
+    assert not (tmp_path / "out").exists()

@@ -3,8 +3,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from cli_helpers import ROOT
 from namprune import NampruneError, PruneConfig, TrainConfig

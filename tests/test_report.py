@@ -13,9 +13,8 @@ from model_helpers import random_batches
 from namprune import NampruneError, evaluate, load_data, models
 from namprune.core import checkpoint
 from namprune.core.files import write_json
-from namprune.core.settings import LatencySettings
+from namprune.core.settings import LatencySettings, PruneConfig
 from namprune.core.measure import count_macs, count_params, measure_accuracy, measure_latency
-from namprune.core.settings import PruneConfig
 from namprune.core.prune import prune
 from namprune.app.comparison import pareto_front
 from namprune.app.run_folders import expand, find_base, load_run

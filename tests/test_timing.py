@@ -8,8 +8,7 @@ import pytest
 
 from model_helpers import digits_model
 from namprune import NampruneError, fold_nam
-from namprune.core.onnx import to_onnx
-from namprune.core.onnx import session
+from namprune.core.onnx import session, to_onnx
 from namprune.core.timing import (settings_record, DEFAULT_THREADS, LatencySettings, is_trustworthy, measure_latency, speedups, summary,
                                   trust_problem)
 

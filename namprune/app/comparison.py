@@ -182,7 +182,8 @@ def csv_text(result: dict) -> str:
     return buffer.getvalue()
 
 
-def save_comparison(result: dict, json: Path | None = None, markdown_file: Path | None = None, csv_file: Path | None = None,
+def save_comparison(result: dict, json_file: Path | None = None, markdown_file: Path | None = None,
+                    csv_file: Path | None = None,
                     pareto: Path | None = None, widths: Path | None = None, layers: dict | None = None,
                     title: str = "") -> None:
     """Write what was asked of a comparison: its JSON, Markdown and CSV tables, top-1 against
@@ -197,13 +198,14 @@ def save_comparison(result: dict, json: Path | None = None, markdown_file: Path 
     for path, text in ((markdown_file, markdown), (csv_file, csv_text)):
         if path:
             write_text(path, text(result))
-    if json:
-        write_json(json, result)
+    if json_file:
+        write_json(json_file, result)
 
 
 def pruned_layers(runs: list[Run]) -> dict[str, list[dict]]:
     """Layer widths of the pruned runs among ``runs``, by folder name."""
-    return {run.path.name: [layer.model_dump() for layer in run.record.layers] for run in runs if run.pruned and run.record.layers}
+    return {run.path.name: [layer.model_dump() for layer in run.record.layers]
+            for run in runs if run.pruned and run.record.layers}
 
 
 def check_outputs(*paths: Path | None, overwrite: bool = False) -> None:

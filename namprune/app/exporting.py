@@ -22,7 +22,7 @@ from ..core.files import write_atomic, write_json
 from ..core.gates import fold_for_export, has_gates
 from ..core.measure import count_params
 from ..core.onnx import (RANDOM_SAMPLES, ExportError, check_opset, check_parity, compare, input_shape, onnx_params,
-                         opset_of, output_paths, parse_batch, session, to_onnx)
+                         opset_of, output_paths, session, to_onnx)
 from ..core.records import ExportRecord
 from ..core.quantize import int8_path, int8_record, onnx_accuracy, quantize_int8
 from ..core.settings import EXPORT, GATE_IMAGES, GATE_TOLERANCE, LATENCY, ExportSettings, LatencySettings
@@ -63,7 +63,7 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, settings: ExportSetting
     at most ``settings.gate_tolerance`` are replaced by constants; ``settings.int8`` also
     writes ``<out stem>.int8.onnx``.
     """
-    s, fixed = settings, parse_batch(settings.batch)
+    s, fixed = settings, settings.fixed_batch
     check_opset(s.opset)
     onnx_path, json_path = output_paths(out, overwrite)
     if s.int8 and int8_path(onnx_path).exists() and not overwrite:
@@ -114,7 +114,7 @@ def _quantize(ckpt, s: ExportSettings, onnx_bytes: bytes, onnx_path: Path, calib
     """``--int8``: the quantized file (added to ``files``), its session and, for a pruned run,
     the unpruned FP32 model's (added to ``timed``), and the INT8 record."""
     path = int8_path(onnx_path)
-    files[path] = quantize_int8(onnx_bytes, calib, parse_batch(s.batch))
+    files[path] = quantize_int8(onnx_bytes, calib, s.fixed_batch)
     timed["onnxruntime_int8"] = sess8 = session(files[path], threads)
     report = int8_record(timed["onnxruntime"], sess8, files[path], path, data, len(calib))
     source = unpruned_source(ckpt)
@@ -141,7 +141,7 @@ def unpruned_session(source: Path, calib, s: ExportSettings, threads: int) -> or
     """The unpruned model exported as ``namprune export`` would, for timing next to the pruned one."""
     model = checkpoint.load(source).eval()
     exported, _ = fold_for_export(model, calib, s.gate_tolerance)
-    return session(to_onnx(exported, parse_batch(s.batch), s.opset, s.optimize)[0].SerializeToString(), threads)
+    return session(to_onnx(exported, s.fixed_batch, s.opset, s.optimize)[0].SerializeToString(), threads)
 
 
 def check_file(ckpt: str | Path, onnx_file: str | Path, data_dir=None, gate_tolerance: float | None = None,

@@ -24,18 +24,18 @@ from typing import Callable
 import yaml
 
 from ..core import checkpoint
-from . import plots
 from ..core.console import note
 from ..core.errors import NampruneError
 from ..core.files import commit_dir, run_dir, staging_dir, write_json, write_text
+from ..core.saliency import rank_model
 from ..core.settings import LATENCY, FinetuneSettings, LatencySettings
 from ..core.train import TRAIN_STATE
-from .exporting import export_checkpoint
-from .stages import compatible_data, finetune_pruned, prune_checkpoint, resume_training, train_model
-from .recipes import Recipe
+from . import plots
 from .comparison import compare, pruned_layers, save_comparison
+from .exporting import export_checkpoint
+from .recipes import Recipe
 from .run_folders import load_run
-from ..core.saliency import rank_model
+from .stages import compatible_data, finetune_pruned, prune_checkpoint, resume_training, train_model
 
 STAGES = ("train", "rank", "prune", "finetune", "report", "export")
 

@@ -24,8 +24,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from ..core.errors import NampruneError
 from ..core.models import check_name
 from ..core.onnx import check_opset
-from ..core.settings import (TRAIN, ATTENTIONS, Count, DATASETS, DEFAULT_WORKERS, DEFAULT_ATTENTION, DEFAULT_DATASET, DEFAULT_MODEL, DEFAULT_STRENGTH, DEFAULT_TARGETS, SPARSITY_TARGETS, ExportSettings,
-                             FinetuneSettings, PruneConfig, Strength, TrainConfig, TrainSchedule)
+from ..core.settings import (ATTENTIONS, DATASETS, DEFAULT_ATTENTION, DEFAULT_DATASET, DEFAULT_MODEL, DEFAULT_STRENGTH,
+                             DEFAULT_TARGETS, DEFAULT_WORKERS, SPARSITY_TARGETS, TRAIN, Count, ExportSettings,
+                             FinetuneSettings, NonNegative, PruneConfig, TrainConfig, TrainSchedule)
 
 class RecipeLoader(yaml.SafeLoader):
     """PyYAML's safe loader, reading exponent floats without a dot (``1e-4``) as numbers."""
@@ -90,7 +91,7 @@ class TrainSection(TrainSchedule):
 
 
 class SparsitySection(Section):
-    strength: Strength = DEFAULT_STRENGTH
+    strength: NonNegative = DEFAULT_STRENGTH
     targets: Literal[SPARSITY_TARGETS] = DEFAULT_TARGETS
 
 

@@ -3,7 +3,7 @@
 A run folder holds a namprune checkpoint ``model.pt`` and one record of how it was made:
 
 * a training run (``namprune train``): ``summary.json``; its accuracy is the last epoch's
-  test top-1 / top-5 (``summary["final"]``);
+  test top-1 / top-5 (``TrainSummary.final``);
 * a pruned run (``namprune prune``, or one point of ``namprune sweep``): ``report.json``,
   whose ``source`` names the checkpoint it was pruned from; its accuracy is the fine-tuned
   one, or the one right after pruning when it was not fine-tuned;
@@ -86,8 +86,7 @@ def load_run(path: str | os.PathLike) -> Run:
     if not (folder / "model.pt").is_file():
         raise NampruneError(f"{path} is not a run folder (it holds no model.pt); give folders written by "
                             "namprune train, prune or sweep")
-    for record, kind in ((PruneReport, "pruned"), (TrainSummary, "trained")):
-        name = REPORT if kind == "pruned" else SUMMARY
+    for name, record, kind in ((REPORT, PruneReport, "pruned"), (SUMMARY, TrainSummary, "trained")):
         if (folder / name).is_file():
             return Run(folder, kind, record.read(folder / name))
     checkpoint.read(folder)  # a bare folder must at least hold a namprune checkpoint

@@ -14,22 +14,24 @@ import torch
 import torch.nn as nn
 
 from ..core import checkpoint, distributed, models
-from ..core.console import is_main_process
-from ..core.data import DataBundle, load_data
 from ..core.calibrate import recalibrate_batchnorm
-from ..core.train import TRAIN_STATE, evaluate, fit, load_train_state, resolve_device, seed_everything
-from ..core.settings import DEFAULT_ATTENTION, DEFAULT_WORKERS, FINETUNE, FinetuneSettings, PruneConfig, TrainConfig, resolve_normalization
-from ..core.errors import NampruneError
-from ..core.nam import check_attention
-from ..core.records import REPORT, PruneReport, TrainSummary
-from ..core.files import check_out_dir, read_json, run_dir, staging_dir, write_json
+from ..core.console import is_main_process
 from ..core.cost import count_macs, count_params
+from ..core.data import DataBundle, load_data
+from ..core.errors import NampruneError
+from ..core.files import check_out_dir, read_json, run_dir, staging_dir, write_json
+from ..core.nam import check_attention
 from ..core.prune import prune
+from ..core.records import REPORT, PruneReport, TrainSummary
+from ..core.settings import (DEFAULT_ATTENTION, DEFAULT_WORKERS, FINETUNE, FinetuneSettings, PruneConfig, TrainConfig,
+                             resolve_normalization)
+from ..core.train import TRAIN_STATE, evaluate, fit, load_train_state, resolve_device, seed_everything
 
 
 
 def train_model(model_name: str, dataset: str, cfg: TrainConfig, out: str | Path, data_dir=None,
-                image_size: int | None = None, attention: str = DEFAULT_ATTENTION, workers: int = DEFAULT_WORKERS, overwrite: bool = False,
+                image_size: int | None = None, attention: str = DEFAULT_ATTENTION, workers: int = DEFAULT_WORKERS,
+                overwrite: bool = False,
                 progress: bool = True, weights: str | Path | None = None, nam_after: list[str] | None = None) -> TrainSummary:
     """Train a new model into the run folder ``out``, from the local state_dict ``weights`` when
     given; returns the summary."""
@@ -44,7 +46,7 @@ def train_model(model_name: str, dataset: str, cfg: TrainConfig, out: str | Path
     model = models.create(model_name, data.info.num_classes, attention, data.info.image_size, data.info.in_channels,
                           weights=weights, nam_after=nam_after)
     cfg = cfg.with_(extra={**cfg.extra, "model": model_name, "dataset": dataset, "attention": attention,
-                 "data_dir": str(data_dir) if data_dir else None, "weights": str(weights) if weights else None})
+                           "data_dir": str(data_dir) if data_dir else None, "weights": str(weights) if weights else None})
     with run_dir(out, overwrite=overwrite) as stage:
         summary = fit(model, data, cfg, stage, progress=progress)
         (stage / TRAIN_STATE).unlink(missing_ok=True)
@@ -154,6 +156,8 @@ def finetune_pruned(pruned: str | Path, out: str | Path, finetune: FinetuneSetti
                     overwrite: bool = False, progress: bool = True, resume: bool = False) -> PruneReport:
     """Fine-tune a pruned run (written by ``prune_checkpoint``) into ``out``; its report gains
     the fine-tuned accuracy. With ``resume``, an interrupted fine-tuning continues."""
+    if finetune.epochs < 1:  # finetune_config gives at least one epoch, for prune_checkpoint's data
+        raise NampruneError(f"fine-tuning needs at least one epoch, got {finetune.epochs}")
     started = time.perf_counter()
     out = Path(out)
     payload, prior = checkpoint.read(pruned), PruneReport.read(checkpoint.model_file(pruned).parent / REPORT)

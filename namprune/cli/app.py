@@ -42,6 +42,15 @@ Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
 Workers = Annotated[int, typer.Option("--workers", min=0, help="DataLoader worker processes (image folders that stream from disk).")]
 
 
+def int_or_text(text: str | None) -> int | str | None:
+    """An option that takes a number or a word (``--batch 8|dynamic``, ``--round-to 8|auto``):
+    the number when it is one; the settings check what either may be."""
+    try:
+        return int(text)
+    except (TypeError, ValueError):
+        return text
+
+
 def fail(message: str, code: int = 2) -> int:
     sys.stderr.write(f"error: {message}\n")
     sys.stderr.flush()

@@ -13,7 +13,7 @@ from ..core.console import console
 from ..core.errors import NampruneError
 from ..core.records import ExportRecord
 from ..core.settings import EXPORT, LATENCY, PARITY_TOLERANCE, ExportSettings, LatencySettings
-from .app import DataDir, Overwrite, app, fail
+from .app import DataDir, Overwrite, app, fail, int_or_text
 from .report import MinTime, Rounds, Threads
 
 
@@ -48,7 +48,7 @@ def export_(
             print_parity(check_file(ckpt, out, data_dir, gate_tolerance, calibration))
             console.print(f"{out} agrees with {ckpt}")
             return 0
-        settings = ExportSettings(opset=opset, batch=parse_batch(batch), fold=fold, check=check, optimize=optimize,
+        settings = ExportSettings(opset=opset, batch=int_or_text(batch), fold=fold, check=check, optimize=optimize,
                                   gate_tolerance=EXPORT.gate_tolerance if gate_tolerance is None else gate_tolerance,
                                   calibration_images=EXPORT.calibration_images if calibration is None else calibration,
                                   int8=int8)
@@ -60,14 +60,6 @@ def export_(
     int8_file = f"   INT8: {report.int8['file']}" if report.int8 else ""
     console.print(f"ONNX: {report.onnx}{int8_file}   report: {record_path(report.onnx)}")
     return 0
-
-
-def parse_batch(text: str) -> str | int:
-    """``--batch``: ``dynamic`` or a number (ExportSettings checks the value)."""
-    try:
-        return int(text)
-    except ValueError:
-        return text
 
 
 def print_report(report: ExportRecord) -> None:

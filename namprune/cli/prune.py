@@ -12,7 +12,7 @@ from ..core.console import console
 from ..core.records import PruneReport
 from ..core.settings import (DEFAULT_RATIO, FINETUNE, IMPORTANCES, LATENCY_TOLERANCE, MACS_TOLERANCE, NORMALIZATIONS,
                              PRUNE, RUNTIMES, SCOPES, FinetuneSettings, PruneConfig)
-from .app import DataDir, Device, JsonOut, Overwrite, Quiet, app
+from .app import DataDir, Device, JsonOut, Overwrite, Quiet, app, int_or_text
 
 Importance = Annotated[str, typer.Option("--importance", help=f"How channels are ranked: {', '.join(IMPORTANCES)}. "
                                          "nam: what each channel carries through its BatchNorm and NAM gate into the "
@@ -133,7 +133,7 @@ def prune(
     from ..app.stages import prune_checkpoint
 
     cfg = PruneConfig(ratio=ratio, target_macs=target_macs, target_latency=target_latency, scope=scope,
-                      importance=importance, normalization=normalization, round_to=parse_round_to(round_to),
+                      importance=importance, normalization=normalization, round_to=int_or_text(round_to),
                       max_layer_ratio=max_layer_ratio, seed=seed, calibration_images=calibration_images,
                       recalibrate=recalibrate, latency_runtime=latency_runtime, latency_batch=latency_batch,
                       threads=threads)
@@ -142,14 +142,6 @@ def prune(
     report = prune_checkpoint(ckpt, cfg, out, finetune, data_dir, device, overwrite, progress=not quiet, resume=resume)
     print_prune_report(report)
     console.print(f"pruned model: {out / 'model.pt'}   report: {out / 'report.json'}")
-
-
-def parse_round_to(text: str | None) -> int | str | None:
-    """``--round-to``: a channel multiple or ``auto`` (PruneConfig checks the value)."""
-    try:
-        return int(text)
-    except (TypeError, ValueError):
-        return text
 
 
 def print_prune_report(report: PruneReport) -> None:

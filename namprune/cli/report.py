@@ -10,9 +10,9 @@ import typer
 from ..core.console import console, note
 from ..core.errors import NampruneError
 from ..core.settings import DEFAULT_THREADS, FINETUNE, LATENCY, MAX_SPREAD, PRUNE, FinetuneSettings, LatencySettings, PruneConfig
-from .app import DataDir, Device, JsonOut, Overwrite, Quiet, app
+from .app import DataDir, Device, JsonOut, Overwrite, Quiet, app, int_or_text
 from .prune import (CalibrationImages, Distill, FinetuneBatch, FinetuneEpochs, FinetuneLr, Importance, LatencyRuntime,
-                    MaxLayerRatio, Normalization, Recalibrate, RoundTo, Scope, Seed, parse_round_to)
+                    MaxLayerRatio, Normalization, Recalibrate, RoundTo, Scope, Seed)
 
 SWEEP_FINETUNE_EPOCHS = 1  # a sweep compares points after fine-tuning: one epoch each unless told
 LatencyBatch = Annotated[int, typer.Option("--batch", help="The larger batch latency is also measured at (batch 1 always is).")]
@@ -123,7 +123,7 @@ def sweep(
     from ..app.comparison import print_table
     from ..app.sweep import run_sweep, sweep_configs
 
-    base_cfg = PruneConfig(scope=scope, importance=importance, normalization=normalization, round_to=parse_round_to(round_to),
+    base_cfg = PruneConfig(scope=scope, importance=importance, normalization=normalization, round_to=int_or_text(round_to),
                            max_layer_ratio=max_layer_ratio, seed=seed, calibration_images=calibration_images,
                            recalibrate=recalibrate, latency_runtime=latency_runtime, latency_batch=batch, threads=threads)
     configs = sweep_configs(base_cfg, _fractions(ratios, "--ratios"), _fractions(target_macs, "--target-macs"),

@@ -22,7 +22,8 @@ from .files import write_atomic, write_json
 from .fold import fold_nam, refuse_folded
 from .records import ExportRecord
 from .onnx import (_torchscript_export, check_opset, check_parity, input_shape, onnx_params, opset_of, output_paths,
-                   parse_batch, session, to_onnx)
+                   session, to_onnx)
+from .settings import ExportSettings
 from .graph import example_input, replay_history
 from .models import CUSTOM
 
@@ -104,13 +105,13 @@ def export_onnx(model: nn.Module, path: str | Path, example_input: torch.Tensor 
                 exporter: str = "dynamo") -> ExportRecord:
     """Export ``model`` to the ONNX file ``path`` (NAM folded) after checking it in onnxruntime
     against torch on random inputs (and ``test_images``, when given); writes the record
-    ``<name>.json`` beside it and returns it. A failed check writes nothing.
+    ``<name>.export.json`` beside it and returns it. A failed check writes nothing.
 
     ``exporter``: ``dynamo`` (torch's current exporter, the TorchScript one taking over if
     it fails) or ``torchscript`` (much faster to run, for models it handles)."""
     if example_input is not None:
         remember_input(model, example_input)
-    fixed = parse_batch(batch)
+    fixed = ExportSettings(batch=batch).fixed_batch
     check_opset(opset)
     onnx_path, json_path = output_paths(path, overwrite)
     model = unwrap(model).eval()
@@ -125,16 +126,12 @@ def export_onnx(model: nn.Module, path: str | Path, example_input: torch.Tensor 
     data = proto.SerializeToString()
     parity = check_parity(model, session(data), test_images) if check else None
     record = ExportRecord(onnx=str(onnx_path), exporter=exporter, opset=opset_of(proto), batch=fixed or "dynamic",
-                          input_shape=[fixed or "batch", *example_input_shape(model)], folded=fold, file_bytes=len(data),
+                          input_shape=[fixed or "batch", *input_shape(model, 1)[1:]], folded=fold, file_bytes=len(data),
                           params=sum(p.numel() for p in model.parameters()), onnx_params=onnx_params(proto),
                           parity=parity)
     write_atomic(onnx_path, lambda tmp: tmp.write_bytes(data))
     write_json(json_path, record.to_json())
     return record
-
-
-def example_input_shape(model: nn.Module) -> list[int]:
-    return list(example_input(model).shape[1:])
 
 
 __all__ = ["export_onnx", "load", "save"]

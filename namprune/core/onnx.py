@@ -50,19 +50,6 @@ def _first_line(exc: Exception, limit: int = 200) -> str:
 # --------------------------------------------------------------------------- arguments
 
 
-def parse_batch(text: str | int) -> int | None:
-    """``dynamic`` -> None (any batch size); a positive integer -> that fixed batch size."""
-    if str(text) == "dynamic":
-        return None
-    try:
-        batch = int(text)
-    except ValueError:
-        batch = 0
-    if batch < 1:
-        raise NampruneError(f"--batch must be 'dynamic' or a positive batch size, got {text!r}")
-    return batch
-
-
 def check_opset(opset: int | None) -> int | None:
     if opset is not None and not MIN_OPSET <= opset <= MAX_OPSET:
         raise NampruneError(f"--opset must be between {MIN_OPSET} and {MAX_OPSET} (this onnx), got {opset}")

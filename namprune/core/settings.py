@@ -85,7 +85,6 @@ def _multiple(value: Union[int, str, None]) -> Union[int, str, None]:
 
 Count = Annotated[int, Field(ge=1)]
 NonNegative = Annotated[float, Field(ge=0)]
-Strength = NonNegative
 CalibrationImages = Annotated[int, Field(ge=1, title="--calibration-images")]
 Threads = Annotated[Optional[int], Field(ge=1, title="--threads")]
 
@@ -170,7 +169,7 @@ class TrainConfig(TrainSchedule):
     """Everything that decides how a model is trained; saved with every checkpoint."""
 
     batch_size: Count = 128
-    sparsity: Strength = DEFAULT_STRENGTH
+    sparsity: NonNegative = DEFAULT_STRENGTH
     sparsity_targets: Literal[SPARSITY_TARGETS] = DEFAULT_TARGETS
     distill: float = Field(0.0, ge=0, le=1, title="--distill (distillation weight)")  # with a teacher: weight of its soft targets
     distill_temperature: float = Field(4.0, gt=0)
@@ -186,7 +185,7 @@ class FinetuneSettings(Settings):
 
     epochs: int = Field(0, ge=0, title="--finetune-epochs")
     lr: Optional[float] = Field(None, gt=0)
-    sparsity: Strength = Field(0.0, title="--finetune-sparsity")  # keep the penalty on while fine-tuning
+    sparsity: NonNegative = Field(0.0, title="--finetune-sparsity")  # keep the penalty on while fine-tuning
     distill: float = Field(DEFAULT_DISTILL, ge=0, le=1)  # weight of distillation from the unpruned model (0: plain fine-tuning)
     batch_size: Optional[int] = Field(None, ge=1)
 
@@ -282,6 +281,11 @@ class ExportSettings(Settings):
     gate_tolerance: float = Field(GATE_TOLERANCE, ge=0, lt=1)
     calibration_images: CalibrationImages = GATE_IMAGES
     int8: bool = False
+
+    @property
+    def fixed_batch(self) -> int | None:
+        """The batch size the file is exported for; None for a dynamic batch dimension."""
+        return None if self.batch == "dynamic" else self.batch
 
 
 TRAIN, FINETUNE, PRUNE, LATENCY, EXPORT = TrainConfig(), FinetuneSettings(), PruneConfig(), LatencySettings(), ExportSettings()
