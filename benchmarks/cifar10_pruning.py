@@ -1,6 +1,5 @@
-"""Does namprune's default pipeline pick better channels than Network Slimming, L1, Taylor and
-random ranking? ResNet-20 on CIFAR-10 (JPEG q75), at the budget of a reference run of
-torch-pruning alone on the build machine.
+"""Does namprune's pipeline give a better pruned model than torch-pruning alone, at the same
+budget and the same measured latency? ResNet-20 on CIFAR-10 (JPEG q75).
 
 One command, from a clean checkout, regenerates the tables in BENCHMARKS.md:
 
@@ -10,17 +9,23 @@ It unpacks ../shared/data/cifar10-jpeg.tar.gz, trains the base models of every s
 (12 epochs: SGD 0.1 with Nesterov momentum, one-cycle schedule, batch 128, weight decay
 5e-4), prunes each method's base to 2x fewer MACs, fine-tunes 4 epochs at lr 0.01, exports
 every model to ONNX and times it in onnxruntime side by side, and writes
-benchmarks/results/cifar10_pruning.{json,md} and BENCHMARKS.md between its markers.
-Every finished step is kept in --work and skipped when the script runs again, so a stopped
-run continues where it was.
+benchmarks/results/cifar10_pruning.{json,md}, the plot docs/cifar10_pruning.png and
+BENCHMARKS.md between its markers. Every finished step is kept in --work and skipped when
+the script runs again, so a stopped run continues where it was; ``--no-report`` computes
+rows only (two processes can share the work, one base each).
 
-Bases (per seed):
-  namprune  `namprune train` with its defaults (NAM attention, sparsity penalty)
-  paper     NAM attention, the paper's penalty: p = 1e-4 on NAM's scale factors, weight decay on them
-  slim      no attention, penalty on every BatchNorm (Network Slimming), the same strength
-  plain     no attention, no penalty
-Methods: a base, an importance and a fine-tuning loss; every method is pruned by the same
-cost-aware global allocation to the same MACs and recalibrated on the same images.
+Bases (per seed), all trained by namprune's training loop with the settings above:
+  namprune    `namprune train` with its defaults (NAM attention, sparsity penalty)
+  tp-plain    no attention, no penalty, weight decay on every parameter (torch-pruning's
+              example trains its CIFAR models this way)
+  tp-slim     tp-plain plus torch-pruning's BNScalePruner.regularize (L1 1e-4 on every
+              BatchNorm scale) after each backward pass: its Network Slimming recipe
+  tp-group    tp-plain plus GroupNormPruner.regularize (group sparsity, reg 5e-4, its CIFAR
+              default)
+Methods: a base, a pruner and a fine-tuning. namprune methods prune with namprune (its
+ranking, cost-aware allocation, BatchNorm recalibration); torch-pruning methods with
+torch-pruning's own pruner, importance and global ranking, stepped until the MACs target
+is met as its benchmark does, with round_to=8. Every method is fine-tuned the same way.
 """
 
 from __future__ import annotations
@@ -36,44 +41,52 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
+import torch_pruning as tp
 
 import namprune
 from namprune import TrainConfig, evaluate
-from namprune.core import checkpoint
+from namprune.core import checkpoint, models
 from namprune.core.calibrate import recalibrate_batchnorm
+from namprune.core.cost import count_macs, count_params
+from namprune.core.data import load_data
+from namprune.core.graph import classifier_name, example_input
 from namprune.app.exporting import export_checkpoint
-from namprune.core.files import read_json, staging_dir, write_json, write_text
-from namprune.core.settings import (DEFAULT_DISTILL, DEFAULT_IMPORTANCE, IMPORTANCES, PAPER_STRENGTH, PAPER_TARGETS,
-                                    FinetuneSettings, LatencySettings, PruneConfig)
-from namprune.app.stages import compatible_data, prune_checkpoint, resume_training, train_model
+from namprune.core.files import read_json, run_dir, staging_dir, write_json, write_text
+from namprune.core.records import PruneReport
+from namprune.core.settings import (DEFAULT_DISTILL, DEFAULT_IMPORTANCE, IMPORTANCES, FinetuneSettings, LatencySettings,
+                                    PruneConfig)
+from namprune.app.stages import compatible_data, finetune_pruned, prune_checkpoint, resume_training, train_model
 from namprune.core.prune import prune
 from namprune.core.timing import measure_latency, speedups
+from namprune.core.train import TRAIN_STATE, fit, load_train_state, seed_everything
 
 ROOT = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- cifar10_pruning:begin -->", "<!-- cifar10_pruning:end -->"
+TP_TRAINING = dict(sparsity=0.0, bn_weight_decay=True)  # torch-pruning's example: weight decay on everything
 
-# base -> (attention, TrainConfig changes from namprune's defaults)
+# base -> (attention, TrainConfig changes from namprune's defaults, torch-pruning regularizer or None)
 BASES = {
-    "namprune": ("nam", {}),
-    "paper": ("nam", dict(sparsity=PAPER_STRENGTH, sparsity_targets=PAPER_TARGETS, bn_weight_decay=True)),
-    "slim": ("none", dict(sparsity_targets="bn")),  # the same (default) strength
-    "plain": ("none", dict(sparsity=0.0)),
+    "namprune": ("nam", dict(sparsity=0.0, shrink_macs=0.5), None),
+    "tp-plain": ("none", TP_TRAINING, None),
+    "tp-slim": ("none", TP_TRAINING, ("slim", 1e-4)),
+    "tp-group": ("none", TP_TRAINING, ("group", 5e-4)),
 }
 OTHER_DISTILL = 0.0 if DEFAULT_DISTILL else 0.9  # the fine-tuning namprune does not default to, for comparison
-# method -> (base, importance, distillation weight while fine-tuning). The first five share
-# namprune's base, so they compare rankings (and recovery) on one model; the rest are the
-# usual baselines on the model each of them assumes.
+ROUND_TO = 8
+# method -> (base, pruner, importance, distillation weight while fine-tuning, round_to). Pruner
+# "namprune" is namprune.prune; "tp" is torch-pruning's own pruner for that importance.
 METHODS = {
-    "namprune": ("namprune", DEFAULT_IMPORTANCE, DEFAULT_DISTILL),
-    "namprune, " + ("plain fine-tuning" if DEFAULT_DISTILL else "distilled"): ("namprune", DEFAULT_IMPORTANCE, OTHER_DISTILL),
-    "slim ranking, namprune base": ("namprune", "slim", DEFAULT_DISTILL),
-    "taylor ranking, namprune base": ("namprune", "taylor", DEFAULT_DISTILL),
-    "random ranking, namprune base": ("namprune", "random", DEFAULT_DISTILL),
-    "paper (NAM w)": ("paper", "nam-w", DEFAULT_DISTILL),
-    "slim": ("slim", "slim", DEFAULT_DISTILL),
-    "l1": ("plain", "l1", DEFAULT_DISTILL),
-    "taylor": ("plain", "taylor", DEFAULT_DISTILL),
-    "random": ("plain", "random", DEFAULT_DISTILL),
+    "namprune": ("namprune", "namprune", DEFAULT_IMPORTANCE, DEFAULT_DISTILL, ROUND_TO),
+    "namprune, " + ("plain fine-tuning" if DEFAULT_DISTILL else "distilled"):
+        ("namprune", "namprune", DEFAULT_IMPORTANCE, OTHER_DISTILL, ROUND_TO),
+    "namprune, unrounded widths": ("namprune", "namprune", DEFAULT_IMPORTANCE, DEFAULT_DISTILL, 1),
+    "namprune ranking, tp-slim base": ("tp-slim", "namprune", DEFAULT_IMPORTANCE, DEFAULT_DISTILL, ROUND_TO),
+    "namprune ranking, tp-plain base": ("tp-plain", "namprune", DEFAULT_IMPORTANCE, DEFAULT_DISTILL, ROUND_TO),
+    "tp Slimming (BNScalePruner)": ("tp-slim", "tp", "slim", 0.0, ROUND_TO),
+    "tp group norm (GroupNormPruner)": ("tp-group", "tp", "group", 0.0, ROUND_TO),
+    "tp Taylor": ("tp-plain", "tp", "taylor", 0.0, ROUND_TO),
+    "tp L1": ("tp-plain", "tp", "l1", 0.0, ROUND_TO),
 }
 
 
@@ -88,12 +101,12 @@ def main() -> None:
     parser.add_argument("--target-macs", type=float, default=0.5)
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS), metavar="METHOD")
     parser.add_argument("--only-train", nargs="*", help="train these bases of every seed and stop")
+    parser.add_argument("--no-report", action="store_true", help="compute the rows and stop (no timing, no tables)")
     parser.add_argument("--no-update", action="store_true", help="do not rewrite BENCHMARKS.md")
     args = parser.parse_args()
 
     started = time.time()
     data_dir = unpack(args.archive, args.work / "cifar10")
-    methods = args.methods
     if args.only_train is not None:
         for seed in args.seeds:
             for base in args.only_train or BASES:
@@ -101,9 +114,11 @@ def main() -> None:
         return
     results = []
     for seed in args.seeds:
-        for method in methods:
+        for method in args.methods:
             train(METHODS[method][0], seed, data_dir, args)
             results.append(prune_and_finetune(method, seed, data_dir, args))
+    if args.no_report:
+        return
     study = [row for seed in args.seeds for row in ranking_study(seed, data_dir, args)]
     latency = side_by_side([r["folder"] for r in results if r["seed"] == args.seeds[0]], data_dir, args)
     text = markdown(results, study, latency, args, time.time() - started)
@@ -112,6 +127,7 @@ def main() -> None:
     write_json(out / "cifar10_pruning.json", {"results": results, "ranking_study": study, "latency": latency,
                                               "args": {k: str(v) for k, v in vars(args).items()}})
     write_text(out / "cifar10_pruning.md", text)
+    plot(results, latency, args, ROOT / "docs" / "cifar10_pruning.png")
     if not args.no_update:
         update_benchmarks(text)
 
@@ -132,14 +148,49 @@ def train(base: str, seed: int, data_dir: Path, args) -> None:
     out = base_dir(base, seed, args)
     if out.exists():
         return
-    if (staging_dir(out) / "train_state.pt").exists():
+    attention, changes, regularizer = BASES[base]
+    cfg = TrainConfig(epochs=args.epochs, batch_size=128, lr=0.1, seed=seed).with_(**changes)
+    if regularizer is not None:
+        train_regularized(out, cfg, regularizer, data_dir)
+    elif (staging_dir(out) / TRAIN_STATE).exists():
         print(f"resuming base {base}, seed {seed}", flush=True)
         resume_training(out, data_dir, progress=False)
-        return
-    attention, changes = BASES[base]
-    cfg = TrainConfig(epochs=args.epochs, batch_size=128, lr=0.1, seed=seed).with_(**changes)
-    print(f"training base {base}, seed {seed}", flush=True)
-    train_model("resnet20", "cifar10", cfg, out, data_dir=data_dir, attention=attention, progress=False)
+    else:
+        print(f"training base {base}, seed {seed}", flush=True)
+        train_model("resnet20", "cifar10", cfg, out, data_dir=data_dir, attention=attention, progress=False)
+
+
+def tp_pruner(model: torch.nn.Module, importance: str, **options) -> tp.pruner.BasePruner:
+    """torch-pruning's pruner for ``importance``, built as its CIFAR benchmark builds it:
+    global ranking, the classifier kept whole."""
+    kinds = {"slim": (tp.pruner.BNScalePruner, tp.importance.BNScaleImportance()),
+             "group": (tp.pruner.GroupNormPruner, tp.importance.GroupMagnitudeImportance(p=2)),
+             "taylor": (tp.pruner.MagnitudePruner, tp.importance.GroupTaylorImportance()),
+             "l1": (tp.pruner.MagnitudePruner, tp.importance.GroupMagnitudeImportance(p=1))}
+    cls, imp = kinds[importance]
+    return cls(model, example_input(model), importance=imp, global_pruning=True,
+               ignored_layers=[model.get_submodule(classifier_name(model))], **options)
+
+
+def train_regularized(out: Path, cfg: TrainConfig, regularizer: tuple[str, float], data_dir: Path) -> None:
+    """A base trained with torch-pruning's sparsity learning: its pruner's ``regularize`` after
+    every backward pass (resumable like ``namprune train``)."""
+    importance, reg = regularizer
+    saved = load_train_state(staging_dir(out))
+    cfg = cfg.with_(extra={"model": "resnet20", "dataset": "cifar10", "attention": "none", "data_dir": str(data_dir),
+                           "regularizer": f"torch-pruning {importance} reg {reg}"})
+    data = load_data("cifar10", data_dir, None, cfg.batch_size, "cpu", seed=cfg.seed)
+    if saved is None:
+        seed_everything(cfg.seed)
+        model = models.create("resnet20", 10, "none", 32, 3)
+    else:
+        model = checkpoint.build(saved)
+    print(f"{'resuming' if saved else 'training'} {out.name} ({importance} reg {reg})", flush=True)
+    pruner = tp_pruner(model, importance, reg=reg)
+    with run_dir(out, resume=saved is not None) as stage:
+        fit(model, data, cfg, stage, progress=False, resume=saved and saved["train_state"],
+            after_backward=pruner.regularize)
+        (stage / TRAIN_STATE).unlink(missing_ok=True)
 
 
 def method_folder(method: str) -> str:
@@ -147,18 +198,58 @@ def method_folder(method: str) -> str:
 
 
 def prune_and_finetune(method: str, seed: int, data_dir: Path, args) -> dict:
-    base, importance, distill = METHODS[method]
+    base, pruner, importance, distill, round_to = METHODS[method]
     out = args.work / f"seed{seed}" / f"prune-{method_folder(method)}"
+    finetune = FinetuneSettings(epochs=args.finetune_epochs, lr=args.finetune_lr, distill=distill)
     if not out.exists():
         print(f"pruning {method}, seed {seed}", flush=True)
-        cfg = PruneConfig(ratio=None, target_macs=args.target_macs, importance=importance, seed=seed)
-        finetune = FinetuneSettings(epochs=args.finetune_epochs, lr=args.finetune_lr, distill=distill)
-        prune_checkpoint(base_dir(base, seed, args), cfg, out, finetune, data_dir=data_dir, progress=False, resume=True)
+        if pruner == "namprune":
+            cfg = PruneConfig(ratio=None, target_macs=args.target_macs, importance=importance, seed=seed,
+                              round_to=round_to)
+            prune_checkpoint(base_dir(base, seed, args), cfg, out, finetune, data_dir=data_dir, progress=False,
+                             resume=True)
+        else:
+            pruned = out.with_name(out.name + "-pruned")
+            if not pruned.exists():
+                tp_prune(base_dir(base, seed, args), importance, round_to, pruned, data_dir, args)
+            finetune_pruned(pruned, out, finetune, data_dir=data_dir, progress=False, resume=True)
     report = read_json(out / "report.json")
-    return {"method": method, "seed": seed, "base": base, "importance": importance, "distill": distill,
-            "folder": str(out), "base_folder": str(base_dir(base, seed, args)),
+    return {"method": method, "seed": seed, "base": base, "pruner": pruner, "importance": importance,
+            "distill": distill, "round_to": round_to, "folder": str(out), "base_folder": str(base_dir(base, seed, args)),
             **{k: report[k] for k in ("top1_before", "top1_pruned_uncalibrated", "top1_pruned", "top1_finetuned",
                                       "params_before", "params_after", "macs_before", "macs_after", "ratio")}}
+
+
+def tp_prune(base: Path, importance: str, round_to: int, out: Path, data_dir: Path, args) -> None:
+    """Prune ``base`` with torch-pruning alone, as its benchmark does: small global steps
+    until the MACs target is met (no recalibration; fine-tuning follows)."""
+    payload = checkpoint.read(base)
+    data = compatible_data(payload, data_dir, 128, "cpu", augment=False)
+    model = checkpoint.build(payload).eval()
+    before = {"params": count_params(model), "macs": count_macs(model), **evaluate(model, data.test)}
+    pruner = tp_pruner(model, importance, pruning_ratio=1.0, max_pruning_ratio=1.0, iterative_steps=200,
+                       round_to=round_to)
+    while count_macs(model) > args.target_macs * before["macs"] and pruner.current_step < pruner.iterative_steps:
+        if importance == "taylor":  # gradients of the loss on 1024 training images, as the importance needs
+            model.zero_grad()
+            for index, (images, labels) in enumerate(data.calibration):
+                F.cross_entropy(model(images), labels).backward()
+                if index == 7:
+                    break
+        pruner.step()
+    model.zero_grad()
+    model.namprune_history = [list(step) for step in pruner.pruning_history()]
+    after = {"params": count_params(model), "macs": count_macs(model), **evaluate(model, data.test)}
+    report = PruneReport(source=str(checkpoint.model_file(base).resolve()), model="resnet20", attention="none",
+                         dataset="cifar10", ratio=0.0, target_macs=args.target_macs, importance=f"torch-pruning {importance}",
+                         round_to=round_to, params_before=before["params"], params_after=after["params"],
+                         macs_before=before["macs"], macs_after=after["macs"],
+                         macs_kept=round(after["macs"] / before["macs"], 4), top1_before=before["top1"],
+                         top1_pruned=after["top1"], top1_pruned_uncalibrated=after["top1"], recalibrated=False)
+    with run_dir(out) as stage:
+        checkpoint.save(stage / "model.pt", model, payload["data"], metrics={"top1": after["top1"]},
+                        config=payload["config"])
+        write_json(stage / "report.json", report.to_json())
 
 
 def ranking_study(seed: int, data_dir: Path, args) -> list[dict]:
@@ -166,7 +257,7 @@ def ranking_study(seed: int, data_dir: Path, args) -> list[dict]:
     pruning to the MACs target, before and after BatchNorm recalibration. The ranking alone
     is judged."""
     rows = []
-    for base in ("namprune", "plain"):
+    for base in ("namprune", "tp-plain"):
         if not base_dir(base, seed, args).exists():
             continue
         path = args.work / f"seed{seed}" / f"ranking-study-{base}.json"
@@ -218,52 +309,88 @@ def _mean(rows: list[dict], key: str) -> str:
     return f"**{statistics.mean(values):.2f}** ({each})" if len(values) > 1 else f"{values[0]:.2f}"
 
 
+def _describe(row: dict) -> str:
+    how = f"namprune {row['importance']}" if row["pruner"] == "namprune" else f"torch-pruning {row['importance']}"
+    return how + (", distilled" if row["distill"] else "") + (f", round to {row['round_to']}" if row["round_to"] > 1 else "")
+
+
 def markdown(results: list[dict], study: list[dict], latency: dict, args, elapsed: float) -> str:
     seeds = ", ".join(map(str, args.seeds))
     lines = [
         f"Measured {datetime.date.today()} on {platform.machine()} ({torch.get_num_threads()} threads), "
-        f"torch {torch.__version__}, namprune {namprune.__version__}. Data: **CIFAR-10 (JPEG q75)** from "
-        f"../shared/data. ResNet-20, {args.epochs} training epochs (SGD 0.1, Nesterov, one-cycle, batch 128, weight "
-        f"decay 5e-4 except on BatchNorm scale factors where namprune's default), every method pruned to keep "
-        f"{args.target_macs:.0%} of the MACs by the same cost-aware global allocation, BatchNorm statistics "
-        f"recalibrated on 1024 training images, then fine-tuned {args.finetune_epochs} epochs (lr "
-        f"{args.finetune_lr}, cosine). Seeds {seeds}: bold is the mean, the seeds follow in brackets. "
-        f"{elapsed / 3600:.1f} hours in all.",
+        f"torch {torch.__version__}, torch-pruning {tp.__version__}, namprune {namprune.__version__}. Data: "
+        f"**CIFAR-10 (JPEG q75)** from ../shared/data. ResNet-20, {args.epochs} training epochs (namprune's loop: SGD "
+        f"0.1, Nesterov, one-cycle, batch 128, weight decay 5e-4), every method pruned to keep {args.target_macs:.0%} "
+        f"of the MACs, then fine-tuned {args.finetune_epochs} epochs (lr {args.finetune_lr}, cosine). namprune rows "
+        "prune with namprune (ranking, cost-aware allocation, BatchNorm recalibration on 1024 training images); "
+        "torch-pruning rows with its own pruner and global ranking, stepped to the target as its benchmark does. "
+        f"Seeds {seeds}: bold is the mean, the seeds follow in brackets. {elapsed / 3600:.1f} hours in all.",
         "",
         "Command: `python benchmarks/cifar10_pruning.py`",
         "",
-        "| method | base | importance | top-1 unpruned | right after pruning | after recalibration | after fine-tuning "
-        "| params kept | MACs kept |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|",
+        "| method | base | pruned by | top-1 unpruned | right after pruning | after recalibration | after fine-tuning "
+        "| params kept | MACs kept | b32 ms | speed-up b1 / b32 | measured / MACs speed-up b1 / b32 |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for method in dict.fromkeys(r["method"] for r in results):
         rows = [r for r in results if r["method"] == method]
         r0 = rows[0]
-        lines.append(f"| {method} | {r0['base']} | {r0['importance']}{', distilled' if r0['distill'] else ''} | "
-                     f"{_mean(rows, 'top1_before')} | {_mean(rows, 'top1_pruned_uncalibrated')} | "
-                     f"{_mean(rows, 'top1_pruned')} | {_mean(rows, 'top1_finetuned')} | "
+        calibrated = _mean(rows, "top1_pruned") if r0["pruner"] == "namprune" else "-"
+        timing = "| - | - | - |"
+        if latency and r0["seed"] == args.seeds[0]:
+            ms, up = latency["ms"][r0["folder"]], latency["speedups"][r0["folder"]]
+            macs_up = r0["macs_before"] / r0["macs_after"]
+            timing = (f"| {ms['32']:.1f} | {up['1']:.2f}x / {up['32']:.2f}x | "
+                      f"{up['1'] / macs_up:.2f} / {up['32'] / macs_up:.2f} |")
+        lines.append(f"| {method} | {r0['base']} | {_describe(r0)} | {_mean(rows, 'top1_before')} | "
+                     f"{_mean(rows, 'top1_pruned_uncalibrated')} | {calibrated} | {_mean(rows, 'top1_finetuned')} | "
                      f"{statistics.mean(r['params_after'] / r['params_before'] for r in rows):.2f} | "
-                     f"{statistics.mean(r['macs_after'] / r['macs_before'] for r in rows):.3f} |")
-    lines += ["", f"Ranking alone: every importance on the same model (seeds {seeds}), pruned by the same allocation "
-              f"to {args.target_macs:.0%} of the MACs, no fine-tuning; top-1 right after pruning / after BatchNorm "
-              "recalibration:", "",
-              "| importance | " + " | ".join(f"{b} base" for b in dict.fromkeys(r["base"] for r in study)) + " |",
-              "|---|" + "---:|" * len(dict.fromkeys(r["base"] for r in study))]
-    for importance in dict.fromkeys(r["importance"] for r in study):
-        cells = []
-        for base in dict.fromkeys(r["base"] for r in study):
-            rows = [r for r in study if r["importance"] == importance and r["base"] == base]
-            cells.append(f"{_mean(rows, 'top1_pruned_uncalibrated')} / {_mean(rows, 'top1_pruned')}")
-        lines.append(f"| {importance} | " + " | ".join(cells) + " |")
+                     f"{statistics.mean(r['macs_after'] / r['macs_before'] for r in rows):.3f} " + timing)
     if latency:
         trust = "every figure trusted" if latency["trusted"] else "some figures flagged untrusted (a busy machine)"
-        lines += ["", f"onnxruntime latency (seed {args.seeds[0]}), {latency['settings']}, {trust}; speed-up = median "
-                  "of per-round ratios against the method's own unpruned base:", "",
-                  "| model | batch 1 ms | batch 32 ms | speed-up b1 / b32 |", "|---|---:|---:|---:|"]
-        for r in (r for r in results if r["seed"] == args.seeds[0]):
-            mine, up = latency["ms"][r["folder"]], latency["speedups"][r["folder"]]
-            lines.append(f"| {r['method']} | {mine['1']:.2f} | {mine['32']:.1f} | {up['1']:.2f}x / {up['32']:.2f}x |")
+        lines += ["", f"Latency: onnxruntime on the exported files (seed {args.seeds[0]}), {latency['settings']}, "
+                  f"{trust}; speed-up = median of per-round ratios against the method's own unpruned base, timed in "
+                  "the same rounds. Plot: docs/cifar10_pruning.png (top-1 after fine-tuning against batch-32 latency)."]
+    if study:
+        bases = list(dict.fromkeys(r["base"] for r in study))
+        lines += ["", f"Ranking alone: every importance on the same model (seeds {seeds}), pruned by namprune's "
+                  f"allocation to {args.target_macs:.0%} of the MACs, no fine-tuning; top-1 right after pruning / after "
+                  "BatchNorm recalibration:", "",
+                  "| importance | " + " | ".join(f"{b} base" for b in bases) + " |", "|---|" + "---:|" * len(bases)]
+        for importance in dict.fromkeys(r["importance"] for r in study):
+            cells = []
+            for base in bases:
+                rows = [r for r in study if r["importance"] == importance and r["base"] == base]
+                cells.append(f"{_mean(rows, 'top1_pruned_uncalibrated')} / {_mean(rows, 'top1_pruned')}")
+            lines.append(f"| {importance} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def plot(results: list[dict], latency: dict, args, path: Path) -> None:
+    """Top-1 after fine-tuning (mean over seeds) against measured batch-32 latency: one
+    point per method, hollow where the timing was flagged untrusted."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    for method in dict.fromkeys(r["method"] for r in results):
+        rows = [r for r in results if r["method"] == method]
+        first = next(r for r in rows if r["seed"] == args.seeds[0])
+        record = latency["records"][first["folder"]][32]
+        top1 = statistics.mean(r["top1_finetuned"] for r in rows)
+        colour = "tab:blue" if first["pruner"] == "namprune" else "tab:orange"
+        ax.scatter(record["median_ms"], top1, s=40, color=colour if record["trusted"] else "none", edgecolors=colour)
+        ax.annotate(method, (record["median_ms"], top1), fontsize=7, xytext=(4, 2), textcoords="offset points")
+    ax.set_xlabel("onnxruntime latency, batch 32, 1 thread (ms)")
+    ax.set_ylabel("top-1 after fine-tuning (%)")
+    ax.set_title(f"ResNet-20, CIFAR-10 (JPEG q75), {args.target_macs:.0%} of the MACs: blue namprune, orange "
+                 "torch-pruning", fontsize=9)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def update_benchmarks(table: str) -> None:

@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from ..core.errors import NampruneError
 from ..core.models import check_name
 from ..core.onnx import check_opset
-from ..core.settings import (ATTENTIONS, DATASETS, DEFAULT_ATTENTION, DEFAULT_DATASET, DEFAULT_MODEL, DEFAULT_STRENGTH,
+from ..core.settings import (ATTENTIONS, DATASETS, DEFAULT_ATTENTION, DEFAULT_DATASET, DEFAULT_MODEL, DEFAULT_SHRINK_MACS, DEFAULT_SHRINK_START, DEFAULT_STRENGTH,
                              DEFAULT_TARGETS, DEFAULT_WORKERS, SPARSITY_TARGETS, TRAIN, Count, ExportSettings,
                              FinetuneSettings, NonNegative, PruneConfig, TrainConfig, TrainSchedule)
 
@@ -93,6 +93,9 @@ class TrainSection(TrainSchedule):
 class SparsitySection(Section):
     strength: NonNegative = DEFAULT_STRENGTH
     targets: Literal[SPARSITY_TARGETS] = DEFAULT_TARGETS
+    # planned shrinking; unset: the prune section's target_macs when it has one, else the default
+    shrink_macs: Optional[float] = Field(None, ge=0, lt=1)
+    shrink_start: float = Field(DEFAULT_SHRINK_START, ge=0, lt=1)
 
 
 class PruneSection(PruneConfig):
@@ -134,8 +137,12 @@ class Recipe(Section):
     export: ExportSection = ExportSection()
 
     def train_config(self, device: str = "auto") -> TrainConfig:
+        shrink = self.sparsity.shrink_macs
+        if shrink is None:
+            shrink = self.prune.target_macs or DEFAULT_SHRINK_MACS
         return TrainConfig(**self.train.model_dump(), batch_size=self.data.batch_size, sparsity=self.sparsity.strength,
-                           sparsity_targets=self.sparsity.targets, device=device)
+                           sparsity_targets=self.sparsity.targets, shrink_macs=shrink,
+                           shrink_start=self.sparsity.shrink_start, device=device)
 
 
 def packaged_recipes() -> dict[str, Path]:

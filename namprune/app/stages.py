@@ -15,7 +15,7 @@ import torch.nn as nn
 
 from ..core import checkpoint, distributed, models
 from ..core.calibrate import recalibrate_batchnorm
-from ..core.console import is_main_process
+from ..core.console import is_main_process, note
 from ..core.cost import count_macs, count_params
 from ..core.data import DataBundle, load_data
 from ..core.errors import NampruneError
@@ -104,6 +104,18 @@ def compatible_data(payload: dict, data_dir, batch_size: int, device, seed: int 
                             f"({', '.join(map(str, info['classes'][:4]))}, ...) but the data has {loaded['num_classes']} "
                             f"({', '.join(map(str, loaded['classes'][:4]))}, ...)")
     return data
+
+
+def planned_macs(ckpt: str | Path) -> float | None:
+    """The fraction of the MACs an unpruned checkpoint was shrunk for while training
+    (``TrainConfig.shrink_macs``): the amount ``namprune prune`` takes when none is given."""
+    payload = checkpoint.read(ckpt)
+    planned = (payload.get("config") or {}).get("shrink_macs")
+    if not planned or payload.get("pruning_history"):
+        return None
+    note(f"pruning to keep {planned} of the MACs, what {checkpoint.model_file(ckpt)} was shrunk for in training "
+         "(--target-macs or --ratio to choose another amount)")
+    return planned
 
 
 def cost(model: nn.Module) -> dict:

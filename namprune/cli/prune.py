@@ -28,7 +28,7 @@ Recalibrate = Annotated[bool, typer.Option("--recalibrate/--no-recalibrate", hel
 Distill = Annotated[float, typer.Option("--distill", help="Fine-tune with distillation from the unpruned "
                                         "model: the weight of its soft targets in the loss (0: plain fine-tuning).")]
 Scope = Annotated[str, typer.Option("--scope", help=f"{' or '.join(SCOPES)}: rank all channels together, or remove the same fraction of every layer.")]
-RoundTo = Annotated[Optional[str], typer.Option("--round-to", help="Keep channel counts that are multiples of N (hardware-friendly widths); auto: the multiple of 1, 4, 8, 16 whose pruned model times fastest on --latency-runtime.")]
+RoundTo = Annotated[Optional[str], typer.Option("--round-to", help="Keep channel counts that are multiples of N (default 8: widths onnxruntime's CPU kernels run fast; 1: any width); auto: the multiple of 1, 4, 8, 16 whose pruned model times fastest on --latency-runtime.")]
 MaxLayerRatio = Annotated[float, typer.Option("--max-layer-ratio", help="No layer loses more than this fraction of its channels.")]
 FinetuneEpochs = Annotated[int, typer.Option("--finetune-epochs", help="Epochs of fine-tuning after pruning (0: none).")]
 FinetuneLr = Annotated[Optional[float], typer.Option("--lr", help="Fine-tuning learning rate (default: a tenth of the training one).")]
@@ -103,7 +103,7 @@ def rank(
 @app.command()
 def prune(
     ckpt: Annotated[Path, typer.Argument(help="A trained run folder or its model.pt (a pruned one can be pruned again).")],
-    ratio: Annotated[Optional[float], typer.Option("--ratio", "-r", help=f"Fraction of the prunable channels to remove, in (0, 1) (default {DEFAULT_RATIO} when no target is given).")] = None,
+    ratio: Annotated[Optional[float], typer.Option("--ratio", "-r", help=f"Fraction of the prunable channels to remove, in (0, 1). With no amount given: the MACs fraction the model was shrunk for in training (--shrink-macs), else a ratio of {DEFAULT_RATIO}.")] = None,
     target_macs: Annotated[Optional[float], typer.Option("--target-macs", help=f"Instead of --ratio: fraction of the MACs to keep, in (0, 1), met within {MACS_TOLERANCE}.")] = PRUNE.target_macs,
     target_latency: Annotated[Optional[float], typer.Option("--target-latency", help=f"Instead of --ratio: fraction of the measured latency to keep, in (0, 1), met within {LATENCY_TOLERANCE} (timed side by side with the unpruned model; untrustworthy timings are refused).")] = PRUNE.target_latency,
     latency_runtime: LatencyRuntime = PRUNE.latency_runtime,
@@ -130,8 +130,10 @@ def prune(
     quiet: Quiet = False,
 ) -> None:
     """Remove the lowest-ranked channels structurally, fine-tune, and report the trade-off."""
-    from ..app.stages import prune_checkpoint
+    from ..app.stages import planned_macs, prune_checkpoint
 
+    if ratio is None and target_macs is None and target_latency is None:
+        target_macs = planned_macs(ckpt)  # what training shrank the model for, when it did
     cfg = PruneConfig(ratio=ratio, target_macs=target_macs, target_latency=target_latency, scope=scope,
                       importance=importance, normalization=normalization, round_to=int_or_text(round_to),
                       max_layer_ratio=max_layer_ratio, seed=seed, calibration_images=calibration_images,

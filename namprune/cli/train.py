@@ -50,8 +50,10 @@ def train(
     lr_decay: Annotated[float, typer.Option("--lr-decay", help="Multistep factor (the NAM paper uses 0.2).")] = TRAIN.lr_decay,
     warmup_epochs: Annotated[int, typer.Option("--warmup-epochs", help="Linear lr warmup epochs.")] = TRAIN.warmup_epochs,
     label_smoothing: Annotated[float, typer.Option("--label-smoothing", help="Label smoothing of the cross-entropy loss, in [0, 1).")] = TRAIN.label_smoothing,
-    sparsity: Annotated[float, typer.Option("--sparsity", "-p", help="Strength p of the L1 penalty on the scale factors (0 turns it off; the paper uses 1e-4 over 200 epochs).")] = TRAIN.sparsity,
+    sparsity: Annotated[float, typer.Option("--sparsity", "-p", help="Strength p of a uniform L1 penalty on the scale factors (default 0: planned shrinking instead; the paper uses 1e-4 over 200 epochs).")] = TRAIN.sparsity,
     sparsity_targets: Annotated[str, typer.Option("--sparsity-targets", help="all: every scale factor; bn: the network's own BatchNorms (Network Slimming); nam: NAM's gamma and lambda only (the paper).")] = TRAIN.sparsity_targets,
+    shrink_macs: Annotated[float, typer.Option("--shrink-macs", help="Planned shrinking: from --shrink-start of the run on, pull towards zero the channels that pruning to keep this fraction of the MACs would remove, and no others; `namprune prune` then defaults to this amount (0 turns it off).")] = TRAIN.shrink_macs,
+    shrink_start: Annotated[float, typer.Option("--shrink-start", help="Fraction of the run after which planned shrinking starts, in [0, 1).")] = TRAIN.shrink_start,
     seed: Annotated[int, typer.Option("--seed", help="Random seed (weights, data order, augmentation).")] = TRAIN.seed,
     device: Device = "auto",
     amp: Annotated[str, typer.Option("--amp", help=f"One of {', '.join(AMP_MODES)}: auto is bf16 on CUDA, off on CPU; fp16 uses loss scaling.")] = TRAIN.amp,
@@ -64,7 +66,7 @@ def train(
     resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue the interrupted run whose --out was DIR from its last complete epoch, with the settings saved in it (only --data-dir, --device, --workers and --quiet still apply).", metavar="DIR")] = None,
     quiet: Quiet = False,
 ) -> None:
-    """Train a model with NAM attention and the sparsity penalty; checkpoint every epoch."""
+    """Train a model with NAM attention, shrinking the channels a prune will remove; checkpoint every epoch."""
     from ..app.stages import resume_training, train_model
 
     if resume is not None:
@@ -74,7 +76,7 @@ def train(
         cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, momentum=momentum,
                           nesterov=nesterov, weight_decay=weight_decay, bn_weight_decay=bn_weight_decay, schedule=schedule, milestones=_milestones(milestones),
                           lr_decay=lr_decay, warmup_epochs=warmup_epochs, label_smoothing=label_smoothing, sparsity=sparsity,
-                          sparsity_targets=sparsity_targets, seed=seed, device=device, amp=amp,
+                          sparsity_targets=sparsity_targets, shrink_macs=shrink_macs, shrink_start=shrink_start, seed=seed, device=device, amp=amp,
                           channels_last=channels_last, compile=compile_, sync_bn=sync_bn)
         summary = train_model(model, dataset, cfg, out, data_dir=data_dir, image_size=image_size, attention=attention,
                               workers=workers, overwrite=overwrite, progress=not quiet, weights=weights,

@@ -186,21 +186,9 @@ def prune(model: nn.Module, cfg: PruneConfig, calibration: Iterable | None = Non
     if example_input is not None:
         remember_input(model, example_input)
     before = layer_widths(model)
-    graph = dependency_graph(model, ignored=ignored_names(model, ignored))
-    if cfg.importance in NEEDS_DATA and calibration is None:
-        raise NampruneError(f"the {cfg.importance} importance measures the model on calibration images: pass "
-                            "calibration= (training batches, e.g. your DataLoader), or choose another --importance")
-    scorer = make_importance(cfg.importance, cfg.normalization, cfg.seed, model, calibration, cfg.calibration_images)
-    ranked = score_groups(model, graph, scorer)
-    if not ranked:
-        raise NampruneError("the model has no channel group that can be pruned")
-    groups = [s for _, s in ranked]
-    rounding = None
-    if cfg.round_to == "auto":
-        cfg, rounding = _fastest_rounding(model, ranked, cfg)
-    removed, latency = _removal(model, ranked, cfg)
-    plan = _plan(model, ranked, removed)
+    plan, ranked, cfg, latency, rounding = plan_removal(model, cfg, calibration, ignored)
     plan.apply(model)
+    groups = [s for _, s in ranked]
     removed = [len(idxs) for idxs in plan.removed]
     recalibrated = recalibrate_batchnorm(model, calibration, cfg.calibration_images) \
         if cfg.recalibrate and calibration is not None else 0
@@ -209,6 +197,24 @@ def prune(model: nn.Module, cfg: PruneConfig, calibration: Iterable | None = Non
     return PruneResult(sum(removed) / total, total, total - sum(removed),
                        [{"name": n, "before": before[n], "after": after[n]} for n in before], groups, recalibrated,
                        latency, rounding)
+
+
+def plan_removal(model: nn.Module, cfg: PruneConfig, calibration: Iterable | None = None, ignored: list = ()):
+    """What ``prune`` would remove, without removing it: the ``Plan``, the ranked groups, the
+    config with ``round_to`` resolved, and the latency and rounding records."""
+    graph = dependency_graph(model, ignored=ignored_names(model, ignored))
+    if cfg.importance in NEEDS_DATA and calibration is None:
+        raise NampruneError(f"the {cfg.importance} importance measures the model on calibration images: pass "
+                            "calibration= (training batches, e.g. your DataLoader), or choose another --importance")
+    scorer = make_importance(cfg.importance, cfg.normalization, cfg.seed, model, calibration, cfg.calibration_images)
+    ranked = score_groups(model, graph, scorer)
+    if not ranked:
+        raise NampruneError("the model has no channel group that can be pruned")
+    rounding = None
+    if cfg.round_to == "auto":
+        cfg, rounding = _fastest_rounding(model, ranked, cfg)
+    removed, latency = _removal(model, ranked, cfg)
+    return _plan(model, ranked, removed), ranked, cfg, latency, rounding
 
 
 def _removal(model: nn.Module, ranked: list, cfg: PruneConfig) -> tuple[list[int], dict | None]:

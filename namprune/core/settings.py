@@ -37,10 +37,17 @@ RUNTIMES = ("onnxruntime", "torch")
 
 DEFAULT_MODEL, DEFAULT_DATASET, DEFAULT_ATTENTION = "resnet20", "digits", "nam"
 DEFAULT_WORKERS = 2  # DataLoader processes for image folders streamed from disk
-# The L1 gradient p * sign(gamma) moves a scale factor by p times the sum of the learning
-# rates over a run: about 0.24 for p = 1e-3 over 12 epochs of CIFAR-10 at batch 128 with the
-# one-cycle schedule, the budget the default was measured at (BENCHMARKS.md).
-DEFAULT_STRENGTH = 1e-3
+# No uniform penalty by default: on a 12-epoch CIFAR-10 ResNet-20, 1e-3 on every scale factor
+# cost the unpruned model 2.2 points of top-1, more than the ranking won back after
+# fine-tuning. Planned shrinking (core/shrink.py) pulls only the channels a prune to
+# DEFAULT_SHRINK_MACS of the MACs would remove, from DEFAULT_SHRINK_START of the run on
+# (BENCHMARKS.md, "CIFAR-10: namprune against torch-pruning alone").
+DEFAULT_STRENGTH = 0.0
+DEFAULT_SHRINK_MACS, DEFAULT_SHRINK_START = 0.5, 0.5
+# Channel counts in multiples of 8: onnxruntime's CPU kernels work in blocks of 8 or 16
+# floats, and a CIFAR ResNet-20 pruned to the ranking's own widths ran slower than unpruned
+# (1.05x / 1.16x its time at batch 1 / 32) where multiples of 8 ran in 0.75 / 0.77 of it.
+DEFAULT_ROUND_TO = 8
 DEFAULT_TARGETS = "all"
 PAPER_STRENGTH, PAPER_TARGETS = 1e-4, "nam"  # the NAM paper's setting (for a 200-epoch schedule)
 DEFAULT_RATIO = 0.3  # fraction of channels removed when no amount is given
@@ -171,6 +178,10 @@ class TrainConfig(TrainSchedule):
     batch_size: Count = 128
     sparsity: NonNegative = DEFAULT_STRENGTH
     sparsity_targets: Literal[SPARSITY_TARGETS] = DEFAULT_TARGETS
+    # planned shrinking (core/shrink.py): from shrink_start of the run on, pull the channels a
+    # prune to keep shrink_macs of the MACs would remove towards zero, and only those (0: off)
+    shrink_macs: float = Field(DEFAULT_SHRINK_MACS, ge=0, lt=1, title="--shrink-macs")
+    shrink_start: float = Field(DEFAULT_SHRINK_START, ge=0, lt=1, title="--shrink-start")
     distill: float = Field(0.0, ge=0, le=1, title="--distill (distillation weight)")  # with a teacher: weight of its soft targets
     distill_temperature: float = Field(4.0, gt=0)
     device: str = "auto"
@@ -224,7 +235,7 @@ class PruneConfig(Settings):
     scope: Literal[SCOPES] = "global"
     importance: Literal[IMPORTANCES] = DEFAULT_IMPORTANCE
     normalization: Literal[NORMALIZATIONS] = DEFAULT_NORMALIZATION
-    round_to: Annotated[Union[int, str, None], AfterValidator(_multiple)] = None  # a channel multiple, or "auto": the fastest
+    round_to: Annotated[Union[int, str, None], AfterValidator(_multiple)] = DEFAULT_ROUND_TO  # a channel multiple (1: any width), or "auto": the fastest
     max_layer_ratio: float = Field(0.9, gt=0, lt=1)
     seed: int = 0  # of the random importance
     calibration_images: CalibrationImages = DEFAULT_IMAGES  # for data-driven scores and BatchNorm recalibration

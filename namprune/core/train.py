@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from typing import Callable
 from pathlib import Path
 
 import torch
@@ -27,6 +28,7 @@ from .loaders import as_bundle
 from .optim import build_optimizer, lr_factor
 from .records import SUMMARY, TrainSummary
 from .settings import TrainConfig
+from .shrink import PlannedShrink, shrink_start_epoch, shrink_strength
 from .sparsity import SparsityPenalty
 
 def seed_everything(seed: int) -> None:
@@ -128,7 +130,7 @@ CUDA_CHECK_EVERY = 50
 
 def fit(model: nn.Module, data: DataBundle, cfg: TrainConfig, out_dir: str | Path | None = None,
         progress: bool = True, stage: str = "train", resume: dict | None = None, test=None,
-        teacher: nn.Module | None = None) -> TrainSummary:
+        teacher: nn.Module | None = None, after_backward: Callable[[nn.Module], None] | None = None) -> TrainSummary:
     """Train ``model`` in place and return the ``TrainSummary``; with ``out_dir``, write a
     checkpoint, the metrics and the training state (``train_state.pt``) every epoch, and the
     summary at the end.
@@ -139,6 +141,10 @@ def fit(model: nn.Module, data: DataBundle, cfg: TrainConfig, out_dir: str | Pat
     With a ``teacher`` (the unpruned model, when fine-tuning a pruned one) and ``cfg.distill``
     above zero, the loss mixes the task loss with the distance to the teacher's softened
     predictions (knowledge distillation, Hinton et al. 2015).
+
+    ``after_backward(model)`` runs after every backward pass, on unscaled gradients, before
+    the optimizer steps: a gradient-side regularizer such as torch-pruning's
+    ``pruner.regularize`` (sparsity learning for its Slimming and group-norm pruners).
 
     ``resume`` is the ``train_state`` of an interrupted run (see ``load_train_state``), whose
     weights ``model`` already holds: training continues after its last complete epoch with
@@ -157,7 +163,7 @@ def fit(model: nn.Module, data: DataBundle, cfg: TrainConfig, out_dir: str | Pat
     if cfg.sparsity > 0 and not penalty.active:
         note(f"[yellow]note:[/] the model has no {cfg.sparsity_targets.upper()} scale factors; "
              "the sparsity penalty is off (use --sparsity-targets bn for Network Slimming)")
-    objective = Objective(cfg, penalty, _ready_teacher(teacher, device, cfg))
+    objective = Objective(cfg, penalty, _ready_teacher(teacher, device, cfg), after_backward)
     optimizer = build_optimizer(model, cfg)
     steps_per_epoch = max(1, len(data.train))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(cfg, step / steps_per_epoch))
@@ -181,6 +187,7 @@ def fit(model: nn.Module, data: DataBundle, cfg: TrainConfig, out_dir: str | Pat
 
     for epoch in range(first_epoch, cfg.epochs):
         data.train.set_epoch(epoch)
+        objective.shrink = _planned_shrink(model, data, cfg, epoch, steps_per_epoch)
         try:
             train_stats = train_one_epoch(net, data.train, optimizer, scheduler, scaler, objective, cfg, device, dtype,
                                           epoch, progress and is_main_process())
@@ -211,6 +218,15 @@ def fit(model: nn.Module, data: DataBundle, cfg: TrainConfig, out_dir: str | Pat
     return summary
 
 
+def _planned_shrink(model: nn.Module, data: DataBundle, cfg: TrainConfig, epoch: int,
+                    steps_per_epoch: int) -> PlannedShrink | None:
+    """This epoch's planned shrinking (the channels a prune would remove now), or None."""
+    if not cfg.shrink_macs or epoch < shrink_start_epoch(cfg):
+        return None
+    strength = shrink_strength(cfg, steps_per_epoch, shrink_start_epoch(cfg), lr_factor)
+    return PlannedShrink(model, cfg.shrink_macs, strength, data.calibration)
+
+
 def _training_module(model: nn.Module, device: torch.device, cfg: TrainConfig) -> nn.Module:
     """The module the training steps call: DDP around the model under torchrun (a new wrapper
     for every ``fit``, so a pruned model gets one that knows its new parameters), compiled
@@ -232,8 +248,15 @@ class Objective:
     """What a training step minimises: the task loss (mixed with distillation from a teacher
     when there is one) plus the sparsity penalty, which is reported apart."""
 
-    def __init__(self, cfg: TrainConfig, penalty: SparsityPenalty, teacher: nn.Module | None):
-        self.cfg, self.penalty, self.teacher = cfg, penalty, teacher
+    def __init__(self, cfg: TrainConfig, penalty: SparsityPenalty, teacher: nn.Module | None,
+                 after_backward: Callable[[nn.Module], None] | None = None):
+        self.cfg, self.penalty, self.teacher, self.after_backward = cfg, penalty, teacher, after_backward
+        self.shrink: PlannedShrink | None = None  # set every epoch while planned shrinking runs
+
+    def regularization(self) -> torch.Tensor | None:
+        """The sparsity penalty plus the planned shrinking, or None when neither is on."""
+        terms = [t for t in (self.penalty(), self.shrink() if self.shrink else None) if t is not None]
+        return sum(terms) if terms else None
 
     def task_loss(self, logits: torch.Tensor, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         loss = F.cross_entropy(logits, labels, label_smoothing=self.cfg.label_smoothing)
@@ -269,13 +292,16 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, objective: Obje
             with _autocast(device, dtype):
                 logits = model(images)
                 loss = objective.task_loss(logits, images, labels)
-            reg = objective.penalty()
+            reg = objective.regularization()
             total = loss if reg is None else loss + reg
             watch.record(total, step)
             if (step + 1) % check_every == 0 or step + 1 == len(loader):
                 watch.check(epoch)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(total).backward()
+            if objective.after_backward is not None:
+                scaler.unscale_(optimizer)  # the regularizer adds to the true gradients
+                objective.after_backward(distributed.unwrap(model))
             scaler.step(optimizer)
             scaler.update()
             scheduler.step()
