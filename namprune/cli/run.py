@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from ..core.console import console
-from .app import DataDir, Device, Overwrite, Quiet, app
+from .app import DataDir, Device, Overwrite, Quiet, Threads, app
 
 Set = Annotated[Optional[list[str]], typer.Option("--set", help="Override a recipe value: --set prune.ratio=0.5 (repeatable; the value is read as YAML).", metavar="KEY=VALUE")]
 
@@ -21,6 +21,7 @@ def run(
     data_dir: DataDir = None,
     epochs: Annotated[Optional[int], typer.Option("--epochs", "-e", help="Override train.epochs.")] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Override train.seed.")] = None,
+    threads: Threads = None,
     device: Device = "auto",
     overwrite: Overwrite = False,
     quiet: Quiet = False,
@@ -30,7 +31,7 @@ def run(
     from ..app.recipes import load_recipe
 
     flags = {"data.data_dir": ("--data-dir", str(data_dir) if data_dir else None), "train.epochs": ("--epochs", epochs),
-             "train.seed": ("--seed", seed)}
+             "train.seed": ("--seed", seed), "train.threads": ("--threads", threads)}
     loaded = load_recipe(recipe, overrides or [], {k: v for k, v in flags.items() if v[1] is not None})
     done = run_recipe(loaded, out, device, overwrite, progress=not quiet)
     show_results(done)
@@ -40,6 +41,7 @@ def run(
 def demo(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("runs/demo"),
     overrides: Set = None,
+    threads: Threads = None,
     device: Device = "auto",
     overwrite: Overwrite = False,
     quiet: Quiet = False,
@@ -48,7 +50,8 @@ def demo(
     from ..app.recipe_run import run_recipe
     from ..app.recipes import load_recipe
 
-    done = run_recipe(load_recipe("digits-resnet20", overrides or []), out, device, overwrite, progress=not quiet)
+    flags = {"train.threads": ("--threads", threads)} if threads is not None else {}
+    done = run_recipe(load_recipe("digits-resnet20", overrides or [], flags), out, device, overwrite, progress=not quiet)
     show_results(done)
 
 
