@@ -241,7 +241,8 @@ def test_simple_mistakes_are_answered_before_torch_loads(tmp_path):
     code = ("import json, sys\nfrom namprune.cli import main\nresults = []\n"
             f"for args in {[args for args, _ in cases]!r}:\n"
             "    results.append(main(args))\n"
-            "heavy = sorted(m for m in ('torch', 'torchvision', 'onnx', 'onnxruntime', 'torch_pruning') if m in sys.modules)\n"
+            "heavy = sorted(m for m in ('torch', 'torchvision', 'onnx', 'onnxruntime', 'torch_pruning')"
+            " if m in sys.modules)\n"
             "print(json.dumps([results, heavy]))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
     results, heavy = json.loads(done.stdout.strip().splitlines()[-1])

@@ -69,7 +69,8 @@ def interrupted(out: Path, resume: str) -> Interrupted:
     if epochs:
         return Interrupted(f"{epochs} finished epoch(s) are saved in {stage}; continue with {resume}")
     if (stage / TRAIN_STATE).is_file():
-        return Interrupted(f"before the first epoch finished; {stage} holds its starting point: {resume} starts it again")
+        return Interrupted(f"before the first epoch finished; {stage} holds its starting point: "
+                           f"{resume} starts it again")
     return Interrupted("before anything was saved")
 
 
@@ -83,7 +84,8 @@ def usage_error(exc: UsageError, args: list[str]) -> str:
         others = [name for name, other in group.commands.items() if name != command
                   and any(exc.option_name in p.opts for p in other.params)]
         if others:
-            message += f"; {' and '.join(f'`namprune {o}`' for o in others)} take{'s' if len(others) == 1 else ''} {exc.option_name}"
+            takes = "takes" if len(others) == 1 else "take"
+            message += f"; {' and '.join(f'`namprune {o}`' for o in others)} {takes} {exc.option_name}"
     return f"{message} (see `namprune{' ' + command if command else ''} --help`)"
 
 

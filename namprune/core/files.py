@@ -108,7 +108,8 @@ def finished_epochs(stage: str | os.PathLike) -> int:
     return sum(1 for line in (stage / METRICS).read_text(errors="replace").splitlines() if line.strip())
 
 
-def check_out_dir(out: str | os.PathLike, overwrite: bool = False, resume: str = "the same command and --resume") -> None:
+def check_out_dir(out: str | os.PathLike, overwrite: bool = False,
+                  resume: str = "the same command and --resume") -> None:
     """Refuse to start a run whose output folder already holds a result, or whose staging
     folder holds finished epochs of an interrupted run (``resume`` says how to continue it)."""
     out = Path(out)
@@ -128,8 +129,9 @@ def run_dir(out: str | os.PathLike, overwrite: bool = False, resume: bool = Fals
 
     With ``resume`` an interrupted run's staging folder is reused; otherwise a stale one
     is cleared, which ``check_out_dir`` allows only when it holds no finished epoch or
-    ``overwrite`` says to discard them. On success an existing ``out`` (allowed by ``overwrite``) is swapped out
-    and removed only after the new result is in place; on failure ``out`` is untouched.
+    ``overwrite`` says to discard them. On success an existing ``out`` (allowed by
+    ``overwrite``) is swapped out and removed only after the new result is in place; on
+    failure ``out`` is untouched.
     Under torchrun only rank 0 creates and commits the folder; the other ranks get its
     path and must not write (the training loop and the stages write on rank 0 only).
     """

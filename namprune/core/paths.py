@@ -71,5 +71,5 @@ def check_resumable(out: str | os.PathLike) -> Path:
     raise NampruneError(f"there is no interrupted run to resume at {out} (no {stage / TRAIN_STATE})")
 
 
-__all__ = ["check_checkpoint", "check_dataset", "check_resumable", "check_weights_file", "finished_epochs", "image_folder_splits",
-           "model_file"]
+__all__ = ["check_checkpoint", "check_dataset", "check_resumable", "check_weights_file", "finished_epochs",
+           "image_folder_splits", "model_file"]

@@ -166,7 +166,8 @@ def torch_threads(count: int):
         torch.set_num_threads(before)
 
 
-def _fit(model, data, cfg: TrainConfig, out_dir, progress, stage, resume, test, teacher, threads: int) -> TrainSummary:
+def _fit(model: nn.Module, data, cfg: TrainConfig, out_dir, progress: bool, stage: str, resume: dict | None, test,
+         teacher: nn.Module | None, threads: int) -> TrainSummary:
     data = as_bundle(data, test)
     device = resolve_device(cfg.device)
     distributed.setup(device)
@@ -366,7 +367,8 @@ def starved_message(epoch: int, speed: float, first_speed: float, load: float | 
     busy = (f"epoch {epoch} trained at {speed:.0f} images/s, under a third of the first epoch's {first_speed:.0f}, "
             f"while other jobs keep the machine busy (load {load:.1f} on {cores} usable core(s))")
     if threads > 1:
-        return f"{busy}: training's {threads} threads wait for each other; run it with --threads 1 (or OMP_NUM_THREADS=1)"
+        return (f"{busy}: training's {threads} threads wait for each other; run it with --threads 1 "
+                "(or OMP_NUM_THREADS=1)")
     return f"{busy}: it already trains on one thread; it speeds up when the other jobs end"
 
 
