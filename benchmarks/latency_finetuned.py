@@ -94,7 +94,7 @@ def prune_pair(bench: Bench, folder: Path, batch: int) -> None:
     latency_dir, macs_dir = folder / "target_latency", folder / "target_macs"
     if not (latency_dir / "model.pt").exists():
         cfg = PruneConfig(target_latency=TARGET, latency_runtime="onnxruntime", latency_batch=batch,
-                          threads=1)
+                          latency_threads=1)
         retried(f"prune {latency_dir}", lambda: prune_checkpoint(bench.base, cfg, latency_dir, data_dir=bench.data_dir,
                                                                   progress=False))
         log(f"pruned {latency_dir}")

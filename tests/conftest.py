@@ -12,7 +12,10 @@ SHARED_DATA = Path(os.environ.get("NAMPRUNE_SHARED_DATA", ROOT.parent / "shared"
 CIFAR_ARCHIVE = SHARED_DATA / "cifar10-jpeg.tar.gz"
 
 # Under pytest-xdist each worker gets one thread: two workers with two threads each on a
-# two-core machine spend most of their time waiting for each other.
+# two-core machine spend most of their time waiting for each other. OMP_NUM_THREADS carries
+# that to training (cpus.default_threads) and to the commands tests run as subprocesses.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
 torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, torch.get_num_threads()))
 
 

@@ -29,7 +29,7 @@ def ckpt(tmp_path_factory):
     (["--target-latency", "1.5"], "--target-latency must be in (0, 1)"),
     (["--target-latency", "0.6", "--latency-runtime", "tensorrt"], "unknown --latency-runtime 'tensorrt'"),
     (["--target-latency", "0.6", "--latency-batch", "0"], "--latency-batch must be at least 1, got 0"),
-    (["--target-latency", "0.6", "--threads", "0"], "--threads must be at least 1"),
+    (["--target-latency", "0.6", "--latency-threads", "0"], "--latency-threads must be at least 1"),
     (["--target-latency", "0.6", "--target-macs", "0.5"], "exactly one of --ratio, --target-macs and --target-latency"),
 ])
 def test_bad_latency_targets_are_one_line_and_exit_2_before_any_work(ckpt, tmp_path, capsys, args, message):
@@ -77,7 +77,7 @@ def test_group_costs_share_what_half_a_group_saves_over_its_channels():
 
 
 def test_prune_config_records_how_latency_is_timed():
-    cfg = PruneConfig(ratio=None, target_latency=0.6, latency_batch=32, threads=2)
+    cfg = PruneConfig(ratio=None, target_latency=0.6, latency_batch=32, latency_threads=2)
     meter = LatencyMeter.of(cfg)
     assert meter.describe() == {"runtime": "onnxruntime", "batch": 32, "threads": 2, "rounds": meter.rounds}
     assert cfg.to_dict()["target_latency"] == 0.6

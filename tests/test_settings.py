@@ -21,7 +21,7 @@ RENAMED = {
     "train": {"compile_": (TrainConfig, "compile")},
     "prune": {"finetune_epochs": (FinetuneSettings, "epochs"), "lr": (FinetuneSettings, "lr"),
               "finetune_sparsity": (FinetuneSettings, "sparsity"), "distill": (FinetuneSettings, "distill"),
-              "batch_size": (FinetuneSettings, "batch_size")},
+              "batch_size": (FinetuneSettings, "batch_size"), "threads": (TrainConfig, "threads")},
     "sweep": {"lr": (FinetuneSettings, "lr"), "distill": (FinetuneSettings, "distill"),
               "batch_size": (FinetuneSettings, "batch_size"), "min_time": (LatencySettings, "min_run_time"),
               "latency_device": (LatencySettings, "device"), "device": (TrainConfig, "device")},
@@ -66,7 +66,7 @@ def test_cli_defaults_are_the_settings_defaults(command):
         assert default == expected, f"namprune {command} --{name.replace('_', '-')}: {default!r} != {expected!r}"
         checked += 1
     # every setting of the command's models that a user can give on the command line is checked
-    assert checked >= {"train": 22, "prune": 19, "rank": 3, "sweep": 17, "report": 5, "export": 8}[command]
+    assert checked >= {"train": 23, "prune": 20, "rank": 3, "sweep": 17, "report": 5, "export": 8}[command]
 
 
 def test_every_training_setting_but_the_runtime_ones_is_a_train_option():

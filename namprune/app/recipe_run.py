@@ -27,9 +27,9 @@ from ..core import checkpoint
 from ..core.console import note
 from ..core.errors import NampruneError
 from ..core.files import commit_dir, run_dir, staging_dir, write_json, write_text
+from ..core.records import TRAIN_STATE
 from ..core.saliency import rank_model
 from ..core.settings import LATENCY, FinetuneSettings, LatencySettings
-from ..core.train import TRAIN_STATE
 from . import plots
 from .comparison import compare, pruned_layers, save_comparison
 from .exporting import export_checkpoint
@@ -68,13 +68,13 @@ def run_recipe(recipe: Recipe, out: str | Path, device: str = "auto", overwrite:
     """Run every stage of ``recipe`` not yet done in ``out``; returns ``out``."""
     out = Path(out)
     text = yaml.safe_dump(recipe.model_dump(), sort_keys=False)
-    if _recipe_in(out) == text:
+    if _same_job(_recipe_in(out), text):
         note(f"{out} already holds this recipe's complete run; nothing to do")
         return out
     if out.exists() and not overwrite:
         raise NampruneError(f"{out} holds the run of a different recipe; choose another --out or pass --overwrite")
     root = staging_dir(out)
-    if root.exists() and _recipe_in(root) not in (None, text):
+    if root.exists() and _recipe_in(root) is not None and not _same_job(_recipe_in(root), text):
         if not overwrite:
             raise NampruneError(f"{root} holds an interrupted run of a different recipe; pass --overwrite to discard it")
         shutil.rmtree(root)
@@ -104,6 +104,20 @@ def _nothing_done(root: Path) -> bool:
     return all(p.name == "recipe.yaml" or (p.is_dir() and not any(p.iterdir())) for p in root.iterdir())
 
 
+RUNTIME_KEYS = (("train", "threads"),)  # how fast a run goes, not what it makes: it continues under other values
+
+
+def _same_job(saved: str | None, text: str) -> bool:
+    """Whether a recipe written by an earlier run asks for the same work as ``text``."""
+    if saved is None:
+        return False
+    documents = [yaml.safe_load(saved), yaml.safe_load(text)]
+    for section, key in RUNTIME_KEYS:
+        for document in documents:
+            document.get(section, {}).pop(key, None)
+    return documents[0] == documents[1]
+
+
 def _recipe_in(folder: Path) -> str | None:
     path = folder / "recipe.yaml"
     return path.read_text() if path.is_file() else None
@@ -112,7 +126,7 @@ def _recipe_in(folder: Path) -> str | None:
 def _train(job: Job) -> None:
     out = job.folder("train")
     if (staging_dir(out) / TRAIN_STATE).exists():
-        resume_training(out, job.data_dir, job.device, job.recipe.data.workers, job.progress)
+        resume_training(out, job.data_dir, job.device, job.recipe.data.workers, job.progress, job.recipe.train.threads)
         return
     r = job.recipe
     train_model(r.model.name, r.data.dataset, r.train_config(job.device), out, data_dir=job.data_dir,
@@ -133,12 +147,13 @@ def _rank(job: Job) -> None:
 
 def _prune(job: Job) -> None:
     prune_checkpoint(job.folder("train"), job.recipe.prune, job.folder("prune"), FinetuneSettings(epochs=0),
-                     data_dir=job.data_dir, device=job.device, overwrite=True, progress=job.progress)
+                     data_dir=job.data_dir, device=job.device, overwrite=True, progress=job.progress,
+                     threads=job.recipe.train.threads)
 
 
 def _finetune(job: Job) -> None:
     finetune_pruned(job.folder("prune"), job.folder("finetune"), job.recipe.finetune, job.data_dir, job.device,
-                    overwrite=True, progress=job.progress, resume=True)
+                    overwrite=True, progress=job.progress, resume=True, threads=job.recipe.train.threads)
 
 
 def _report(job: Job) -> None:

@@ -19,13 +19,14 @@ from ..core.console import is_main_process, note
 from ..core.cost import count_macs, count_params
 from ..core.data import DataBundle, load_data
 from ..core.errors import NampruneError
-from ..core.files import check_out_dir, read_json, run_dir, staging_dir, write_json
+from ..core.files import check_out_dir, read_json, run_dir, staging_dir, train_resume_command, write_json
 from ..core.nam import check_attention
+from ..core.paths import check_resumable
 from ..core.prune import prune
-from ..core.records import REPORT, PruneReport, TrainSummary
+from ..core.records import REPORT, TRAIN_STATE, PruneReport, TrainSummary
 from ..core.settings import (DEFAULT_ATTENTION, DEFAULT_WORKERS, FINETUNE, FinetuneSettings, PruneConfig, TrainConfig,
                              resolve_normalization)
-from ..core.train import TRAIN_STATE, evaluate, fit, load_train_state, resolve_device, seed_everything
+from ..core.train import evaluate, fit, load_train_state, resolve_device, seed_everything
 
 
 
@@ -36,7 +37,7 @@ def train_model(model_name: str, dataset: str, cfg: TrainConfig, out: str | Path
     """Train a new model into the run folder ``out``, from the local state_dict ``weights`` when
     given; returns the summary."""
     out = Path(out)
-    check_out_dir(out, overwrite)
+    check_out_dir(out, overwrite, resume=f"`{train_resume_command(out)}`")
     models.check_name(model_name)  # before the data is loaded
     check_attention(attention)
     device = resolve_device(cfg.device)
@@ -54,17 +55,16 @@ def train_model(model_name: str, dataset: str, cfg: TrainConfig, out: str | Path
 
 
 def resume_training(out: str | Path, data_dir=None, device: str = "auto", workers: int = DEFAULT_WORKERS,
-                    progress: bool = True) -> TrainSummary:
-    """Continue the interrupted training run ``out`` after its last complete epoch."""
+                    progress: bool = True, threads: int | None = None) -> TrainSummary:
+    """Continue the interrupted training run ``out`` after its last complete epoch (on
+    ``threads`` CPU threads when given, else on the ones it was started with)."""
     out = Path(out)
-    payload = load_train_state(staging_dir(out))
-    if payload is None:
-        if (out / "model.pt").exists():
-            raise NampruneError(f"{out} is complete; there is nothing to resume")
-        raise NampruneError(f"there is no interrupted run to resume at {out} (no {staging_dir(out) / TRAIN_STATE})")
+    payload = load_train_state(check_resumable(out))
     cfg = TrainConfig.from_dict(payload["config"])
     if device != "auto":
         cfg = cfg.with_(device=device)
+    if threads is not None:
+        cfg = cfg.with_(threads=threads)
     data = compatible_data(payload, data_dir or cfg.extra.get("data_dir"), cfg.batch_size, resolve_device(cfg.device),
                            cfg.seed, workers, rank=distributed.rank(), world_size=distributed.world_size())
     model = checkpoint.build(payload)
@@ -74,15 +74,16 @@ def resume_training(out: str | Path, data_dir=None, device: str = "auto", worker
     return summary
 
 
-def finetune_config(train_config: dict, finetune: FinetuneSettings, device: str = "auto") -> TrainConfig:
+def finetune_config(train_config: dict, finetune: FinetuneSettings, device: str = "auto",
+                    threads: int | None = None) -> TrainConfig:
     """Fine-tuning as training: the settings the model was trained with, at a tenth of its
     learning rate (unless ``finetune.lr`` is given), a cosine schedule, the penalty and the
     distillation weight ``finetune`` asks for (at least one epoch: the data's batch size
-    comes from it even when nothing is fine-tuned)."""
+    comes from it even when nothing is fine-tuned), on this machine's ``threads``."""
     base = TrainConfig.from_dict(train_config) if train_config else TrainConfig()
     return base.with_(epochs=max(finetune.epochs, 1), lr=finetune.lr or base.lr * 0.1, schedule="cosine",
                       warmup_epochs=0, milestones=None, sparsity=finetune.sparsity, device=device,
-                      batch_size=finetune.batch_size or base.batch_size, distill=finetune.distill)
+                      batch_size=finetune.batch_size or base.batch_size, distill=finetune.distill, threads=threads)
 
 
 def compatible_data(payload: dict, data_dir, batch_size: int, device, seed: int = 0, workers: int = DEFAULT_WORKERS,
@@ -127,8 +128,9 @@ PRUNED = "pruned.json"  # measurements before and right after pruning, kept whil
 
 def prune_checkpoint(ckpt: str | Path, cfg: PruneConfig, out: str | Path, finetune: FinetuneSettings = FINETUNE,
                      data_dir=None, device: str = "auto", overwrite: bool = False, progress: bool = True,
-                     resume: bool = False) -> PruneReport:
-    """Prune a checkpoint, fine-tune it, and write ``out/model.pt`` and ``out/report.json``.
+                     resume: bool = False, threads: int | None = None) -> PruneReport:
+    """Prune a checkpoint, fine-tune it on ``threads`` CPU threads, and write ``out/model.pt``
+    and ``out/report.json``.
 
     With ``resume``, an interrupted fine-tuning in ``out`` continues from its last epoch.
     """
@@ -139,7 +141,7 @@ def prune_checkpoint(ckpt: str | Path, cfg: PruneConfig, out: str | Path, finetu
     resuming = saved is not None and (staging_dir(out) / PRUNED).exists()
     if not resuming:
         check_out_dir(out, overwrite)
-    ft = finetune_config(payload.get("config", {}), finetune, device)
+    ft = finetune_config(payload.get("config", {}), finetune, device, threads)
     device_ = resolve_device(device)
     data = compatible_data(payload, data_dir, ft.batch_size, device_, ft.seed, rank=distributed.rank(),
                            world_size=distributed.world_size())
@@ -165,7 +167,8 @@ def prune_checkpoint(ckpt: str | Path, cfg: PruneConfig, out: str | Path, finetu
 
 
 def finetune_pruned(pruned: str | Path, out: str | Path, finetune: FinetuneSettings, data_dir=None, device: str = "auto",
-                    overwrite: bool = False, progress: bool = True, resume: bool = False) -> PruneReport:
+                    overwrite: bool = False, progress: bool = True, resume: bool = False,
+                    threads: int | None = None) -> PruneReport:
     """Fine-tune a pruned run (written by ``prune_checkpoint``) into ``out``; its report gains
     the fine-tuned accuracy. With ``resume``, an interrupted fine-tuning continues."""
     if finetune.epochs < 1:  # finetune_config gives at least one epoch, for prune_checkpoint's data
@@ -176,7 +179,7 @@ def finetune_pruned(pruned: str | Path, out: str | Path, finetune: FinetuneSetti
     saved = load_train_state(staging_dir(out)) if resume else None
     if saved is None:
         check_out_dir(out, overwrite)
-    ft = finetune_config(payload.get("config", {}), finetune, device)
+    ft = finetune_config(payload.get("config", {}), finetune, device, threads)
     device_ = resolve_device(device)
     data = compatible_data(payload, data_dir, ft.batch_size, device_, ft.seed, rank=distributed.rank(),
                            world_size=distributed.world_size())

@@ -16,11 +16,13 @@ from typing import Annotated, Optional
 import typer
 
 try:  # typer >= 0.29 carries its own copy of click
-    from typer._click.exceptions import UsageError
+    from typer._click.exceptions import NoSuchOption, UsageError
 except ImportError:  # older typer runs on click itself
-    from click.exceptions import UsageError
+    from click.exceptions import NoSuchOption, UsageError
 
-from ..core.errors import NampruneError
+from ..core.errors import Interrupted, NampruneError
+from ..core.files import finished_epochs, staging_dir
+from ..core.records import TRAIN_STATE
 
 app = typer.Typer(
     name="namprune",
@@ -39,6 +41,9 @@ Device = Annotated[str, typer.Option("--device", help="auto (CUDA if present, el
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace existing output, a folder or a file (only once the new run succeeds).")]
 JsonOut = Annotated[Optional[Path], typer.Option("--json", help="Also write the result as JSON to this file.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+Threads = Annotated[Optional[int], typer.Option("--threads", help="CPU threads torch trains and fine-tunes with "
+                   "(default: OMP_NUM_THREADS if set, else the cores this process may use, its CPU affinity lowered to "
+                   "its cgroup quota). On a machine other jobs keep busy, fewer threads train faster: try 1.")]
 Workers = Annotated[int, typer.Option("--workers", min=0, help="DataLoader worker processes (image folders that stream from disk).")]
 
 
@@ -51,10 +56,37 @@ def int_or_text(text: str | None) -> int | str | None:
         return text
 
 
-def fail(message: str, code: int = 2) -> int:
-    sys.stderr.write(f"error: {message}\n")
+def fail(message: str, code: int = 2, label: str = "error") -> int:
+    sys.stderr.write(f"{label}: {message}\n")
     sys.stderr.flush()
     return code
+
+
+def interrupted(out: Path, resume: str) -> Interrupted:
+    """What a Ctrl-C left of the run into ``out``, and ``resume``: how to continue it."""
+    stage = staging_dir(out)
+    epochs = finished_epochs(stage)
+    if epochs:
+        return Interrupted(f"{epochs} finished epoch(s) are saved in {stage}; continue with {resume}")
+    if (stage / TRAIN_STATE).is_file():
+        return Interrupted(f"before the first epoch finished; {stage} holds its starting point: "
+                           f"{resume} starts it again")
+    return Interrupted("before anything was saved")
+
+
+def usage_error(exc: UsageError, args: list[str]) -> str:
+    """A usage error in one line, naming the command whose help to read, and for an option
+    that this command lacks, the commands that take it (``prune --ratios``: sweep takes it)."""
+    group = typer.main.get_command(app)
+    command = next((a for a in args if a in group.commands), None)  # the word typed, wherever the error arose
+    message = exc.format_message()
+    if isinstance(exc, NoSuchOption):
+        others = [name for name, other in group.commands.items() if name != command
+                  and any(exc.option_name in p.opts for p in other.params)]
+        if others:
+            takes = "takes" if len(others) == 1 else "take"
+            message += f"; {' and '.join(f'`namprune {o}`' for o in others)} {takes} {exc.option_name}"
+    return f"{message} (see `namprune{' ' + command if command else ''} --help`)"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,14 +103,15 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:
         if debug:
             traceback.print_exc()
-        where = f"namprune {exc.ctx.command_path.split(' ', 1)[1]}" if exc.ctx and " " in exc.ctx.command_path else "namprune"
-        return fail(f"{exc.format_message()} (see `{where} --help`)")
+        return fail(usage_error(exc, args))
+    except Interrupted as exc:
+        return fail(str(exc), exc.exit_code, "interrupted")
     except NampruneError as exc:
         if debug:
             traceback.print_exc()
         return fail(str(exc).replace("\n", " "), exc.exit_code)
     except (KeyboardInterrupt, typer.Abort):
-        return fail("interrupted", 130)
+        return fail("stopped by the user", 130, "interrupted")
     except Exception as exc:  # a bug, not a user error: say so briefly, traceback with --debug
         if debug:
             traceback.print_exc()

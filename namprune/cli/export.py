@@ -11,10 +11,11 @@ from rich.table import Table
 
 from ..core.console import console
 from ..core.errors import NampruneError
+from ..core.paths import check_checkpoint
 from ..core.records import ExportRecord
 from ..core.settings import EXPORT, LATENCY, PARITY_TOLERANCE, ExportSettings, LatencySettings
 from .app import DataDir, Overwrite, app, fail, int_or_text
-from .report import MinTime, Rounds, Threads
+from .report import MinTime, Rounds, TimingThreads
 
 
 @app.command("export")
@@ -31,13 +32,14 @@ def export_(
     int8: Annotated[bool, typer.Option("--int8", help="Also write <out>.int8.onnx, quantized by onnxruntime (static, QDQ, calibrated on training images), with the test top-1 of both files and their latency (and, for a pruned run, the unpruned FP32 model's).")] = EXPORT.int8,
     calibration: Annotated[Optional[int], typer.Option("--calibration-images", help=f"Training images the gates and the INT8 ranges are calibrated on. Default {EXPORT.calibration_images}; with --check-only, what the export recorded.")] = None,
     latency: Annotated[bool, typer.Option("--latency/--no-latency", help="Measure the median CPU latency of onnxruntime and torch eager at batch 1 and 32, side by side (a few seconds).")] = True,
-    threads: Threads = LATENCY.threads,
+    threads: TimingThreads = LATENCY.threads,
     rounds: Rounds = LATENCY.rounds,
     min_time: MinTime = LATENCY.min_run_time,
     data_dir: DataDir = None,
     overwrite: Overwrite = False,
 ) -> int:
     """Export a checkpoint to ONNX (NAM folded), check it with onnxruntime, and record size and latency."""
+    check_checkpoint(ckpt)  # before torch loads
     from ..app.exporting import check_file, export_checkpoint
     from ..core.onnx import ExportError, record_path
 

@@ -10,9 +10,10 @@ from rich.table import Table
 
 from ..core.console import console
 from ..core.records import PruneReport
-from ..core.settings import (DEFAULT_RATIO, FINETUNE, IMPORTANCES, LATENCY_TOLERANCE, MACS_TOLERANCE, NORMALIZATIONS,
-                             PRUNE, RUNTIMES, SCOPES, FinetuneSettings, PruneConfig)
-from .app import DataDir, Device, JsonOut, Overwrite, Quiet, app, int_or_text
+from ..core.settings import (DEFAULT_RATIO, DEFAULT_THREADS, FINETUNE, IMPORTANCES, LATENCY_TOLERANCE, MACS_TOLERANCE,
+                             NORMALIZATIONS, PRUNE, RUNTIMES, SCOPES, TRAIN, FinetuneSettings, PruneConfig, TrainConfig)
+from ..core.paths import check_checkpoint
+from .app import DataDir, Device, JsonOut, Overwrite, Quiet, Threads, app, int_or_text, interrupted
 
 Importance = Annotated[str, typer.Option("--importance", help=f"How channels are ranked: {', '.join(IMPORTANCES)}. "
                                          "nam: what each channel carries through its BatchNorm and NAM gate into the "
@@ -51,6 +52,7 @@ def rank(
                                                  "and every SpatialNAM's pixel map to this PNG.")] = None,
 ) -> None:
     """Rank channels and pixels by their learned NAM weights; show how ready the model is to prune."""
+    check_checkpoint(ckpt)  # before torch loads
     from ..app.plots import plot_ranking
     from ..app.stages import compatible_data
     from ..core import checkpoint
@@ -108,7 +110,7 @@ def prune(
     target_latency: Annotated[Optional[float], typer.Option("--target-latency", help=f"Instead of --ratio: fraction of the measured latency to keep, in (0, 1), met within {LATENCY_TOLERANCE} (timed side by side with the unpruned model; untrustworthy timings are refused).")] = PRUNE.target_latency,
     latency_runtime: LatencyRuntime = PRUNE.latency_runtime,
     latency_batch: Annotated[int, typer.Option("--latency-batch", help="Batch size --target-latency times at.")] = PRUNE.latency_batch,
-    threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads --target-latency times with (default 1).")] = PRUNE.threads,
+    latency_threads: Annotated[Optional[int], typer.Option("--latency-threads", help=f"CPU threads --target-latency times with (default {DEFAULT_THREADS}: steady on a shared machine). --threads is the fine-tuning's.")] = PRUNE.latency_threads,
     scope: Scope = PRUNE.scope,
     importance: Importance = PRUNE.importance,
     normalization: Normalization = PRUNE.normalization,
@@ -121,6 +123,7 @@ def prune(
     lr: FinetuneLr = FINETUNE.lr,
     finetune_sparsity: FinetuneSparsity = FINETUNE.sparsity,
     batch_size: FinetuneBatch = FINETUNE.batch_size,
+    threads: Threads = TRAIN.threads,
     seed: Seed = PRUNE.seed,
     data_dir: DataDir = None,
     device: Device = "auto",
@@ -130,18 +133,26 @@ def prune(
     quiet: Quiet = False,
 ) -> None:
     """Remove the lowest-ranked channels structurally, fine-tune, and report the trade-off."""
-    from ..app.stages import planned_macs, prune_checkpoint
-
-    if ratio is None and target_macs is None and target_latency is None:
-        target_macs = planned_macs(ckpt)  # what training shrank the model for, when it did
+    check_checkpoint(ckpt)  # before torch loads
     cfg = PruneConfig(ratio=ratio, target_macs=target_macs, target_latency=target_latency, scope=scope,
                       importance=importance, normalization=normalization, round_to=int_or_text(round_to),
                       max_layer_ratio=max_layer_ratio, seed=seed, calibration_images=calibration_images,
                       recalibrate=recalibrate, latency_runtime=latency_runtime, latency_batch=latency_batch,
-                      threads=threads)
+                      latency_threads=latency_threads)
     finetune = FinetuneSettings(epochs=finetune_epochs, lr=lr, sparsity=finetune_sparsity, distill=distill,
                                 batch_size=batch_size)
-    report = prune_checkpoint(ckpt, cfg, out, finetune, data_dir, device, overwrite, progress=not quiet, resume=resume)
+    if threads is not None:
+        TrainConfig(threads=threads)  # its check, before any work
+    try:
+        from ..app.stages import planned_macs, prune_checkpoint
+
+        if ratio is None and target_macs is None and target_latency is None:
+            planned = planned_macs(ckpt)  # what training shrank the model for, when it did
+            cfg = cfg.with_(ratio=None, target_macs=planned) if planned else cfg
+        report = prune_checkpoint(ckpt, cfg, out, finetune, data_dir, device, overwrite, progress=not quiet,
+                                  resume=resume, threads=threads)
+    except KeyboardInterrupt:
+        raise interrupted(out, "the same command and --resume") from None
     print_prune_report(report)
     console.print(f"pruned model: {out / 'model.pt'}   report: {out / 'report.json'}")
 

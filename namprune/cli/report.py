@@ -9,6 +9,7 @@ import typer
 
 from ..core.console import console, note
 from ..core.errors import NampruneError
+from ..core.paths import check_checkpoint
 from ..core.settings import DEFAULT_THREADS, FINETUNE, LATENCY, MAX_SPREAD, PRUNE, FinetuneSettings, LatencySettings, PruneConfig
 from .app import DataDir, Device, JsonOut, Overwrite, Quiet, app, int_or_text
 from .prune import (CalibrationImages, Distill, FinetuneBatch, FinetuneEpochs, FinetuneLr, Importance, LatencyRuntime,
@@ -16,7 +17,7 @@ from .prune import (CalibrationImages, Distill, FinetuneBatch, FinetuneEpochs, F
 
 SWEEP_FINETUNE_EPOCHS = 1  # a sweep compares points after fine-tuning: one epoch each unless told
 LatencyBatch = Annotated[int, typer.Option("--batch", help="The larger batch latency is also measured at (batch 1 always is).")]
-Threads = Annotated[Optional[int], typer.Option("--threads", help=f"CPU threads while timing, torch and onnxruntime alike (default {DEFAULT_THREADS}: steady on a shared machine; recorded with every figure). More threads than idle cores make the figures wait for the other jobs.")]
+TimingThreads = Annotated[Optional[int], typer.Option("--threads", help=f"CPU threads while timing, torch and onnxruntime alike (default {DEFAULT_THREADS}: steady on a shared machine; recorded with every figure). More threads than idle cores make the figures wait for the other jobs.")]
 MinTime = Annotated[float, typer.Option("--min-time", help="Seconds of timing per block (torch.utils.benchmark's blocked_autorange).")]
 Rounds = Annotated[int, typer.Option("--rounds", help=f"Timing blocks per run and batch, interleaved across runs; the median of the rounds is reported, and rounds that differ by more than {MAX_SPREAD:.0%} mark the figure '!' (not to be trusted).")]
 
@@ -40,7 +41,7 @@ def report(
     evaluate: Annotated[bool, typer.Option("--evaluate", help="Measure top-1 / top-5 again on the test split instead of reading the runs' records.")] = False,
     data_dir: DataDir = None,
     batch: LatencyBatch = max(LATENCY.batches),
-    threads: Threads = LATENCY.threads,
+    threads: TimingThreads = LATENCY.threads,
     min_time: MinTime = LATENCY.min_run_time,
     rounds: Rounds = LATENCY.rounds,
     device: Device = LATENCY.device,
@@ -111,7 +112,7 @@ def sweep(
     data_dir: DataDir = None,
     device: Device = "auto",
     batch: LatencyBatch = max(LATENCY.batches),
-    threads: Threads = LATENCY.threads,
+    threads: TimingThreads = LATENCY.threads,
     min_time: MinTime = LATENCY.min_run_time,
     rounds: Rounds = LATENCY.rounds,
     latency_device: Annotated[str, typer.Option("--latency-device", help="Where latency is timed: cpu (default) or cuda[:N].")] = LATENCY.device,
@@ -120,15 +121,17 @@ def sweep(
     quiet: Quiet = False,
 ) -> None:
     """Prune one checkpoint at several ratios / MACs targets, fine-tune each, and draw the Pareto front."""
+    check_checkpoint(ckpt)  # before torch loads
     from ..app.comparison import print_table
     from ..app.sweep import run_sweep, sweep_configs
 
+    settings = latency_settings(batch, threads, latency_device, min_time, rounds)  # first: it names --threads
     base_cfg = PruneConfig(scope=scope, importance=importance, normalization=normalization, round_to=int_or_text(round_to),
                            max_layer_ratio=max_layer_ratio, seed=seed, calibration_images=calibration_images,
-                           recalibrate=recalibrate, latency_runtime=latency_runtime, latency_batch=batch, threads=threads)
+                           recalibrate=recalibrate, latency_runtime=latency_runtime, latency_batch=batch,
+                           latency_threads=threads)
     configs = sweep_configs(base_cfg, _fractions(ratios, "--ratios"), _fractions(target_macs, "--target-macs"),
                             _fractions(target_latency, "--target-latency"))
-    settings = latency_settings(batch, threads, latency_device, min_time, rounds)
     finetune = FinetuneSettings(epochs=finetune_epochs, lr=lr, distill=distill, batch_size=batch_size)
     record = run_sweep(ckpt, configs, out, finetune, data_dir, device, settings, overwrite, progress=not quiet)
     print_table({"base": record.base["name"], "settings": record.settings, "runs": [record.base, *record.points]})

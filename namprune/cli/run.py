@@ -8,7 +8,9 @@ from typing import Annotated, Optional
 import typer
 
 from ..core.console import console
-from .app import DataDir, Device, Overwrite, Quiet, app
+from ..core.errors import Interrupted
+from ..core.files import staging_dir
+from .app import DataDir, Device, Overwrite, Quiet, Threads, app
 
 Set = Annotated[Optional[list[str]], typer.Option("--set", help="Override a recipe value: --set prune.ratio=0.5 (repeatable; the value is read as YAML).", metavar="KEY=VALUE")]
 
@@ -21,35 +23,48 @@ def run(
     data_dir: DataDir = None,
     epochs: Annotated[Optional[int], typer.Option("--epochs", "-e", help="Override train.epochs.")] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Override train.seed.")] = None,
+    threads: Threads = None,
     device: Device = "auto",
     overwrite: Overwrite = False,
     quiet: Quiet = False,
 ) -> None:
     """Run a recipe end to end: train, rank, prune, fine-tune, report, export."""
-    from ..app.recipe_run import run_recipe
     from ..app.recipes import load_recipe
 
     flags = {"data.data_dir": ("--data-dir", str(data_dir) if data_dir else None), "train.epochs": ("--epochs", epochs),
-             "train.seed": ("--seed", seed)}
+             "train.seed": ("--seed", seed), "train.threads": ("--threads", threads)}
     loaded = load_recipe(recipe, overrides or [], {k: v for k, v in flags.items() if v[1] is not None})
-    done = run_recipe(loaded, out, device, overwrite, progress=not quiet)
-    show_results(done)
+    show_results(_run(loaded, out, device, overwrite, quiet))
 
 
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("runs/demo"),
     overrides: Set = None,
+    threads: Threads = None,
     device: Device = "auto",
     overwrite: Overwrite = False,
     quiet: Quiet = False,
 ) -> None:
     """The digits recipe end to end, offline, in about a minute on two CPU cores."""
-    from ..app.recipe_run import run_recipe
     from ..app.recipes import load_recipe
 
-    done = run_recipe(load_recipe("digits-resnet20", overrides or []), out, device, overwrite, progress=not quiet)
-    show_results(done)
+    flags = {"train.threads": ("--threads", threads)} if threads is not None else {}
+    show_results(_run(load_recipe("digits-resnet20", overrides or [], flags), out, device, overwrite, quiet))
+
+
+def _run(recipe, out: Path, device: str, overwrite: bool, quiet: bool) -> Path:
+    """Run the recipe; after a Ctrl-C, say what was kept and how to continue."""
+    from ..app.recipe_run import run_recipe
+
+    try:
+        return run_recipe(recipe, out, device, overwrite, progress=not quiet)
+    except KeyboardInterrupt:
+        kept = staging_dir(out)
+        if not kept.exists():  # a run stopped before its first stage did any work leaves nothing
+            raise Interrupted("before anything was saved") from None
+        raise Interrupted(f"the finished stages and epochs are kept in {kept}; the same command continues "
+                          "from there") from None
 
 
 def show_results(out: Path) -> None:

@@ -10,9 +10,21 @@ from rich.table import Table
 
 from ..core.console import console
 from ..core.errors import NampruneError
+from ..core.files import check_out_dir, train_resume_command
+from ..core.paths import check_checkpoint, check_dataset, check_resumable, check_weights_file, image_folder_splits
 from ..core.settings import (AMP_MODES, ATTENTIONS, DATASETS, DEFAULT_ATTENTION, DEFAULT_DATASET, DEFAULT_MODEL,
                              DEFAULT_WORKERS, OPTIMIZERS, SCHEDULES, TRAIN, TrainConfig)
-from .app import DataDir, Device, JsonOut, Overwrite, Quiet, Workers, app
+from .app import DataDir, Device, JsonOut, Overwrite, Quiet, Threads, Workers, app, interrupted
+
+
+def check_paths(dataset: str, data_dir: Optional[Path], weights: Optional[Path]) -> None:
+    """The dataset's name and folder and the weights file, before anything is loaded."""
+    check_dataset(dataset)
+    if dataset == "imagefolder":
+        image_folder_splits(data_dir)
+    if weights is not None:
+        check_weights_file(weights)
+
 
 def _names(text: Optional[str]) -> Optional[list[str]]:
     names = [n.strip() for n in (text or "").split(",") if n.strip()]
@@ -60,27 +72,41 @@ def train(
     channels_last: Annotated[bool, typer.Option("--channels-last/--no-channels-last", help="Train in the channels-last memory format (NHWC).")] = TRAIN.channels_last,
     compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the model for training (the first steps wait for the compiler).")] = TRAIN.compile,
     sync_bn: Annotated[bool, typer.Option("--sync-bn", help="Under torchrun on GPUs: BatchNorm statistics over all processes' batches (SyncBatchNorm).")] = TRAIN.sync_bn,
+    threads: Threads = TRAIN.threads,
     workers: Workers = DEFAULT_WORKERS,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder: model.pt, metrics.jsonl, summary.json.")] = Path("runs/train"),
     overwrite: Overwrite = False,
-    resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue the interrupted run whose --out was DIR from its last complete epoch, with the settings saved in it (only --data-dir, --device, --workers and --quiet still apply).", metavar="DIR")] = None,
+    resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue the interrupted run whose --out was DIR from its last complete epoch, with the settings saved in it (only --data-dir, --device, --threads, --workers and --quiet still apply).", metavar="DIR")] = None,
     quiet: Quiet = False,
 ) -> None:
     """Train a model with NAM attention, shrinking the channels a prune will remove; checkpoint every epoch."""
-    from ..app.stages import resume_training, train_model
-
+    # Everything that can be checked without torch is checked before it loads (seconds).
+    target = resume if resume is not None else out
     if resume is not None:
-        summary = resume_training(resume, data_dir, device, workers, progress=not quiet)
-        out = resume
+        check_resumable(resume)
+        if threads is not None:
+            TrainConfig(threads=threads)  # the one setting of a resumed run given anew
     else:
         cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, momentum=momentum,
                           nesterov=nesterov, weight_decay=weight_decay, bn_weight_decay=bn_weight_decay, schedule=schedule, milestones=_milestones(milestones),
                           lr_decay=lr_decay, warmup_epochs=warmup_epochs, label_smoothing=label_smoothing, sparsity=sparsity,
-                          sparsity_targets=sparsity_targets, shrink_macs=shrink_macs, shrink_start=shrink_start, seed=seed, device=device, amp=amp,
-                          channels_last=channels_last, compile=compile_, sync_bn=sync_bn)
-        summary = train_model(model, dataset, cfg, out, data_dir=data_dir, image_size=image_size, attention=attention,
-                              workers=workers, overwrite=overwrite, progress=not quiet, weights=weights,
-                              nam_after=_names(nam_after))
+                          sparsity_targets=sparsity_targets, shrink_macs=shrink_macs, shrink_start=shrink_start, seed=seed,
+                          device=device, amp=amp, channels_last=channels_last, compile=compile_, sync_bn=sync_bn,
+                          threads=threads)
+        check_paths(dataset, data_dir, weights)
+        check_out_dir(out, overwrite, resume=f"`{train_resume_command(out)}`")
+    try:
+        from ..app.stages import resume_training, train_model
+
+        if resume is not None:
+            summary = resume_training(resume, data_dir, device, workers, progress=not quiet, threads=threads)
+        else:
+            summary = train_model(model, dataset, cfg, out, data_dir=data_dir, image_size=image_size, attention=attention,
+                                  workers=workers, overwrite=overwrite, progress=not quiet, weights=weights,
+                                  nam_after=_names(nam_after))
+    except KeyboardInterrupt:
+        raise interrupted(target, f"`{train_resume_command(target)}`") from None
+    out = target
     final, extra = summary.final, summary.config["extra"]
     console.print(f"trained {extra['model']} ({extra['attention']}) on {extra['dataset']}: top-1 {final['test_top1']:.2f}%, "
                   f"top-5 {final['test_top5']:.2f}% after {summary.epochs} epochs ({summary.train_time_s:.0f} s)")
@@ -96,6 +122,7 @@ def eval_(
     json_out: JsonOut = None,
 ) -> None:
     """Evaluate a checkpoint on the test split of the dataset it was trained on."""
+    check_checkpoint(ckpt)  # before torch loads
     from ..app.stages import compatible_data
     from ..core import checkpoint
     from ..core.files import write_json
@@ -123,6 +150,7 @@ def info(
     data_dir: DataDir = None,
 ) -> None:
     """Show a checkpoint's architecture, size, cost and metrics, and what its NAM gates do on training images."""
+    check_checkpoint(ckpt)  # before torch loads
     from ..core import checkpoint, models
     from ..core.cost import count_macs, count_params
     from ..core.files import write_json

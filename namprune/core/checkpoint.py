@@ -23,6 +23,7 @@ from .errors import NampruneError
 from .graph import replay_history
 from .models import from_spec
 from .files import write_atomic
+from .paths import check_checkpoint, model_file  # noqa: F401  (model_file: checkpoint.model_file for callers)
 from .fold import refuse_folded
 
 FORMAT = "namprune-checkpoint"
@@ -59,24 +60,9 @@ def save(path: str | Path, model: nn.Module, data_info: dict | None = None, metr
     return write_atomic(path, lambda tmp: torch.save(payload, tmp))
 
 
-def model_file(path: str | Path) -> Path:
-    """``DIR`` -> ``DIR/model.pt``; a file path is returned as is. The folder of a recipe run
-    (``namprune run``) stands for the model it delivers: ``finetune/``, else ``prune/``."""
-    path = Path(path)
-    if not path.is_dir():
-        return path
-    if not (path / "model.pt").exists() and (path / "recipe.yaml").is_file():
-        for stage in ("finetune", "prune"):
-            if (path / stage / "model.pt").is_file():
-                return path / stage / "model.pt"
-    return path / "model.pt"
-
-
 def read(path: str | Path) -> dict:
     """Load and validate a checkpoint's contents without building the model."""
-    file = model_file(path)
-    if not file.exists():
-        raise NampruneError(f"no checkpoint at {path} (expected a model.pt file or a run folder holding one)")
+    file = check_checkpoint(path)
     if file.suffix.lower() == ".onnx" or _is_onnx(file):
         raise NampruneError(f"{file} is an ONNX file (an exported model), not a checkpoint; give the namprune checkpoint "
                             "it was exported from (a run folder or its model.pt); `namprune export CKPT --out FILE "

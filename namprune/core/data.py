@@ -24,7 +24,8 @@ from torchvision.transforms import v2
 
 from .batches import Augment, StreamLoader, TensorLoader
 from .errors import NampruneError
-from .settings import DATASETS, DEFAULT_WORKERS
+from .paths import check_dataset, image_folder_splits
+from .settings import DEFAULT_WORKERS
 
 DEFAULT_DATA_DIR = Path.home() / ".cache" / "namprune" / "data"
 # Image folders whose images are at most this big are decoded into memory.
@@ -142,18 +143,6 @@ def _fake(data_dir, image_size) -> Source:
     return Source(*split(256, 0), *split(64, 10_000), tuple(str(i) for i in range(10)), Augment())
 
 
-def _folder_root(data_dir) -> tuple[Path, Path]:
-    if data_dir is None:
-        raise NampruneError("the imagefolder dataset needs --data-dir DIR with DIR/train and DIR/val (or DIR/test)")
-    root = Path(data_dir)
-    if not root.is_dir():
-        raise NampruneError(f"data folder {root} does not exist")
-    test = next((root / n for n in ("val", "test") if (root / n).is_dir()), None)
-    if not (root / "train").is_dir() or test is None:
-        raise NampruneError(f"{root} must contain train/ and val/ (or test/) folders of class sub-folders")
-    return root / "train", test
-
-
 def _image_folder(path: Path, mode: str | None = None) -> torchvision.datasets.ImageFolder:
     """An ImageFolder whose images load in ``mode`` (default: grey if the first image is grey, else RGB)."""
     try:
@@ -198,7 +187,7 @@ def _decode_folder(folder: torchvision.datasets.ImageFolder, classes: list[str])
 
 
 def _folder_in_memory(root: Path) -> Source:
-    train_dir, test_dir = _folder_root(root)
+    train_dir, test_dir = image_folder_splits(root)
     train = _image_folder(train_dir)
     train_images, train_labels = _decode_folder(train, train.classes)
     test_images, test_labels = _decode_folder(_image_folder(test_dir, train.mode), train.classes)
@@ -234,8 +223,7 @@ def load_data(name: str, data_dir: str | Path | None = None, image_size: int | N
               device: str | torch.device = "cpu", workers: int = DEFAULT_WORKERS, seed: int = 0, rank: int = 0,
               world_size: int = 1, augment: bool = True, eval_batch_size: int | None = None) -> DataBundle:
     """Load a dataset by name and return its train and test loaders and its ``DataInfo``."""
-    if name not in DATASETS:
-        raise NampruneError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    check_dataset(name)
     if batch_size < 1:
         raise NampruneError(f"batch size must be at least 1, got {batch_size}")
     if name == "imagefolder" and not _is_small_folder(data_dir):
@@ -261,7 +249,7 @@ def load_data(name: str, data_dir: str | Path | None = None, image_size: int | N
 
 
 def _is_small_folder(data_dir) -> bool:
-    train_dir, _ = _folder_root(data_dir)
+    train_dir, _ = image_folder_splits(data_dir)
     folder = _image_folder(train_dir)
     _, h, w = _decode(folder, folder.samples[0][0]).shape
     return max(h, w) <= IN_MEMORY_MAX_SIDE
@@ -281,7 +269,7 @@ def _channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float
 
 
 def _stream_folder(data_dir, size, batch_size, device, workers, seed, rank, world_size, augment, eval_batch_size):
-    train_dir, test_dir = _folder_root(data_dir)
+    train_dir, test_dir = image_folder_splits(data_dir)
     train_set = _image_folder(train_dir)
     test_set = _image_folder(test_dir, train_set.mode)
     grey = train_set.mode == "L"

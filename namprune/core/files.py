@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import shutil
 import tempfile
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Callable, Iterator
 
 from .console import is_main_process
 from .errors import NampruneError
+from .records import METRICS, TRAIN_STATE
 
 
 @contextlib.contextmanager
@@ -91,13 +93,34 @@ def staging_dir(out: str | os.PathLike) -> Path:
     return out.with_name(out.name + ".partial")
 
 
-def check_out_dir(out: str | os.PathLike, overwrite: bool = False) -> None:
-    """Refuse to start a run whose output folder already holds a result."""
+def train_resume_command(out: str | os.PathLike) -> str:
+    """The command that continues the interrupted training run whose output folder is ``out``."""
+    return f"namprune train --resume {shlex.quote(str(out))}"
+
+
+def finished_epochs(stage: str | os.PathLike) -> int:
+    """The epochs an interrupted run finished in its staging folder ``stage``, when it left
+    the training state to continue from (0 otherwise). Read without torch: one row of
+    metrics.jsonl per finished epoch."""
+    stage = Path(stage)
+    if not (stage / TRAIN_STATE).is_file() or not (stage / METRICS).is_file():
+        return 0
+    return sum(1 for line in (stage / METRICS).read_text(errors="replace").splitlines() if line.strip())
+
+
+def check_out_dir(out: str | os.PathLike, overwrite: bool = False,
+                  resume: str = "the same command and --resume") -> None:
+    """Refuse to start a run whose output folder already holds a result, or whose staging
+    folder holds finished epochs of an interrupted run (``resume`` says how to continue it)."""
     out = Path(out)
     if out.exists() and not overwrite:
         raise NampruneError(f"{out} already exists; pass --overwrite to replace it")
     if out.exists() and not out.is_dir():
         raise NampruneError(f"{out} exists and is not a folder")
+    epochs = finished_epochs(staging_dir(out))
+    if epochs and not overwrite:
+        raise NampruneError(f"{staging_dir(out)} holds {epochs} finished epoch(s) of an interrupted run: continue it "
+                            f"with {resume}, or pass --overwrite to discard them and start again")
 
 
 @contextlib.contextmanager
@@ -105,8 +128,10 @@ def run_dir(out: str | os.PathLike, overwrite: bool = False, resume: bool = Fals
     """Yield the staging folder for a run that will become ``out`` when it succeeds.
 
     With ``resume`` an interrupted run's staging folder is reused; otherwise a stale one
-    is cleared. On success an existing ``out`` (allowed by ``overwrite``) is swapped out
-    and removed only after the new result is in place; on failure ``out`` is untouched.
+    is cleared, which ``check_out_dir`` allows only when it holds no finished epoch or
+    ``overwrite`` says to discard them. On success an existing ``out`` (allowed by
+    ``overwrite``) is swapped out and removed only after the new result is in place; on
+    failure ``out`` is untouched.
     Under torchrun only rank 0 creates and commits the folder; the other ranks get its
     path and must not write (the training loop and the stages write on rank 0 only).
     """

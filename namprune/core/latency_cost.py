@@ -49,7 +49,7 @@ class LatencyMeter:
     @classmethod
     def of(cls, cfg: PruneConfig) -> "LatencyMeter":
         """The meter a (validated) ``PruneConfig`` asks for."""
-        return cls(cfg.latency_runtime, cfg.latency_batch, cfg.threads)
+        return cls(cfg.latency_runtime, cfg.latency_batch, cfg.latency_threads)
 
     @property
     def settings(self) -> LatencySettings:

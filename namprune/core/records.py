@@ -18,6 +18,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from .errors import NampruneError
 
 SUMMARY, REPORT, SWEEP = "summary.json", "report.json", "sweep.json"
+METRICS = "metrics.jsonl"  # one row per finished epoch
+TRAIN_STATE = "train_state.pt"  # what a run needs to continue after a crash; removed once the run is complete
 
 
 class Record(BaseModel):
@@ -50,6 +52,7 @@ class TrainSummary(Record):
     best_top1: Optional[float] = None
     train_time_s: Optional[float] = None
     device: Optional[str] = None
+    threads: Optional[int] = None  # torch's CPU threads while it trained
     config: dict = {}  # the TrainConfig it ran with
 
 

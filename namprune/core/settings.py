@@ -94,6 +94,7 @@ Count = Annotated[int, Field(ge=1)]
 NonNegative = Annotated[float, Field(ge=0)]
 CalibrationImages = Annotated[int, Field(ge=1, title="--calibration-images")]
 Threads = Annotated[Optional[int], Field(ge=1, title="--threads")]
+LatencyThreads = Annotated[Optional[int], Field(ge=1, title="--latency-threads")]
 
 
 def flag(name: str, title: str | None = None) -> str:
@@ -164,6 +165,10 @@ class TrainSchedule(Settings):
     seed: int = 0
     amp: Literal[AMP_MODES] = "auto"
     channels_last: bool = True
+    # torch's CPU threads while training; None: OMP_NUM_THREADS if set, else the cores this
+    # process may use (cpus.default_threads). Decided where the run runs: a resumed run and
+    # a fine-tuning take their own, never the ones a checkpoint was trained with.
+    threads: Threads = None
 
     @model_validator(mode="after")
     def _warmup_fits(self):
@@ -231,7 +236,7 @@ class PruneConfig(Settings):
     target_latency: Annotated[Optional[float], _fraction("the fraction of the measured latency kept")] = None
     latency_runtime: Literal[RUNTIMES] = "onnxruntime"  # what target_latency times: onnxruntime or torch (eager)
     latency_batch: int = Field(1, ge=1)
-    threads: Threads = None  # timing threads (None: DEFAULT_THREADS)
+    latency_threads: LatencyThreads = None  # what target_latency times with (None: DEFAULT_THREADS)
     scope: Literal[SCOPES] = "global"
     importance: Literal[IMPORTANCES] = DEFAULT_IMPORTANCE
     normalization: Literal[NORMALIZATIONS] = DEFAULT_NORMALIZATION

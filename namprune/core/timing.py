@@ -37,6 +37,7 @@ import torch
 import torch.nn as nn
 import torch.utils.benchmark as benchmark
 
+from .cpus import available_cores
 from .settings import DEFAULT_THREADS, MAX_CPU_WAIT, MAX_SPREAD, LatencySettings
 from .graph import example_input
 from .onnx import fixed_batch, session
@@ -50,10 +51,6 @@ def settings_record(settings: LatencySettings) -> dict:
     return {**settings.model_dump(mode="json"), "threads": settings.num_threads, "torch": torch.__version__,
             "onnxruntime": ort.__version__, "cores": available_cores(),
             "machine": f"{platform.machine()} {platform.system()}, {_device_name(settings.device)}"}
-
-
-def available_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _device_name(device: str) -> str:

@@ -10,6 +10,7 @@ epochs, each a training pass, an evaluation, and a checkpoint.
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from typing import Callable
 from pathlib import Path
@@ -21,12 +22,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from . import checkpoint, distributed
 from .console import err_console, is_main_process, note
+from .cpus import available_cores, default_threads
 from .data import DataBundle
 from .errors import NampruneError
 from .files import write_json, write_jsonl
 from .loaders import as_bundle
 from .optim import build_optimizer, lr_factor
-from .records import SUMMARY, TrainSummary
+from .records import METRICS, SUMMARY, TRAIN_STATE, TrainSummary
 from .settings import TrainConfig
 from .shrink import PlannedShrink, shrink_start_epoch, shrink_strength
 from .sparsity import SparsityPenalty
@@ -95,7 +97,6 @@ class Divergence(NampruneError):
     exit_code = 1
 
 
-TRAIN_STATE = "train_state.pt"  # what a run needs to continue after a crash; removed once the run is complete
 
 
 class DivergenceWatch:
@@ -150,7 +151,30 @@ def fit(model: nn.Module, data: DataBundle, cfg: TrainConfig, out_dir: str | Pat
     weights ``model`` already holds: training continues after its last complete epoch with
     the same optimizer, schedule, loss scale and random state, so the result equals that of
     an uninterrupted run. Returns the summary (also written to ``out_dir/summary.json``).
+
+    Torch trains on ``cfg.threads`` CPU threads (default ``cpus.default_threads()``), and the
+    caller's thread count is restored afterwards.
     """
+    threads = cfg.threads or default_threads()
+    with torch_threads(threads):
+        return _fit(model, data, cfg, out_dir, progress, stage, resume, test, teacher, threads, after_backward)
+
+
+@contextlib.contextmanager
+def torch_threads(count: int):
+    """Torch's CPU threads set to ``count`` for a block, then put back: training sets its own
+    count, and whatever called it keeps the one it had."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _fit(model: nn.Module, data, cfg: TrainConfig, out_dir, progress: bool, stage: str, resume: dict | None, test,
+         teacher: nn.Module | None, threads: int,
+         after_backward: Callable[[nn.Module], None] | None = None) -> TrainSummary:
     data = as_bundle(data, test)
     device = resolve_device(cfg.device)
     distributed.setup(device)
@@ -182,6 +206,7 @@ def fit(model: nn.Module, data: DataBundle, cfg: TrainConfig, out_dir: str | Pat
         _save_state(model, data, cfg, out_dir, optimizer, scheduler, scaler, history, 0, 0.0)
     start = time.perf_counter() - elapsed_before
 
+    starved = False  # a slow epoch on a busy machine was reported
     swaps = distributed.convert_sync_batchnorm(model, device) if cfg.sync_bn else []
     net = _training_module(model, device, cfg)  # what the steps call: DDP and/or compiled; `model` is what is saved
 
@@ -203,6 +228,8 @@ def fit(model: nn.Module, data: DataBundle, cfg: TrainConfig, out_dir: str | Pat
                "test_loss": test_stats.get("loss")}
         history.append(row)
         _report_epoch(row, cfg.epochs, stage)
+        if device.type == "cpu" and not starved:  # said once a run: the cause and the cure do not change
+            starved = _note_if_starved(history, threads)
         if out_dir is not None and is_main_process():
             _save_epoch(model, data, cfg, out_dir, history)
             _save_state(model, data, cfg, out_dir, optimizer, scheduler, scaler, history, epoch + 1,
@@ -210,7 +237,8 @@ def fit(model: nn.Module, data: DataBundle, cfg: TrainConfig, out_dir: str | Pat
 
     tested = [r["test_top1"] for r in history if r["test_top1"] is not None]
     summary = TrainSummary(stage=stage, epochs=cfg.epochs, final=history[-1], best_top1=max(tested, default=None),
-                           train_time_s=round(time.perf_counter() - start, 2), device=str(device), config=cfg.to_dict())
+                           train_time_s=round(time.perf_counter() - start, 2), device=str(device), threads=threads,
+                           config=cfg.to_dict())
     if out_dir is not None and is_main_process():
         write_json(out_dir / SUMMARY, summary.to_json())
     distributed.revert_sync_batchnorm(swaps)
@@ -342,6 +370,35 @@ def _report_epoch(row: dict, epochs: int, stage: str) -> None:
          f"{tested}{row['images_per_s']:.0f} img/s")
 
 
+SLOW_EPOCH = 1 / 3  # of the first epoch's images/s: slower than this on a busy machine is worth a word
+
+
+def _note_if_starved(history: list[dict], threads: int) -> bool:
+    """Say once why an epoch ran far slower than the first, when the machine is busy: other
+    jobs are taking the cores training's threads wait for. True when it was said."""
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    message = starved_message(history[-1]["epoch"], history[-1]["images_per_s"], history[0]["images_per_s"], load,
+                              available_cores(), threads)
+    if message:
+        note(f"[yellow]note:[/] {message}")
+    return message is not None
+
+
+def starved_message(epoch: int, speed: float, first_speed: float, load: float | None, cores: int,
+                    threads: int) -> str | None:
+    """What to tell a user whose epoch ``epoch`` trained at ``speed`` images/s against the first
+    epoch's ``first_speed`` while the load average was ``load`` on ``cores`` usable cores;
+    None when the epoch was not slow or the machine was not busy."""
+    if load is None or load <= cores or speed >= first_speed * SLOW_EPOCH:
+        return None
+    busy = (f"epoch {epoch} trained at {speed:.0f} images/s, under a third of the first epoch's {first_speed:.0f}, "
+            f"while other jobs keep the machine busy (load {load:.1f} on {cores} usable core(s))")
+    if threads > 1:
+        return (f"{busy}: training's {threads} threads wait for each other; run it with --threads 1 "
+                "(or OMP_NUM_THREADS=1)")
+    return f"{busy}: it already trains on one thread; it speeds up when the other jobs end"
+
+
 def _save_state(model, data, cfg, out_dir, optimizer, scheduler, scaler, history, epoch, elapsed) -> None:
     """Everything needed to continue after ``epoch`` (weights included, so the state alone suffices)."""
     rng = {"torch": torch.get_rng_state()}
@@ -372,4 +429,4 @@ def _save_epoch(model, data: DataBundle, cfg: TrainConfig, out_dir: Path, histor
     last = history[-1]
     metrics = {"epoch": last["epoch"], "top1": last["test_top1"], "top5": last["test_top5"], "loss": last["test_loss"]}
     checkpoint.save(out_dir / "model.pt", model, _info(data), metrics=metrics, config=cfg.to_dict())
-    write_jsonl(out_dir / "metrics.jsonl", history)
+    write_jsonl(out_dir / METRICS, history)

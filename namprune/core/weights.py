@@ -18,6 +18,7 @@ import torch.nn as nn
 
 from .console import note
 from .errors import NampruneError
+from .paths import check_weights_file
 from .graph import classifier_name
 from .nam import ChannelNAM, SpatialNAM
 
@@ -29,9 +30,7 @@ WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DistributedDataParallel, torch.c
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """The state_dict in ``path`` (plain, or nested under ``state_dict`` / ``model``), wrapper
     prefixes removed. Anything else is a ``NampruneError`` naming what the file is."""
-    path = Path(path)
-    if not path.is_file():
-        raise NampruneError(f"--weights {path}: no such file")
+    path = check_weights_file(path)
     if path.suffix.lower() == ".onnx":
         raise NampruneError(f"--weights {path} is an ONNX file; --weights takes a PyTorch state_dict (.pt / .pth)")
     try:
