@@ -102,6 +102,8 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS), metavar="METHOD")
     parser.add_argument("--only-train", nargs="*", help="train these bases of every seed and stop")
     parser.add_argument("--no-report", action="store_true", help="compute the rows and stop (no timing, no tables)")
+    parser.add_argument("--ranking-study", action="store_true",
+                        help="also rank the namprune and tp-plain bases by every importance (no fine-tuning)")
     parser.add_argument("--no-update", action="store_true", help="do not rewrite BENCHMARKS.md")
     args = parser.parse_args()
 
@@ -119,7 +121,7 @@ def main() -> None:
             results.append(prune_and_finetune(method, seed, data_dir, args))
     if args.no_report:
         return
-    study = [row for seed in args.seeds for row in ranking_study(seed, data_dir, args)]
+    study = [row for seed in args.seeds for row in ranking_study(seed, data_dir, args)] if args.ranking_study else []
     latency = side_by_side([r["folder"] for r in results if r["seed"] == args.seeds[0]], data_dir, args)
     text = markdown(results, study, latency, args, time.time() - started)
     print(text)
