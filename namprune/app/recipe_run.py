@@ -26,6 +26,7 @@ import yaml
 from ..core import checkpoint
 from ..core.console import note
 from ..core.errors import NampruneError
+from ..core.models.foreign import accepting_changed_files
 from ..core.files import commit_dir, run_dir, staging_dir, write_json, write_text
 from ..core.saliency import rank_model
 from ..core.settings import LATENCY, FinetuneSettings, LatencySettings
@@ -68,13 +69,13 @@ def run_recipe(recipe: Recipe, out: str | Path, device: str = "auto", overwrite:
     """Run every stage of ``recipe`` not yet done in ``out``; returns ``out``."""
     out = Path(out)
     text = yaml.safe_dump(recipe.model_dump(), sort_keys=False)
-    if _recipe_in(out) == text:
+    if _same_run(_recipe_in(out), text):
         note(f"{out} already holds this recipe's complete run; nothing to do")
         return out
     if out.exists() and not overwrite:
         raise NampruneError(f"{out} holds the run of a different recipe; choose another --out or pass --overwrite")
     root = staging_dir(out)
-    if root.exists() and _recipe_in(root) not in (None, text):
+    if root.exists() and _recipe_in(root) is not None and not _same_run(_recipe_in(root), text):
         if not overwrite:
             raise NampruneError(f"{root} holds an interrupted run of a different recipe; pass --overwrite to discard it")
         shutil.rmtree(root)
@@ -83,14 +84,15 @@ def run_recipe(recipe: Recipe, out: str | Path, device: str = "auto", overwrite:
     write_text(root / "recipe.yaml", text)
     job = Job(recipe, root, device, progress, latency)
     try:
-        for stage, step in STEPS.items():
-            if stage == "finetune" and not recipe.finetune.epochs or stage == "export" and not recipe.export.enabled:
-                continue
-            if job.folder(stage).exists():
-                note(f"[green]✓[/] {stage}: done earlier")
-                continue
-            note(f"[bold]▶ {stage}[/]")
-            step(job)
+        with accepting_changed_files(recipe.model.accept_changed_model):
+            for stage, step in STEPS.items():
+                if stage == "finetune" and not recipe.finetune.epochs or stage == "export" and not recipe.export.enabled:
+                    continue
+                if job.folder(stage).exists():
+                    note(f"[green]✓[/] {stage}: done earlier")
+                    continue
+                note(f"[bold]▶ {stage}[/]")
+                step(job)
     except BaseException:
         if fresh and _nothing_done(root):  # a run that failed before doing anything leaves nothing behind
             shutil.rmtree(root, ignore_errors=True)
@@ -102,6 +104,17 @@ def run_recipe(recipe: Recipe, out: str | Path, device: str = "auto", overwrite:
 def _nothing_done(root: Path) -> bool:
     """Only the recipe and empty or absent stage folders: no work to resume."""
     return all(p.name == "recipe.yaml" or (p.is_dir() and not any(p.iterdir())) for p in root.iterdir())
+
+
+def _same_run(recorded: str | None, text: str) -> bool:
+    """Is ``recorded`` (a run's recipe.yaml) the recipe ``text``? ``model.accept_changed_model``
+    does not count: it is what resumes a run whose model file was edited since."""
+    if recorded is None:
+        return False
+    a, b = yaml.safe_load(recorded), yaml.safe_load(text)
+    for recipe in (a, b):
+        recipe.get("model", {}).pop("accept_changed_model", None)
+    return a == b
 
 
 def _recipe_in(folder: Path) -> str | None:

@@ -66,6 +66,7 @@ def train(
 ) -> None:
     """Train a model with NAM attention and the sparsity penalty; checkpoint every epoch."""
     from ..app.stages import resume_training, train_model
+    from ..core.attach import NoKnownBlocks
 
     if resume is not None:
         summary = resume_training(resume, data_dir, device, workers, progress=not quiet)
@@ -76,9 +77,12 @@ def train(
                           lr_decay=lr_decay, warmup_epochs=warmup_epochs, label_smoothing=label_smoothing, sparsity=sparsity,
                           sparsity_targets=sparsity_targets, seed=seed, device=device, amp=amp,
                           channels_last=channels_last, compile=compile_, sync_bn=sync_bn)
-        summary = train_model(model, dataset, cfg, out, data_dir=data_dir, image_size=image_size, attention=attention,
-                              workers=workers, overwrite=overwrite, progress=not quiet, weights=weights,
-                              nam_after=_names(nam_after))
+        try:
+            summary = train_model(model, dataset, cfg, out, data_dir=data_dir, image_size=image_size, attention=attention,
+                                  workers=workers, overwrite=overwrite, progress=not quiet, weights=weights,
+                                  nam_after=_names(nam_after))
+        except NoKnownBlocks as exc:  # worded for Python (after=[...]); here the layers are named with a flag
+            raise exc.for_flag("--nam-after") from None
     final, extra = summary.final, summary.config["extra"]
     console.print(f"trained {extra['model']} ({extra['attention']}) on {extra['dataset']}: top-1 {final['test_top1']:.2f}%, "
                   f"top-5 {final['test_top5']:.2f}% after {summary.epochs} epochs ({summary.train_time_s:.0f} s)")
