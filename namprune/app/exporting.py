@@ -104,7 +104,7 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, settings: ExportSetting
     threads = latency.num_threads if latency else None
     sess = session(onnx_bytes, threads)
     parity = check_parity(exported, sess, images) if s.check else None
-    if gates and gates["removed"]:  # the check above held the file to what was exported; this, to the checkpoint
+    if gates:  # the check above held the file to what was exported; this, to the checkpoint (exact when none removed)
         gates |= removal_effect(model, sess, images, data)
         parity = parity and {**parity, "vs_unfolded": gates.pop("vs_unfolded")}
     files = {onnx_path: onnx_bytes}
