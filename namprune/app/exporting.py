@@ -29,13 +29,10 @@ from ..core.records import ExportRecord
 from ..core.quantize import int8_path, int8_record, quantize_int8
 from ..core.settings import EXPORT, GATE_IMAGES, GATE_TOLERANCE, LATENCY, ExportSettings, LatencySettings
 from ..core.timing import measure_latency, settings_record, speedups
-from ..core.train import evaluate
 from .datasource import calibration_images, checkpoint_data
 from .run_folders import unpruned_source
 
 TEST_SAMPLES = 64
-
-
 
 
 def removal_effect(model: nn.Module, sess: ort.InferenceSession, images: torch.Tensor | None, data) -> dict:

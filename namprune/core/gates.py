@@ -244,7 +244,8 @@ def checked_removal(model: nn.Module, stats: list[GateStat], tolerance: float,
     found = agreement(reference, _logits(folded, images))
     if candidates and not _keeps_predictions(found):
         chosen: list[GateStat] = []
-        folded, found = fold_nam(model), agreement(reference, _logits(fold_nam(model), images))
+        folded = fold_nam(model)  # every gate kept: exact
+        found = agreement(reference, _logits(folded, images))
         for stat in candidates:  # greedy: each removal is judged with the earlier ones in place
             trial = _without(model, [*chosen, stat], tolerance)
             trial_found = agreement(reference, _logits(trial, images))
