@@ -1,6 +1,7 @@
 """Bring your own model from the command line: ``--model timm:<name>``, ``--model
 path/to/file.py:function`` and ``--weights FILE``, each through train -> prune -> export."""
 
+import hashlib
 import json
 import shutil
 import sys
@@ -138,7 +139,73 @@ def test_a_model_file_is_rebuilt_only_from_the_unchanged_file(tmp_path, capsys):
     assert code == 0 and json.loads((tmp_path / "info.json").read_text())["model"] == f"{source}:small_cnn"
     source.write_text(source.read_text() + "\n# edited\n")
     code, _, err = run_cli(capsys, "info", tmp_path / "run")
-    assert_one_line_error(code, err, "my_model.py changed since the checkpoint was made")
+    assert_one_line_error(code, err, "my_model.py changed since the checkpoint was made", "pass --accept-changed-model",
+                          "model.accept_changed_model: true")
+    # the way forward the message names: the file as it is now, with a note
+    code, out, err = run_cli(capsys, "prune", tmp_path / "run", "--ratio", "0.3", "--out", tmp_path / "pruned",
+                             "--accept-changed-model")
+    assert code == 0, err
+    assert "my_model.py changed since the checkpoint was made; building the model from it as it is now" in err
+    pruned = torch.load(tmp_path / "pruned" / "model.pt", weights_only=True)
+    assert pruned["arch"]["sha256"] == hashlib.sha256(source.read_bytes()).hexdigest()  # pinned to the file used
+    code, _, err = run_cli(capsys, "info", tmp_path / "pruned")  # and read without the flag from then on
+    assert code == 0, err
+
+
+def test_a_recipe_run_resumes_past_an_edited_model_file_with_its_key(tmp_path, capsys):
+    source = tmp_path / "my_model.py"
+    shutil.copy(ROOT / "tests" / "test_byom.py", source)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"model: {{name: '{source}:small_cnn', attention: none}}\n"
+                      "data: {dataset: fake, image_size: 16, batch_size: 64}\n"
+                      "train: {epochs: 1, lr: 0.01}\nprune: {ratio: 0.3, importance: l1}\n"
+                      "finetune: {epochs: 0}\nexport: {enabled: false}\n")
+    code, _, err = run_cli(capsys, "run", recipe, "--out", tmp_path / "out", "-q")
+    assert code == 0, err
+    # as if interrupted after training: the run folder with only its recipe and the train stage
+    partial = tmp_path / "out.partial"
+    (tmp_path / "out").rename(partial)
+    for stage in partial.iterdir():
+        if stage.is_dir() and stage.name != "train":
+            shutil.rmtree(stage)
+    source.write_text(source.read_text() + "\n# edited\n")
+    code, _, err = run_cli(capsys, "run", recipe, "--out", tmp_path / "out", "-q")
+    last = err.strip().splitlines()[-1]  # after the run's stage notes
+    assert code == 2 and last.startswith("error: ") and "model.accept_changed_model: true" in last, err
+    code, _, err = run_cli(capsys, "run", recipe, "--out", tmp_path / "out", "-q",
+                           "--set", "model.accept_changed_model=true")
+    assert code == 0, err
+    assert "my_model.py changed since the checkpoint was made" in err
+    assert (tmp_path / "out" / "prune" / "model.pt").is_file()
+
+
+def test_a_model_without_known_blocks_names_the_flag_and_the_candidates(tmp_path, capsys):
+    source = tmp_path / "my_net.py"
+    source.write_text("import torch.nn as nn\n\n\ndef net(num_classes=10, in_channels=1):\n"
+                      "    return nn.Sequential(\n"
+                      "        nn.Sequential(nn.Conv2d(in_channels, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU()),\n"
+                      "        nn.Sequential(nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.BatchNorm2d(16), nn.ReLU(),\n"
+                      "                      nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU()),\n"
+                      "        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, num_classes))\n")
+    code, _, err = run_cli(capsys, "train", "--model", f"{source}:net", *FAST, "--out", tmp_path / "run")
+    assert_one_line_error(code, err, "no residual block it knows", "--nam-after",
+                          "0.1 (8 channels, 16x16), 1.4 (16 channels, 8x8)")
+    assert "after=[" not in err and not (tmp_path / "run").exists()
+    # a candidate it names is what --nam-after takes
+    code, _, err = run_cli(capsys, "train", "--model", f"{source}:net", "--nam-after", "0.1,1.4", *FAST,
+                           "--out", tmp_path / "run")
+    assert code == 0, err
+    assert sum(isinstance(m, namprune.NAM) for m in namprune.load(tmp_path / "run").modules()) == 2
+
+
+def test_a_channel_shuffle_is_refused_by_prune_in_one_line(tmp_path, capsys):
+    """torch-pruning's graph divided by zero on ShuffleNet's channel shuffle: 'internal error'."""
+    torch.manual_seed(0)
+    model = models.create("tv:shufflenet_v2_x0_5", num_classes=10, attention="none", input_size=32, in_channels=1)
+    ckpt = save_digits_checkpoint(tmp_path / "shufflenet" / "model.pt", model)
+    code, _, err = run_cli(capsys, "prune", ckpt, "--ratio", "0.3", "--out", tmp_path / "p")
+    assert_one_line_error(code, err, "cannot prune ShuffleNetV2", "a view that regroups the channels (a channel shuffle")
+    assert "internal error" not in err and not (tmp_path / "p").exists()
 
 
 def test_a_constructor_without_num_classes_gets_its_classifier_resized(tmp_path, capsys):

@@ -147,3 +147,61 @@ def test_existing_output_is_kept_without_overwrite(exported, digits_ckpt, capsys
     code, _, err = run_cli(capsys, "export", digits_ckpt, "--out", out)
     assert_one_line_error(code, err, "already exists", "--overwrite")
     assert (out.read_bytes(), out.with_name("model.export.json").read_bytes()) == before
+
+
+# --------------------------------------------------------------------------- gates removed only when predictions stay
+
+
+def _file_agreement(ckpt, onnx_file) -> tuple[int, int]:
+    """Digits test images on which the real file (onnxruntime) and namprune.load's model give the same class."""
+    model = namprune.load(ckpt).eval()
+    sess = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+    test = namprune.load_data("digits", image_size=model.namprune_spec["input_size"]).test
+    agree = total = 0
+    with torch.no_grad():
+        for images, _ in test:
+            ours = model(images).argmax(1).numpy()
+            agree += int((sess.run(None, {"input": images.numpy()})[0].argmax(1) == ours).sum())
+            total += len(ours)
+    return agree, total
+
+
+@pytest.fixture(scope="module")
+def sparse_2_epochs(tmp_path_factory):
+    """The issue's model: ResNet-20 sparse-trained for 2 epochs on digits, its logits close together,
+    where replacing every gate within the spread tolerance changed 4 % of the predictions."""
+    run = tmp_path_factory.mktemp("sparse") / "train"
+    proc = run_subprocess("train", "--epochs", "2", "--sparsity", "1e-4", "--out", run)
+    assert proc.returncode == 0, proc.stderr
+    return run / "model.pt"
+
+
+def test_the_default_export_keeps_the_models_predictions(sparse_2_epochs, tmp_path, capsys):
+    out = tmp_path / "model.onnx"
+    code, stdout, err = run_cli(capsys, "export", sparse_2_epochs, "--out", out, "--no-latency")
+    assert code == 0, err
+    agree, total = _file_agreement(sparse_2_epochs, out)
+    assert total == 360 and agree >= 0.995 * total
+    gates = json.loads(out.with_name("model.export.json").read_text())["nam_gates"]
+    check = gates["check"]
+    assert check["candidates"] > 0 and check["refused"] == check["candidates"] - gates["removed"]
+    assert check["images"] == 256 + 64 and check["top1_agree"] >= 0.999 * check["images"]
+    assert check["max_rel_diff"] <= check["logit_tolerance"]
+    # the record's count of agreeing test images is the one onnxruntime shows
+    assert (gates["test_top1_agree"], gates["test_images"]) == (agree, total)
+    assert f"on {check['top1_agree']}/{check['images']} images checked" in " ".join(stdout.split())
+    # --check-only repeats the same removal and finds the file equal to it
+    code, stdout, err = run_cli(capsys, "export", sparse_2_epochs, "--out", out, "--check-only")
+    assert code == 0 and "agrees" in stdout, err
+
+
+def test_keep_gates_exports_every_gate_and_the_file_is_exact(sparse_2_epochs, tmp_path, capsys):
+    out = tmp_path / "model.onnx"
+    code, _, err = run_cli(capsys, "export", sparse_2_epochs, "--out", out, "--no-latency", "--keep-gates")
+    assert code == 0, err
+    gates = json.loads(out.with_name("model.export.json").read_text())["nam_gates"]
+    assert gates["removed"] == 0 and gates["mode"] == "keep" and gates["total"] == 18
+    assert _file_agreement(sparse_2_epochs, out) == (360, 360) == (gates["test_top1_agree"], gates["test_images"])
+    assert gates["max_rel_diff_vs_unfolded"] < 1e-5  # folding alone is exact
+    sigmoids = [n for n in onnx.load(str(out)).graph.node if n.op_type == "Sigmoid"]
+    assert len(sigmoids) == 18  # one per NAM branch: nothing replaced

@@ -1,4 +1,10 @@
+import os
 import re
+import subprocess
+import sys
+
+import numpy as np
+import torch
 
 from cli_helpers import ROOT
 
@@ -34,7 +40,62 @@ def test_every_shipped_recipe_is_in_the_readme():
         assert f"`{recipe.stem}`" in text, recipe.stem
 
 
-def test_the_bring_your_own_model_example_is_the_script_in_docs():
+def test_every_python_block_of_the_readme_is_an_example_script_in_docs():
+    # the scripts are what the tests below run, so the README shows code that runs
     text = (ROOT / "README.md").read_text()
-    block = re.search(r"<!-- byom-example -->\s*```python\n(.*?)```", text, re.S).group(1)
-    assert block == (ROOT / "docs" / "examples" / "bring_your_own_model.py").read_text()
+    blocks = re.findall(r"(?:<!-- example: (\S+) -->\n)?```python\n(.*?)```", text, re.S)
+    assert len(blocks) >= 2
+    for path, block in blocks:
+        assert path, f"a README Python block is not marked as a docs/examples script: {block[:80]!r}"
+        assert block == (ROOT / path).read_text(), path
+
+
+def _run_example(name: str, tmp_path, *args) -> str:
+    """Run docs/examples/<name> as a user would (a fresh process, in a scratch folder), on the
+    short settings the examples read from NAMPRUNE_EXAMPLE_QUICK; returns its stdout."""
+    env = {**os.environ, "NAMPRUNE_EXAMPLE_QUICK": "1", "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run([sys.executable, str(ROOT / "docs" / "examples" / name), *map(str, args)], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+def test_the_python_api_example_runs_and_prints_its_results(tmp_path):
+    out = _run_example("python_api.py", tmp_path)
+    assert re.search(r"^removed \d+% of \d+ channels$", out, re.M), out
+    before = re.search(r"^sparse-trained +top-1 +[\d.]+ % +MACs +([\d.]+) M$", out, re.M)
+    after = re.search(r"^pruned \+ fine-tuned +top-1 +[\d.]+ % +MACs +([\d.]+) M$", out, re.M)
+    assert before and after, out
+    assert float(after.group(1)) <= 0.52 * float(before.group(1))  # pruned to half of the MACs
+
+
+def test_the_bring_your_own_model_example_runs_to_its_checked_onnx_file(tmp_path):
+    out = _run_example("bring_your_own_model.py", tmp_path)
+    assert "NAM after 8 layers: layer1.0.bn2, layer1.1.bn2, layer2.0.bn2, ..." in out
+    macs = re.search(r"^top-1 [\d.]+ % -> [\d.]+ %, MACs ([\d.]+) M -> ([\d.]+) M$", out, re.M)
+    assert macs and float(macs.group(2)) <= 0.52 * float(macs.group(1)), out
+    assert "reloaded model gives the same outputs: True" in out
+    onnx = re.search(r"^ONNX: [\d.]+ MiB, onnxruntime vs torch: max relative difference (\S+)$", out, re.M)
+    assert onnx and float(onnx.group(1)) < 1e-4, out
+    assert (tmp_path / "resnet18-pruned.onnx").is_file() and (tmp_path / "resnet18-pruned.export.json").is_file()
+
+
+def _write_idx(path, array: np.ndarray) -> None:
+    """An MNIST file (IDX: zero, type 0x08 = uint8, the number of dimensions, big-endian sizes, the bytes)."""
+    header = bytes([0, 0, 8, array.ndim]) + b"".join(int(n).to_bytes(4, "big") for n in array.shape)
+    path.write_bytes(header + array.astype(np.uint8).tobytes())
+
+
+def test_the_pretraining_example_trains_and_saves_a_state_dict(tmp_path):
+    raw = tmp_path / "data" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 256), ("t10k", 32)):
+        _write_idx(raw / f"{split}-images-idx3-ubyte", rng.integers(0, 256, (count, 28, 28)))
+        _write_idx(raw / f"{split}-labels-idx1-ubyte", rng.integers(0, 10, count))
+    out = _run_example("pretrain_mnist.py", tmp_path, tmp_path / "data", "weights.pth")
+    assert re.search(r"^step   0/2  loss [\d.]+$", out, re.M), out
+    assert out.splitlines()[-1] == "saved weights.pth"
+    state = torch.load(tmp_path / "weights.pth", weights_only=True)
+    assert state["fc.weight"].shape == (10, 512)

@@ -3,6 +3,7 @@ import csv
 import json
 import shutil
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, strategies as st
@@ -16,7 +17,7 @@ from namprune.core.files import write_json
 from namprune.core.settings import LatencySettings, PruneConfig
 from namprune.core.measure import count_macs, count_params, measure_accuracy, measure_latency
 from namprune.core.prune import prune
-from namprune.app.comparison import pareto_front
+from namprune.app.comparison import fronts, pareto_front
 from namprune.app.run_folders import expand, find_base, load_run
 from test_pruning import _scramble_scales
 
@@ -92,6 +93,8 @@ def test_report_shows_the_known_numbers(runs, tmp_path, capsys):
     assert "base (base)" in stdout and "-20.75" in stdout  # the table on stdout: p60 lost 20.75 points
     assert_png(out["plot"])
     assert_png(out["widths"])
+    printed = " ".join(stdout.split())  # the table's terminal may wrap the line
+    assert f"plot: {out['plot']}" in printed and f"layer widths: {out['widths']}" in printed
 
 
 def test_report_can_measure_top1_again(runs, tmp_path, capsys):
@@ -204,9 +207,90 @@ def test_sweep_keeps_an_existing_output(runs, tmp_path, capsys):
 
 
 def test_rank_plot(runs, tmp_path, capsys):
-    code, _, err = run_cli(capsys, "rank", runs / "base", "--top", "0", "--plot", tmp_path / "rank.png")
+    code, out, err = run_cli(capsys, "rank", runs / "base", "--top", "0", "--plot", tmp_path / "rank.png")
     assert code == 0, err
     assert_png(tmp_path / "rank.png", min_width=800, min_height=700)  # channel panels and 9 pixel maps
+    assert f"plot: {tmp_path / 'rank.png'}" in " ".join(out.split())
+
+
+# --------------------------------------------------------------------------- what the pictures show
+
+
+def _ranking(runs):
+    from namprune.core.saliency import rank_model
+    return rank_model(checkpoint.load(runs / "base"), "nam", "auto", calibration=random_batches(16), images=16)
+
+
+def _log_axis(fig):
+    return next(ax for ax in fig.axes if ax.get_yscale() == "log")
+
+
+def test_the_ranking_axis_fits_the_scores(runs):
+    from namprune.app.plots import ranking_figure
+    from namprune.core.saliency import NEAR_ZERO
+
+    ranking = _ranking(runs)
+    ax = _log_axis(ranking_figure(ranking))
+    values = np.concatenate([(g.scores / ranking.reference).numpy() for g in ranking.groups])
+    low, high = ax.get_ylim()
+    # every score and the two reference lines in view, and no more than a decade of empty axis either side
+    assert low <= min(values.min(), NEAR_ZERO) and high >= max(values.max(), 1.0)
+    assert low >= min(values.min(), NEAR_ZERO) / 10 and high <= max(values.max(), 1.0) * 10
+
+
+def test_flat_pixel_maps_are_left_out_with_a_note(runs):
+    from namprune.app.plots import ranking_figure
+
+    ranking = _ranking(runs)
+    names = list(ranking.pixels)
+    assert len(names) >= 2
+    pixels = {name: torch.linspace(0.5, 1.5, m.numel()).view_as(m) for name, m in ranking.pixels.items()}
+    pixels[names[0]] = torch.ones_like(pixels[names[0]])  # one value: a single colour
+    ranking.pixels = pixels
+    fig = ranking_figure(ranking)
+    drawn = [ax for ax in fig.axes if ax.images and ax.get_visible()]
+    assert len(drawn) == len(names) - 1
+    assert names[0].removesuffix(".spatial") not in [ax.get_title().replace("\n", "") for ax in drawn]
+    notes = [sub._suptitle.get_text() for sub in fig.subfigs if sub._suptitle is not None]
+    assert any(f"1 of {len(names)} pixel maps left out" in n and names[0].removesuffix(".spatial") in n for n in notes)
+
+
+def _comparison(trusted: list[bool]) -> dict:
+    """Three runs, cheaper is less accurate (all on the front when trusted); latency at batch 1
+    flagged as given."""
+    runs = [{"name": name, "base": name == "base", "macs": macs, "top1": top1,
+             "latency": {"1": {"median_ms": ms, "trusted": ok}}}
+            for (name, macs, top1, ms), ok in zip([("base", 40e6, 95.0, 4.0), ("p30", 25e6, 94.0, 3.0),
+                                                   ("p60", 12e6, 90.0, 2.0)], trusted)]
+    result = {"runs": runs, "settings": {"batches": [1], "device": "cpu", "threads": 1, "torch": torch.__version__}}
+    return {**result, "fronts": fronts(result)}
+
+
+def test_untrusted_latencies_are_hollow_and_on_no_front():
+    from namprune.app.plots import pareto_figure
+
+    result = _comparison([True, False, True])
+    assert result["fronts"]["latency_b1"] == [True, False, True] and result["fronts"]["macs"] == [True] * 3
+    fig = pareto_figure(result, result["fronts"])
+    macs_ax, latency_ax = fig.axes[:2]
+    front = next(line for line in latency_ax.get_lines() if line.get_label() == "Pareto front")
+    assert sorted(front.get_xdata()) == [2.0, 4.0]  # p30's untrusted 3 ms is not on it
+    hollow = next(c for c in latency_ax.collections if c.get_label().startswith("latency untrusted"))
+    assert hollow.get_offsets().tolist() == [[3.0, 94.0]] and hollow.get_facecolors().size == 0
+    assert "1 of 3 latencies untrusted" in latency_ax.get_title()
+    assert not any(c.get_label().startswith("latency untrusted") for c in macs_ax.collections)
+    legend = [text.get_text() for text in fig.legends[0].get_texts()]
+    assert "latency untrusted (no front through it)" in legend and "Pareto front" in legend
+
+
+def test_no_front_is_drawn_when_no_latency_is_trusted(tmp_path):
+    from namprune.app.plots import pareto_figure, plot_pareto
+
+    result = _comparison([False, False, False])
+    assert result["fronts"]["latency_b1"] == [False] * 3
+    fig = pareto_figure(result, result["fronts"])
+    assert not [line for line in fig.axes[1].get_lines() if line.get_label() == "Pareto front"]
+    assert_png(plot_pareto(result, result["fronts"], tmp_path / "pareto.png"))
 
 
 @given(st.lists(st.tuples(st.integers(0, 5), st.integers(0, 5)), min_size=1, max_size=12))

@@ -82,11 +82,16 @@ def pareto_front(costs: list[float], scores: list[float]) -> list[bool]:
 
 
 def fronts(result: dict) -> dict[str, list[bool]]:
-    """The Pareto front of top-1 against MACs and against the measured latency at each batch."""
+    """The Pareto front of top-1 against MACs and against the measured latency at each batch.
+    A latency flagged untrusted is on no front, and is no reason for another point to be off one."""
     rows, top1 = result["runs"], [row["top1"] for row in result["runs"]]
     out = {"macs": pareto_front([row["macs"] for row in rows], top1)}
     for batch in result["settings"]["batches"]:
-        out[f"latency_b{batch}"] = pareto_front([row["latency"][str(batch)]["median_ms"] for row in rows], top1)
+        timed = [row["latency"][str(batch)] for row in rows]
+        trusted = [i for i, t in enumerate(timed) if t.get("trusted", True)]
+        on = pareto_front([timed[i]["median_ms"] for i in trusted], [top1[i] for i in trusted])
+        front = dict(zip(trusted, on))
+        out[f"latency_b{batch}"] = [front.get(i, False) for i in range(len(rows))]
     return out
 
 

@@ -2,15 +2,17 @@
 with its record beside it (``model.onnx`` -> ``model.export.json``, so several exports share a
 folder) and measured latency. A file that fails the check is not written.
 
-NAM gates that act as constants on training images are replaced by them before export
-(``gates.fold_for_export``); the check holds the file to the model exported, and reports the
-difference from the unfolded model and its test top-1. ``--int8``: ``quantize``.
+NAM gates that act as constants on training images are replaced by them before export when
+the model without them keeps the unfolded model's predictions (``gates.fold_for_export``); the
+check holds the file to the model exported, and the record reports the difference from the
+unfolded model: on how many test images the two agree, and both test top-1. ``--int8``: ``quantize``.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
@@ -21,33 +23,47 @@ from ..core.errors import NampruneError
 from ..core.files import write_atomic, write_json
 from ..core.gates import fold_for_export, has_gates
 from ..core.measure import count_params
-from ..core.onnx import (RANDOM_SAMPLES, ExportError, check_opset, check_parity, compare, input_shape, onnx_params,
-                         opset_of, output_paths, session, to_onnx)
+from ..core.onnx import (RANDOM_SAMPLES, ExportError, batches, check_opset, check_parity, compare, fixed_batch,
+                         input_shape, onnx_params, opset_of, output_paths, run_checked, session, to_onnx)
 from ..core.records import ExportRecord
-from ..core.quantize import int8_path, int8_record, onnx_accuracy, quantize_int8
+from ..core.quantize import int8_path, int8_record, quantize_int8
 from ..core.settings import EXPORT, GATE_IMAGES, GATE_TOLERANCE, LATENCY, ExportSettings, LatencySettings
 from ..core.timing import measure_latency, settings_record, speedups
-from ..core.train import evaluate
 from .datasource import calibration_images, checkpoint_data
 from .run_folders import unpruned_source
 
 TEST_SAMPLES = 64
 
 
-
-
 def removal_effect(model: nn.Module, sess: ort.InferenceSession, images: torch.Tensor | None, data) -> dict:
     """What replacing gates by constants changed: the file against the unfolded ``model`` (on
-    test images, else the check's random inputs), and top-1 on the whole test split."""
+    test images, else the check's random inputs), and on the whole test split the images whose
+    top-1 the file and the unfolded model agree on, and the top-1 of both."""
     x = images if images is not None else torch.randn(input_shape(model, RANDOM_SAMPLES),
                                                         generator=torch.Generator().manual_seed(0))
     c = compare(model, sess, x, f"{'test images' if images is not None else 'random'} vs unfolded")
     effect = {"vs_unfolded": {**c, "ok": None}, "max_rel_diff_vs_unfolded": c["max_rel_diff"]}
     if data is not None:
-        unfolded, exported = evaluate(model, data.test, "cpu")["top1"], onnx_accuracy(sess, data.test)
-        effect |= {"top1_unfolded": unfolded, "top1_exported": exported["top1"], "test_images": exported["images"],
-                   "top1_change": round(exported["top1"] - unfolded, 4)}
+        split = split_agreement(model, sess, data.test)
+        effect |= {**split, "top1_change": round(split["top1_exported"] - split["top1_unfolded"], 4)}
     return effect
+
+
+@torch.no_grad()
+def split_agreement(model: nn.Module, sess: ort.InferenceSession, loader) -> dict:
+    """Top-1 of ``model`` (torch) and of the file (onnxruntime) over ``loader``, and the images
+    on which the two give the same class."""
+    agree = right_model = right_file = total = 0
+    for images, labels in loader:
+        images, labels = images.cpu(), labels.cpu()
+        ours = model(images).argmax(1)
+        theirs = torch.from_numpy(np.concatenate([run_checked(sess, b) for b in batches(images, fixed_batch(sess))])
+                                  [:len(images)]).argmax(1)
+        agree += int((ours == theirs).sum())
+        right_model, right_file = right_model + int((ours == labels).sum()), right_file + int((theirs == labels).sum())
+        total += len(labels)
+    return {"test_images": total, "test_top1_agree": agree, "top1_unfolded": round(100 * right_model / total, 4),
+            "top1_exported": round(100 * right_file / total, 4)}
 
 
 # --------------------------------------------------------------------------- the whole job
@@ -60,7 +76,9 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, settings: ExportSetting
     Raises ``NampruneError`` for bad arguments (before any work) and ``ExportError`` when
     both exporters fail or the check fails; then nothing is written. ``latency``: how the
     files are timed (None: not at all). NAM gates whose spread on the calibration images is
-    at most ``settings.gate_tolerance`` are replaced by constants; ``settings.int8`` also
+    at most ``settings.gate_tolerance`` are replaced by constants when the model without them
+    keeps the unfolded model's predictions (``gates.checked_removal``; ``settings.remove_gates``
+    False keeps every gate); ``settings.int8`` also
     writes ``<out stem>.int8.onnx``.
     """
     s, fixed = settings, settings.fixed_batch
@@ -74,15 +92,16 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, settings: ExportSetting
     if s.int8 and data is None:
         raise NampruneError(f"--int8 calibrates on {payload['data']['name']} training images: give --data-dir")
     calib = calibration_images(data, s.calibration_images)
-    images = test_images(data) if s.check else None
-    exported, gates = fold_for_export(model, calib, s.gate_tolerance) if s.fold else (model, None)
+    images = test_images(data)
+    exported, gates = fold_for_export(model, calib, s.gate_tolerance, images, s.remove_gates) if s.fold else (model, None)
+    images = images if s.check else None
 
     proto, exporter = to_onnx(exported, fixed, s.opset, s.optimize)
     onnx_bytes = proto.SerializeToString()
     threads = latency.num_threads if latency else None
     sess = session(onnx_bytes, threads)
     parity = check_parity(exported, sess, images) if s.check else None
-    if gates and gates["removed"]:  # the check above held the file to what was exported; this, to the checkpoint
+    if gates:  # the check above held the file to what was exported; this, to the checkpoint (exact when none removed)
         gates |= removal_effect(model, sess, images, data)
         parity = parity and {**parity, "vs_unfolded": gates.pop("vs_unfolded")}
     files = {onnx_path: onnx_bytes}
@@ -140,7 +159,7 @@ def test_images(data) -> torch.Tensor | None:
 def unpruned_session(source: Path, calib, s: ExportSettings, threads: int) -> ort.InferenceSession:
     """The unpruned model exported as ``namprune export`` would, for timing next to the pruned one."""
     model = checkpoint.load(source).eval()
-    exported, _ = fold_for_export(model, calib, s.gate_tolerance)
+    exported, _ = fold_for_export(model, calib, s.gate_tolerance, remove=s.remove_gates)
     return session(to_onnx(exported, s.fixed_batch, s.opset, s.optimize)[0].SerializeToString(), threads)
 
 
@@ -163,8 +182,10 @@ def check_file(ckpt: str | Path, onnx_file: str | Path, data_dir=None, gate_tole
     except ExportError as exc:  # here the file is the user's input, not the export's output
         raise NampruneError(str(exc)) from None
     data = checkpoint_data(payload, data_dir)
-    exported, _ = fold_for_export(model, calibration_images(data, s.calibration_images), s.gate_tolerance)
-    return check_parity(exported, sess, test_images(data))
+    images = test_images(data)
+    exported, _ = fold_for_export(model, calibration_images(data, s.calibration_images), s.gate_tolerance, images,
+                                  remove=recorded.get("mode", "remove") == "remove")
+    return check_parity(exported, sess, images)
 
 
 def recorded_gates(onnx_file: Path) -> dict:

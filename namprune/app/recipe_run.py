@@ -26,6 +26,7 @@ import yaml
 from ..core import checkpoint
 from ..core.console import note
 from ..core.errors import NampruneError
+from ..core.models.foreign import accepting_changed_files
 from ..core.files import commit_dir, run_dir, staging_dir, write_json, write_text
 from ..core.records import TRAIN_STATE
 from ..core.saliency import rank_model
@@ -83,14 +84,15 @@ def run_recipe(recipe: Recipe, out: str | Path, device: str = "auto", overwrite:
     write_text(root / "recipe.yaml", text)
     job = Job(recipe, root, device, progress, latency)
     try:
-        for stage, step in STEPS.items():
-            if stage == "finetune" and not recipe.finetune.epochs or stage == "export" and not recipe.export.enabled:
-                continue
-            if job.folder(stage).exists():
-                note(f"[green]✓[/] {stage}: done earlier")
-                continue
-            note(f"[bold]▶ {stage}[/]")
-            step(job)
+        with accepting_changed_files(recipe.model.accept_changed_model):
+            for stage, step in STEPS.items():
+                if stage == "finetune" and not recipe.finetune.epochs or stage == "export" and not recipe.export.enabled:
+                    continue
+                if job.folder(stage).exists():
+                    note(f"[green]✓[/] {stage}: done earlier")
+                    continue
+                note(f"[bold]▶ {stage}[/]")
+                step(job)
     except BaseException:
         if fresh and _nothing_done(root):  # a run that failed before doing anything leaves nothing behind
             shutil.rmtree(root, ignore_errors=True)
@@ -104,7 +106,9 @@ def _nothing_done(root: Path) -> bool:
     return all(p.name == "recipe.yaml" or (p.is_dir() and not any(p.iterdir())) for p in root.iterdir())
 
 
-RUNTIME_KEYS = (("train", "threads"),)  # how fast a run goes, not what it makes: it continues under other values
+# keys that change how a run goes, not what it makes: a run continues under other values
+# (model.accept_changed_model is what resumes a run whose model file was edited since)
+RUNTIME_KEYS = (("train", "threads"), ("model", "accept_changed_model"))
 
 
 def _same_job(saved: str | None, text: str) -> bool:

@@ -49,6 +49,7 @@ class ModelSection(Section):
     attention: Literal[ATTENTIONS] = DEFAULT_ATTENTION
     weights: Optional[str] = None
     nam_after: Optional[list[str]] = None
+    accept_changed_model: bool = False  # rebuild from a model file that changed since training
 
     @field_validator("name")
     @classmethod

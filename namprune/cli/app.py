@@ -7,6 +7,7 @@ shows the traceback).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import traceback
@@ -27,7 +28,8 @@ from ..core.records import TRAIN_STATE
 app = typer.Typer(
     name="namprune",
     help="Train CNNs with NAM attention and a sparsity penalty, prune the channels the NAM weights "
-         "rank lowest, fine-tune, measure and export. Add --debug anywhere to see tracebacks.",
+         "rank lowest, fine-tune, measure and export. Add --debug anywhere to see tracebacks, and "
+         "--accept-changed-model to rebuild a checkpoint's model from its model file although the file changed.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -89,15 +91,25 @@ def usage_error(exc: UsageError, args: list[str]) -> str:
     return f"{message} (see `namprune{' ' + command if command else ''} --help`)"
 
 
+def _accepting_changed_models(accept: bool):
+    if not accept:  # torch is not imported for nothing: --help answers fast
+        return contextlib.nullcontext()
+    from ..core.models.foreign import accepting_changed_files
+    return accepting_changed_files()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script (and of ``python -m namprune`` / ``python cli.py``)."""
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args or bool(os.environ.get("NAMPRUNE_DEBUG"))
-    args = [a for a in args if a != "--debug"]
+    # like --debug, taken by every command: a checkpoint's edited model file is rebuilt as it is now
+    accept_changed = "--accept-changed-model" in args
+    args = [a for a in args if a not in ("--debug", "--accept-changed-model")]
     from . import commands  # noqa: F401  (registers the commands)
 
     try:
-        result = app(args=args, prog_name="namprune", standalone_mode=False)
+        with _accepting_changed_models(accept_changed):
+            result = app(args=args, prog_name="namprune", standalone_mode=False)
     except typer.Exit as exc:
         return exc.exit_code
     except UsageError as exc:

@@ -13,7 +13,8 @@ from ..core.console import console
 from ..core.errors import NampruneError
 from ..core.paths import check_checkpoint
 from ..core.records import ExportRecord
-from ..core.settings import EXPORT, LATENCY, PARITY_TOLERANCE, ExportSettings, LatencySettings
+from ..core.settings import (EXPORT, GATE_AGREEMENT, GATE_LOGIT_TOLERANCE, LATENCY, PARITY_TOLERANCE, ExportSettings,
+                             LatencySettings)
 from .app import DataDir, Overwrite, app, fail, int_or_text
 from .report import MinTime, Rounds, TimingThreads
 
@@ -28,7 +29,8 @@ def export_(
     check: Annotated[bool, typer.Option("--check/--no-check", help=f"Run the file in onnxruntime against torch on random inputs and, when the data is at hand, test images: max relative difference under {PARITY_TOLERANCE:g} and the same top-1, else exit code 1 and nothing written.")] = EXPORT.check,
     check_only: Annotated[bool, typer.Option("--check-only", help="Export nothing: check the existing --out file against the checkpoint (e.g. after editing it with other tools).")] = False,
     optimize: Annotated[bool, typer.Option("--optimize/--no-optimize", help="Simplify the graph with the exporter's optimizer (constant folding, BatchNorm into Conv, dead nodes) and drop its per-node debug metadata (stack traces with local paths).")] = EXPORT.optimize,
-    gate_tolerance: Annotated[Optional[float], typer.Option("--gate-tolerance", help=f"Replace a NAM gate by its constant (folded into the BatchNorm before it) when its spread on the calibration images (std / mean) is at most this; 0 keeps every gate that varies at all. Default {EXPORT.gate_tolerance:g}; with --check-only, what the export recorded.")] = None,
+    gate_tolerance: Annotated[Optional[float], typer.Option("--gate-tolerance", help=f"A NAM gate whose spread on the calibration images (std / mean) is at most this is a candidate for replacement by its constant (folded into the BatchNorm before it; see --remove-gates); 0 keeps every gate that varies at all. Default {EXPORT.gate_tolerance:g}; with --check-only, what the export recorded.")] = None,
+    remove_gates: Annotated[bool, typer.Option("--remove-gates/--keep-gates", help=f"Replace the NAM gates within --gate-tolerance by their constants when the model without them gives the unfolded model's top-1 on {GATE_AGREEMENT:.1%} of the calibration and test images checked and logits within {GATE_LOGIT_TOLERANCE:g} of them (max |difference| / max |logit|); a gate that fails is folded and kept. --keep-gates keeps every gate: the file computes what the checkpoint does, to float rounding.")] = EXPORT.remove_gates,
     int8: Annotated[bool, typer.Option("--int8", help="Also write <out>.int8.onnx, quantized by onnxruntime (static, QDQ, calibrated on training images), with the test top-1 of both files and their latency (and, for a pruned run, the unpruned FP32 model's).")] = EXPORT.int8,
     calibration: Annotated[Optional[int], typer.Option("--calibration-images", help=f"Training images the gates and the INT8 ranges are calibrated on. Default {EXPORT.calibration_images}; with --check-only, what the export recorded.")] = None,
     latency: Annotated[bool, typer.Option("--latency/--no-latency", help="Measure the median CPU latency of onnxruntime and torch eager at batch 1 and 32, side by side (a few seconds).")] = True,
@@ -53,7 +55,7 @@ def export_(
         settings = ExportSettings(opset=opset, batch=int_or_text(batch), fold=fold, check=check, optimize=optimize,
                                   gate_tolerance=EXPORT.gate_tolerance if gate_tolerance is None else gate_tolerance,
                                   calibration_images=EXPORT.calibration_images if calibration is None else calibration,
-                                  int8=int8)
+                                  remove_gates=remove_gates, int8=int8)
         timing = LatencySettings(threads=threads, rounds=rounds, min_run_time=min_time) if latency else None
         report = export_checkpoint(ckpt, out, settings, timing, data_dir, overwrite)
     except ExportError as exc:  # not the user's mistake: exit code 1, still one line
@@ -90,13 +92,16 @@ def nam_row(report: ExportRecord) -> str:
     if not report.folded or not gates:
         return "folded" if report.folded else "unfolded"
     text = f"folded; {gates['removed']} of {gates['total']} gates replaced by constants"
-    if gates["calibration_images"]:
-        text += f" (spread <= {gates['tolerance']:g} on {gates['calibration_images']} training images)"
+    check = gates.get("check")
+    if check:
+        text += (f" (spread <= {gates['tolerance']:g} on {gates['calibration_images']} training images, and the same "
+                 f"top-1 as the unfolded model on {check['top1_agree']}/{check['images']} images checked")
+        text += f"; {check['refused']} more would change it)" if check["refused"] else ")"
     else:
         text += f" ({gates['note']})"
-    if "top1_change" in gates:
-        text += (f"; test top-1 {gates['top1_unfolded']:.2f}% unfolded, {gates['top1_exported']:.2f}% exported "
-                 f"({gates['top1_change']:+.2f})")
+    if "test_top1_agree" in gates:
+        text += (f"; the file agrees with the unfolded model on {gates['test_top1_agree']}/{gates['test_images']} test "
+                 f"images, top-1 {gates['top1_unfolded']:.2f}% unfolded, {gates['top1_exported']:.2f}% exported")
     return text
 
 

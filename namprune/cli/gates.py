@@ -22,15 +22,15 @@ def print_gate_spread(model, payload: dict, data_dir=None, tolerance: float = GA
         return None
     stats = measure_gates(model.eval(), images)
     table = Table(title=f"NAM gates on {len(images)} training images (spread: std / mean of the gate; max dev.: the "
-                        f"largest |gate - mean| / mean; a gate whose spread is within {tolerance:g} is replaced by its "
-                        f"constant at export)")
+                        f"largest |gate - mean| / mean; a gate whose spread is within {tolerance:g} is a candidate for "
+                        f"replacement by its constant at export)")
     for column in ("gate", "kind", "size", "mean", "min", "max", "spread", "max dev.", "at export"):
         table.add_column(column, justify="left" if column in ("gate", "kind", "at export") else "right")
     for s in stats:
         table.add_row(s.name, s.kind, s.size, f"{s.mean:.4f}", f"{s.low:.4f}", f"{s.high:.4f}", f"{s.spread:.2%}", f"{s.max_deviation:.1%}",
-                      "constant" if s.removable(tolerance) else "kept")
+                      "candidate" if s.removable(tolerance) else "kept")
     console.print(table)
     constant = sum(s.removable(tolerance) for s in stats)
     console.print(f"{constant} of {len(stats)} NAM gates act as constants (spread within {tolerance:g}); "
-                  "namprune export folds them away")
+                  "namprune export replaces those whose removal keeps the predictions")
     return [s.to_dict(tolerance) for s in stats]

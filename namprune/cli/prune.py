@@ -100,6 +100,7 @@ def rank(
         write_json(json_out, {**ranking.to_dict(), "nam_gates": gates})
     if plot:
         plot_ranking(ranking, plot, title=f"channel saliency of {checkpoint.model_file(ckpt)} ({how})")
+        console.print(f"plot: {plot}")
 
 
 @app.command()

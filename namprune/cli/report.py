@@ -63,6 +63,10 @@ def report(
     result = compare(found, base_run, settings, data_for)
     print_table(result)
     save_comparison(result, json_out, markdown_out, csv_out, plot, widths, layers)
+    written = [f"{what}: {path}" for what, path in (("plot", plot), ("layer widths", widths), ("json", json_out),
+                                                   ("markdown", markdown_out), ("csv", csv_out)) if path]
+    if written:
+        console.print("   ".join(written))
 
 
 def _data_loader(data_dir, device: str):

@@ -97,6 +97,7 @@ def train(
         check_out_dir(out, overwrite, resume=f"`{train_resume_command(out)}`")
     try:
         from ..app.stages import resume_training, train_model
+        from ..core.attach import NoKnownBlocks
 
         if resume is not None:
             summary = resume_training(resume, data_dir, device, workers, progress=not quiet, threads=threads)
@@ -104,6 +105,8 @@ def train(
             summary = train_model(model, dataset, cfg, out, data_dir=data_dir, image_size=image_size, attention=attention,
                                   workers=workers, overwrite=overwrite, progress=not quiet, weights=weights,
                                   nam_after=_names(nam_after))
+    except NoKnownBlocks as exc:  # worded for Python (after=[...]); here the layers are named with a flag
+        raise exc.for_flag("--nam-after") from None
     except KeyboardInterrupt:
         raise interrupted(target, f"`{train_resume_command(target)}`") from None
     out = target

@@ -102,6 +102,46 @@ def _get(model: nn.Module, name: str) -> nn.Module:
         raise NampruneError(f"{type(model).__name__} has no layer named {name!r} (see model.named_modules())") from None
 
 
+def candidate_layers(model: nn.Module, example_input: torch.Tensor) -> list[tuple[str, tuple]]:
+    """Where NAM could go in a network ``attach_nam`` does not know: the last BatchNorm of each
+    module that holds BatchNorms as its own children (a block, a stage, a Sequential), with its
+    output shape (without the batch), in the model's order."""
+    last: dict[str, str] = {}
+    for name, m in model.named_modules():
+        if isinstance(m, nn.BatchNorm2d) and name:
+            last[name.rpartition(".")[0]] = name  # the parent's BatchNorm seen last
+    shapes = output_shapes(model, example_input, last.values())
+    return [(name, tuple(shapes[name][1:])) for name in last.values() if getattr(shapes.get(name), "__len__", None)
+            and len(shapes[name]) == 4]
+
+
+class NoKnownBlocks(NampruneError):
+    """``attach_nam`` found no residual block it knows: the message names the layers it could
+    follow instead. ``how`` is how the user names them (``after=[...]`` in Python; the command
+    line says ``--nam-after``)."""
+
+    def __init__(self, model: nn.Module, example_input: torch.Tensor, how: str = "after=[...]"):
+        self.model_name = type(model).__name__
+        try:
+            self.candidates = candidate_layers(model, example_input)
+        except Exception:  # the forward pass fails on the example: the error says so elsewhere
+            self.candidates = []
+        super().__init__(self.message(how))
+
+    def message(self, how: str) -> str:
+        text = (f"attach_nam found no residual block it knows in {self.model_name} (it knows torchvision and timm "
+                f"ResNets, RegNets, EfficientNets and MobileNets); name the layers to follow with {how}")
+        if not self.candidates:
+            return text
+        shown = ", ".join(f"{name} ({shape[0]} channels, {shape[1]}x{shape[2]})" for name, shape in self.candidates[:8])
+        more = f" and {len(self.candidates) - 8} more" if len(self.candidates) > 8 else ""
+        return f"{text}; candidates (the last BatchNorm of each block, output channels and size): {shown}{more}"
+
+    def for_flag(self, flag: str) -> NampruneError:
+        """The same error worded for the command line's ``flag``."""
+        return NampruneError(self.message(f"{flag} NAME,NAME,..."))
+
+
 def has_nam(model: nn.Module) -> bool:
     return any(isinstance(m, NAM) for m in model.modules())
 
@@ -123,9 +163,7 @@ def attach_nam(model: nn.Module, example_input: torch.Tensor, attention: str = "
         raise NampruneError(f"{type(model).__name__} already has NAM attached")
     names = list(dict.fromkeys(after)) if after is not None else branch_ends(model)
     if not names:
-        raise NampruneError(
-            f"attach_nam found no residual block it knows in {type(model).__name__} (it knows torchvision and timm "
-            "ResNets, RegNets, EfficientNets and MobileNets); name the layers to follow with after=[...]")
+        raise NoKnownBlocks(model, example_input)
     if "" in names:
         raise NampruneError("after=[...] names layers inside the model, not the model itself ('')")
     shapes = output_shapes(model, example_input, names)
@@ -151,4 +189,5 @@ def remember_input(model: nn.Module, example_input: torch.Tensor) -> None:
     model.namprune_input_shape = tuple(int(s) for s in example_input.shape[1:])
 
 
-__all__ = ["BRANCH_ENDS", "attach_nam", "branch_ends", "has_nam", "output_shapes", "remember_input"]
+__all__ = ["BRANCH_ENDS", "NoKnownBlocks", "attach_nam", "branch_ends", "candidate_layers", "has_nam", "output_shapes",
+           "remember_input"]

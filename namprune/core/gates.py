@@ -21,6 +21,13 @@ its ``a`` (``sigmoid(a/m * (m x) + b)`` is the same gate). The module becomes an
 (one multiply) takes the gate's place. A spatial constant is a single number: a per-pixel
 map cannot fold into a per-channel BatchNorm, so a spatial gate is removable only when it
 is flat across pixels too.
+
+A small spread is necessary, not sufficient: the small changes of many gates add up, and a
+model whose logits are close together (barely trained) changes its mind. ``fold_for_export``
+therefore removes a gate only when the model without it (and without the gates removed
+before it) still agrees with the unfolded model: the same top-1 on ``GATE_AGREEMENT`` of the
+calibration and test images and logits within ``GATE_LOGIT_TOLERANCE``. Every other gate is
+folded and kept, which is exact.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ import torch.nn as nn
 
 from .fold import FoldedChannelNAM, FoldedNAM, fold_nam
 from .nam import NAM, ChannelNAM, SpatialNAM
+from .settings import GATE_AGREEMENT, GATE_LOGIT_TOLERANCE
 
 # Gates whose spread is at most 3 % go. Measured (BENCHMARKS.md, "NAM at inference"): removing
 # every gate of a CIFAR-10 ResNet-20 (largest spread 2.3 %) changed test top-1 by +0.01 point,
@@ -201,21 +209,77 @@ def _drop_empty_nams(model: nn.Module) -> None:
             setattr(model.get_submodule(parent), child, nn.Identity())
 
 
-def fold_for_export(model: nn.Module, images: torch.Tensor | None, tolerance: float) -> tuple[nn.Module, dict | None]:
-    """``model`` folded (a copy) with its constant gates removed, and the ``nam_gates`` record
-    (None for a model without NAM). Without calibration images every gate stays."""
+@torch.no_grad()
+def _logits(model: nn.Module, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+    return torch.cat([model(batch) for batch in images.split(batch_size)])
+
+
+def agreement(reference: torch.Tensor, logits: torch.Tensor) -> dict:
+    """How far ``logits`` are from ``reference``: images with the same top-1, and the largest
+    difference relative to the largest reference logit."""
+    agree = int((reference.argmax(1) == logits.argmax(1)).sum())
+    rel = float((reference - logits).abs().max() / reference.abs().max().clamp_min(1e-12))
+    return {"images": len(reference), "top1_agree": agree, "max_rel_diff": rel}
+
+
+def _keeps_predictions(found: dict) -> bool:
+    return found["top1_agree"] >= GATE_AGREEMENT * found["images"] and found["max_rel_diff"] <= GATE_LOGIT_TOLERANCE
+
+
+def _without(model: nn.Module, stats: list[GateStat], tolerance: float) -> nn.Module:
+    folded = fold_nam(model)
+    remove_constant_gates(folded, stats, tolerance)
+    return folded
+
+
+def checked_removal(model: nn.Module, stats: list[GateStat], tolerance: float,
+                    images: torch.Tensor) -> tuple[nn.Module, list[str], dict]:
+    """``model`` folded with the constant gates removed that keep its predictions on ``images``:
+    all of them when together they pass, else one at a time, most constant first, each kept
+    removed only if the model without it and the ones before still passes. Returns the model,
+    the names removed and the agreement of that model with ``model`` on ``images``."""
+    reference = _logits(model, images)
+    candidates = sorted((s for s in stats if s.removable(tolerance)), key=lambda s: s.spread)
+    folded = _without(model, candidates, tolerance)
+    found = agreement(reference, _logits(folded, images))
+    if candidates and not _keeps_predictions(found):
+        chosen: list[GateStat] = []
+        folded = fold_nam(model)  # every gate kept: exact
+        found = agreement(reference, _logits(folded, images))
+        for stat in candidates:  # greedy: each removal is judged with the earlier ones in place
+            trial = _without(model, [*chosen, stat], tolerance)
+            trial_found = agreement(reference, _logits(trial, images))
+            if _keeps_predictions(trial_found):
+                chosen, folded, found = [*chosen, stat], trial, trial_found
+        candidates = chosen
+    return folded, [s.name for s in candidates], found
+
+
+def fold_for_export(model: nn.Module, images: torch.Tensor | None, tolerance: float,
+                    check_images: torch.Tensor | None = None, remove: bool = True) -> tuple[nn.Module, dict | None]:
+    """``model`` folded (a copy) with the constant gates removed that keep its predictions on
+    ``images`` (calibration) and ``check_images`` (test), and the ``nam_gates`` record (None
+    for a model without NAM). Without calibration images, or with ``remove=False``, every
+    gate stays and the folded model is exact."""
     folded = fold_nam(model)
     if not has_gates(model):
         return folded, None
-    if images is None:
+    if images is None or not remove:
         total = sum(isinstance(m, FoldedNAM) for m in folded.modules())
+        note = "no calibration images (give --data-dir): every gate kept" if remove else "--keep-gates: every gate kept"
         return folded, {"total": total, "removed": 0, "tolerance": tolerance, "calibration_images": 0,
-                        "note": "no calibration images (give --data-dir): every gate kept"}
+                        "mode": "remove" if remove else "keep", "note": note}
     stats = measure_gates(model, images)
-    removed = remove_constant_gates(folded, stats, tolerance)
+    checked = images if check_images is None else torch.cat([images, check_images])
+    folded, removed, found = checked_removal(model, stats, tolerance, checked)
+    candidates = sum(s.removable(tolerance) for s in stats)
     return folded, {"total": len(stats), "removed": len(removed), "tolerance": tolerance,
-                    "calibration_images": len(images), "gates": [s.to_dict(tolerance) for s in stats]}
+                    "calibration_images": len(images), "mode": "remove",
+                    "check": {**found, "test_images": 0 if check_images is None else len(check_images),
+                              "required_agreement": GATE_AGREEMENT, "logit_tolerance": GATE_LOGIT_TOLERANCE,
+                              "candidates": candidates, "refused": candidates - len(removed)},
+                    "gates": [{**s.to_dict(), "removed": s.name in removed} for s in stats]}
 
 
-__all__ = ["ConstantScale", "GateStat", "fold_for_export", "has_gates",
+__all__ = ["ConstantScale", "GateStat", "agreement", "checked_removal", "fold_for_export", "has_gates",
            "measure_gates", "remove_constant_gates"]

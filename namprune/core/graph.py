@@ -85,10 +85,36 @@ def dependency_graph(model: nn.Module, inputs: torch.Tensor | None = None,
         with torch.enable_grad():
             graph = tp.DependencyGraph().build_dependency(
                 model, example_input(model), customized_pruners=CUSTOM_PRUNERS, verbose=False)
+    except Exception as exc:
+        refusal = _unsupported(model, exc)
+        if refusal is None:
+            raise
+        raise refusal from None
     finally:
         model.train(was_training)
     graph.namprune_ignored = protected
     return graph
+
+
+def _unsupported(model: nn.Module, exc: Exception) -> NampruneError | None:
+    """A failure inside torch-pruning's graph as one line naming the operator it could not
+    follow (None for a failure elsewhere, e.g. in the model's own forward: that one says more
+    as it is). A channel shuffle (ShuffleNet: view to (N, groups, C / groups, H, W), transpose,
+    view back) is the known case: its reshape mapping divides by zero (torch-pruning 1.6)."""
+    frames, tb = [], exc.__traceback__
+    while tb is not None:
+        frames.append(tb.tb_frame)
+        tb = tb.tb_next
+    if not frames or "torch_pruning" not in frames[-1].f_code.co_filename:
+        return None
+    node = next((v for f in reversed(frames) for v in f.f_locals.values() if isinstance(v, tp.dependency.Node)), None)
+    grad_fn = getattr(node, "grad_fn", None)
+    op = grad_fn.name().removesuffix("Backward0").removesuffix("Backward1").lower() if grad_fn is not None else "an"
+    what = (f"a {op} that regroups the channels (a channel shuffle, as in ShuffleNet)"
+            if "reshape" in frames[-1].f_code.co_name else f"its {op} operator")
+    return NampruneError(f"namprune cannot prune {type(model).__name__}: torch-pruning cannot follow its channels through "
+                         f"{what} ({type(exc).__name__} in torch-pruning's {frames[-1].f_code.co_name}); "
+                         "train, evaluate and export it unpruned, or prune a model without that operator")
 
 
 def replay_history(model: nn.Module, history: list) -> nn.Module:

@@ -8,7 +8,9 @@
 Nothing is downloaded: every model starts from its own initial weights (``--weights FILE``
 loads a local state_dict). A checkpoint of a file-built model records the file's absolute
 path and SHA-256; it is rebuilt only from that same, unchanged file, so a checkpoint cannot
-make namprune run some other code.
+make namprune run some other code. A user who changed the file knowingly (a comment, a
+docstring) says so with ``accepting_changed_files()`` (``--accept-changed-model``; in a recipe
+``model.accept_changed_model``): the file as it is now is run, with a note.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ import hashlib
 import importlib.util
 import inspect
 import sys
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import torch
 import torch.nn as nn
@@ -32,6 +36,19 @@ from ..graph import classifier_name
 TIMM_MISSING = 'timm models need timm, which is not installed: pip install "namprune[timm]"'
 FILE_ARGUMENTS = ("num_classes", "in_channels", "input_size")
 _loaded_files: dict[tuple[str, str], object] = {}  # (path, sha256) -> module: a file runs once per process
+_accept_changed = [False]  # set while accepting_changed_files() is active
+ACCEPT_FLAG, ACCEPT_KEY = "--accept-changed-model", "model.accept_changed_model: true"
+
+
+@contextmanager
+def accepting_changed_files(accept: bool = True) -> Iterator[None]:
+    """While active, a checkpoint's model file whose SHA-256 changed is rebuilt from the file as
+    it is now (with a note) instead of refused: the user vouches for the change."""
+    before, _accept_changed[0] = _accept_changed[0], accept
+    try:
+        yield
+    finally:
+        _accept_changed[0] = before
 
 
 def is_foreign(name: str) -> bool:
@@ -168,8 +185,12 @@ def create_from_file(path: Path, function: str, num_classes: int, in_channels: i
     _defines(path, function)
     digest = file_sha256(path)
     if sha256 is not None and digest != sha256:
-        raise NampruneError(f"{path} changed since the checkpoint was made (its SHA-256 differs); namprune rebuilds a "
-                            "model only from the unchanged file it was trained with")
+        if not _accept_changed[0]:
+            raise NampruneError(f"{path} changed since the checkpoint was made (its SHA-256 differs); namprune rebuilds a "
+                                "model only from the unchanged file it was trained with. If you changed it and the "
+                                f"model it builds is the same, pass {ACCEPT_FLAG} (in a recipe: {ACCEPT_KEY})")
+        note(f"{path} changed since the checkpoint was made; building the model from it as it is now "
+             f"({ACCEPT_FLAG})")
     constructor = getattr(_load_file(path, digest), function)
     values = dict(zip(FILE_ARGUMENTS, (num_classes, in_channels, input_size)))
     try:
@@ -254,5 +275,5 @@ def resize_classifier(model: nn.Module, num_classes: int, why: str, announce: bo
         note(f"[yellow]note:[/] {why}; its classifier {name!r} was replaced by a new one with {num_classes} outputs")
 
 
-__all__ = ["FILE_ARGUMENTS", "TIMM_MISSING", "build", "check_input", "check_name", "create_from_file", "create_timm",
+__all__ = ["accepting_changed_files", "FILE_ARGUMENTS", "TIMM_MISSING", "build", "check_input", "check_name", "create_from_file", "create_timm",
            "create_torchvision", "file_sha256", "is_foreign", "resize_classifier", "smallest_input", "split_file_ref"]
