@@ -105,10 +105,10 @@ def train(
             summary = train_model(model, dataset, cfg, out, data_dir=data_dir, image_size=image_size, attention=attention,
                                   workers=workers, overwrite=overwrite, progress=not quiet, weights=weights,
                                   nam_after=_names(nam_after))
-    except NoKnownBlocks as exc:  # worded for Python (after=[...]); here the layers are named with a flag
-        raise exc.for_flag("--nam-after") from None
     except KeyboardInterrupt:
         raise interrupted(target, f"`{train_resume_command(target)}`") from None
+    except NoKnownBlocks as exc:  # worded for Python (after=[...]); here the layers are named with a flag
+        raise exc.for_flag("--nam-after") from None
     out = target
     final, extra = summary.final, summary.config["extra"]
     console.print(f"trained {extra['model']} ({extra['attention']}) on {extra['dataset']}: top-1 {final['test_top1']:.2f}%, "
