@@ -15,7 +15,8 @@ the script runs again, so a stopped run continues where it was; ``--no-report`` 
 rows only (two processes can share the work, one base each).
 
 Bases (per seed), all trained by namprune's training loop with the settings above:
-  namprune    `namprune train` with its defaults (NAM attention, sparsity penalty)
+  namprune    `namprune train` with its defaults (NAM attention, planned shrinking)
+  namprune-noattn  the same without attention, weight decay on every parameter as tp-plain
   tp-plain    no attention, no penalty, weight decay on every parameter (torch-pruning's
               example trains its CIFAR models this way)
   tp-slim     tp-plain plus torch-pruning's BNScalePruner.regularize (L1 1e-4 on every
@@ -63,11 +64,12 @@ from namprune.core.train import TRAIN_STATE, fit, load_train_state, seed_everyth
 
 ROOT = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- cifar10_pruning:begin -->", "<!-- cifar10_pruning:end -->"
-TP_TRAINING = dict(sparsity=0.0, bn_weight_decay=True)  # torch-pruning's example: weight decay on everything
+TP_TRAINING = dict(sparsity=0.0, shrink_macs=0.0, bn_weight_decay=True)  # torch-pruning's example: weight decay on everything
 
 # base -> (attention, TrainConfig changes from namprune's defaults, torch-pruning regularizer or None)
 BASES = {
-    "namprune": ("nam", dict(sparsity=0.0, shrink_macs=0.5), None),
+    "namprune": ("nam", {}, None),
+    "namprune-noattn": ("none", dict(bn_weight_decay=True), None),
     "tp-plain": ("none", TP_TRAINING, None),
     "tp-slim": ("none", TP_TRAINING, ("slim", 1e-4)),
     "tp-group": ("none", TP_TRAINING, ("group", 5e-4)),
@@ -80,6 +82,7 @@ METHODS = {
     "namprune": ("namprune", "namprune", DEFAULT_IMPORTANCE, DEFAULT_DISTILL, ROUND_TO),
     "namprune, " + ("plain fine-tuning" if DEFAULT_DISTILL else "distilled"):
         ("namprune", "namprune", DEFAULT_IMPORTANCE, OTHER_DISTILL, ROUND_TO),
+    "namprune, no attention": ("namprune-noattn", "namprune", DEFAULT_IMPORTANCE, DEFAULT_DISTILL, ROUND_TO),
     "namprune, unrounded widths": ("namprune", "namprune", DEFAULT_IMPORTANCE, DEFAULT_DISTILL, 1),
     "namprune ranking, tp-slim base": ("tp-slim", "namprune", DEFAULT_IMPORTANCE, DEFAULT_DISTILL, ROUND_TO),
     "namprune ranking, tp-plain base": ("tp-plain", "namprune", DEFAULT_IMPORTANCE, DEFAULT_DISTILL, ROUND_TO),

@@ -72,7 +72,14 @@ def test_training_threads_default_to_omp_num_threads_when_the_user_set_it(monkey
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     assert default_threads() == 3
     monkeypatch.delenv("OMP_NUM_THREADS")
-    assert default_threads() == available_cores()
+    assert default_threads(load=0.0) == available_cores()
+
+
+def test_training_threads_leave_the_cores_other_jobs_keep_busy(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    cores = available_cores()
+    assert default_threads(load=1.2) == max(1, cores - 1)
+    assert default_threads(load=cores + 3.0) == 1  # never below one thread
 
 
 MODEL_FILE = '''

@@ -44,7 +44,9 @@ def test_every_architecture_prunes_and_still_trains(name, attention, importance)
     _scramble_scales(model)
     params, macs = count_params(model), count_macs(model)
     before = layer_widths(model)
-    result = prune(model, PruneConfig(ratio=0.3, importance=importance, max_layer_ratio=0.8), _calibration(size))
+    # round_to=1: the ratio itself is checked, not the default widths (multiples of 8)
+    result = prune(model, PruneConfig(ratio=0.3, importance=importance, max_layer_ratio=0.8, round_to=1),
+                   _calibration(size))
     assert result.ratio == pytest.approx(0.3, abs=0.01)
     assert count_params(model) < params and count_macs(model) < macs
     after = layer_widths(model)
@@ -167,10 +169,10 @@ def test_macs_allocation_spends_score_per_mac():
     from namprune.core.saliency import GroupSaliency
 
     groups = [GroupSaliency("cheap", [], torch.ones(10), "test"), GroupSaliency("costly", [], torch.ones(10), "test")]
-    removed = allocate_macs(groups, [1.0, 4.0], PruneConfig(ratio=None, target_macs=0.5), macs_to_remove=20)
+    removed = allocate_macs(groups, [1.0, 4.0], PruneConfig(ratio=None, target_macs=0.5, round_to=1), macs_to_remove=20)
     assert removed == [0, 5]  # 5 costly channels save the 20 MACs; cheap ones would have taken 20 channels
     scores = [GroupSaliency("weak", [], torch.full((10,), 0.1), "test"), GroupSaliency("strong", [], torch.ones(10), "test")]
-    assert allocate_macs(scores, [1.0, 2.0], PruneConfig(ratio=None, target_macs=0.5), 4) == [4, 0]
+    assert allocate_macs(scores, [1.0, 2.0], PruneConfig(ratio=None, target_macs=0.5, round_to=1), 4) == [4, 0]
 
 
 def test_unreachable_macs_target_is_refused():
@@ -189,7 +191,7 @@ def test_round_to_and_local_scope():
 
     model = models.create("resnet20", attention="nam", input_size=32)
     _scramble_scales(model)
-    prune(model, PruneConfig(ratio=0.25, scope="local"), _calibration(32))
+    prune(model, PruneConfig(ratio=0.25, scope="local", round_to=1), _calibration(32))
     widths = layer_widths(model)
     assert widths["layers.0.0.conv1"] == 12 and widths["layers.2.0.conv1"] == 48  # a quarter of 16 and of 64
 
@@ -219,7 +221,8 @@ def test_prune_cli_report_and_reload(sparse_digits, tmp_path, capsys):
 
     _, _, run = sparse_digits
     out = tmp_path / "pruned"
-    code, stdout, err = run_cli(capsys, "prune", run, "--ratio", "0.5", "--finetune-epochs", "2", "--out", out, "-q")
+    code, stdout, err = run_cli(capsys, "prune", run, "--ratio", "0.5", "--round-to", "1", "--finetune-epochs", "2",
+                                "--out", out, "-q")
     assert code == 0, err
     report = json.loads((out / "report.json").read_text())
     for key in ("ratio", "params_before", "params_after", "macs_before", "macs_after", "top1_before", "top1_pruned",

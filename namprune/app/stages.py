@@ -82,7 +82,7 @@ def finetune_config(train_config: dict, finetune: FinetuneSettings, device: str 
     comes from it even when nothing is fine-tuned), on this machine's ``threads``."""
     base = TrainConfig.from_dict(train_config) if train_config else TrainConfig()
     return base.with_(epochs=max(finetune.epochs, 1), lr=finetune.lr or base.lr * 0.1, schedule="cosine",
-                      warmup_epochs=0, milestones=None, sparsity=finetune.sparsity, device=device,
+                      warmup_epochs=0, milestones=None, sparsity=finetune.sparsity, shrink_macs=0.0, device=device,
                       batch_size=finetune.batch_size or base.batch_size, distill=finetune.distill, threads=threads)
 
 

@@ -181,6 +181,11 @@ def attach_nam(model: nn.Module, example_input: torch.Tensor, attention: str = "
     return model
 
 
+def knows_input(model: nn.Module) -> bool:
+    """Whether namprune knows the input size of ``model`` (built by namprune, or given one)."""
+    return getattr(model, "namprune_spec", None) is not None or getattr(model, "namprune_input_shape", None) is not None
+
+
 def remember_input(model: nn.Module, example_input: torch.Tensor) -> None:
     """Keep the input shape (without the batch) on the model, for the steps that trace or
     measure it later (pruning, MACs, export) when they are not given an input."""
@@ -189,5 +194,5 @@ def remember_input(model: nn.Module, example_input: torch.Tensor) -> None:
     model.namprune_input_shape = tuple(int(s) for s in example_input.shape[1:])
 
 
-__all__ = ["BRANCH_ENDS", "NoKnownBlocks", "attach_nam", "branch_ends", "candidate_layers", "has_nam", "output_shapes",
+__all__ = ["BRANCH_ENDS", "NoKnownBlocks", "attach_nam", "branch_ends", "candidate_layers", "has_nam", "knows_input", "output_shapes",
            "remember_input"]

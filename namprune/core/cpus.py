@@ -27,11 +27,16 @@ def available_cores(root: Path = CGROUP, own: Path = OWN_CGROUP) -> int:
     return max(1, cores)
 
 
-def default_threads() -> int:
+def default_threads(load: float | None = None) -> int:
     """Torch threads for training when none are asked for: ``OMP_NUM_THREADS`` when the user
-    set it (their word for this machine), else the usable cores."""
+    set it (their word for this machine), else the usable cores less those other jobs keep
+    busy (the one-minute load average, ``load``; read now when None). A thread on a core
+    another job holds makes every step wait for it, where one thread fewer costs little."""
     text = os.environ.get("OMP_NUM_THREADS", "")
-    return int(text) if text.isdigit() and int(text) >= 1 else available_cores()
+    if text.isdigit() and int(text) >= 1:
+        return int(text)
+    busy = os.getloadavg()[0] if load is None and hasattr(os, "getloadavg") else (load or 0.0)
+    return max(1, available_cores() - math.floor(busy + 0.5))
 
 
 def cgroup_cpu_limit(root: Path = CGROUP, own: Path = OWN_CGROUP) -> float | None:

@@ -33,6 +33,7 @@ from .calibrate import recalibrate_batchnorm
 from .cost import channel_macs, count_macs
 from .latency_cost import LATENCY_TOLERANCE, LatencyComparison, LatencyMeter, group_costs
 from .settings import MACS_TOLERANCE, PruneConfig
+from .console import note
 from .errors import NampruneError
 from .graph import channel_groups, dependency_graph, grouped_indices, ignored_names
 from .saliency import NEEDS_DATA, GroupSaliency, make_importance, score_groups
@@ -187,6 +188,9 @@ def prune(model: nn.Module, cfg: PruneConfig, calibration: Iterable | None = Non
         remember_input(model, example_input)
     before = layer_widths(model)
     plan, ranked, cfg, latency, rounding = plan_removal(model, cfg, calibration, ignored)
+    if rounding and "asked" in rounding:
+        note(f"[yellow]note:[/] widths in multiples of {cfg.round_to}: multiples of {rounding['asked']} cannot keep "
+             f"{cfg.target_macs} of the MACs within {MACS_TOLERANCE:.0%}")
     plan.apply(model)
     groups = [s for _, s in ranked]
     removed = [len(idxs) for idxs in plan.removed]
@@ -213,8 +217,30 @@ def plan_removal(model: nn.Module, cfg: PruneConfig, calibration: Iterable | Non
     rounding = None
     if cfg.round_to == "auto":
         cfg, rounding = _fastest_rounding(model, ranked, cfg)
-    removed, latency = _removal(model, ranked, cfg)
+    removed, latency, cfg, rounding = _removal_in_finer_steps(model, ranked, cfg, rounding)
     return _plan(model, ranked, removed), ranked, cfg, latency, rounding
+
+
+class CoarseSteps(NampruneError):
+    """A MACs target that the steps of the channel multiple cannot meet within the tolerance."""
+
+
+def _removal_in_finer_steps(model: nn.Module, ranked: list, cfg: PruneConfig, rounding: dict | None):
+    """``_removal`` at ``cfg.round_to``, or at the largest of its halves whose steps can meet the
+    MACs target: multiples of 8 (the default) are too coarse a step for the thin layers of a
+    small network. Returns the removal, the latency record, the config and the rounding record."""
+    asked = cfg.round_to
+    while True:
+        try:
+            removed, latency = _removal(model, ranked, cfg)
+            break
+        except CoarseSteps:
+            if not isinstance(cfg.round_to, int) or cfg.round_to <= 1:
+                raise
+            cfg = cfg.with_(round_to=cfg.round_to // 2)
+    if cfg.round_to != asked:
+        rounding = {**(rounding or {}), "asked": asked, "chosen": cfg.round_to}
+    return removed, latency, cfg, rounding
 
 
 def _removal(model: nn.Module, ranked: list, cfg: PruneConfig) -> tuple[list[int], dict | None]:
@@ -304,7 +330,7 @@ def _removal_for_macs(model: nn.Module, ranked: list, cfg: PruneConfig) -> list[
             raise NampruneError(f"--target-macs {cfg.target_macs} cannot be reached: pruning as far as "
                                 f"--max-layer-ratio {cfg.max_layer_ratio} allows keeps {least / base:.3f} of the MACs")
         hint = "; a smaller --round-to makes finer steps" if cfg.round_to and cfg.round_to > 1 else ""
-        raise NampruneError(f"--target-macs {cfg.target_macs} cannot be met within {MACS_TOLERANCE:.0%} of the MACs: "
+        raise CoarseSteps(f"--target-macs {cfg.target_macs} cannot be met within {MACS_TOLERANCE:.0%} of the MACs: "
                             f"the closest keeps {macs / base:.3f} of them (the channel steps are too coarse{hint})")
     return removed
 

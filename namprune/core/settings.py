@@ -172,8 +172,8 @@ class TrainSchedule(Settings):
     amp: Literal[AMP_MODES] = "auto"
     channels_last: bool = True
     # torch's CPU threads while training; None: OMP_NUM_THREADS if set, else the cores this
-    # process may use (cpus.default_threads). Decided where the run runs: a resumed run and
-    # a fine-tuning take their own, never the ones a checkpoint was trained with.
+    # process may use less those other jobs keep busy (cpus.default_threads). Decided where the
+    # run runs: a resumed run and a fine-tuning take their own, never a checkpoint's.
     threads: Threads = None
 
     @model_validator(mode="after")

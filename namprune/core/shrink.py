@@ -22,6 +22,8 @@ from typing import Iterable
 import torch
 import torch.nn as nn
 
+from .attach import knows_input, remember_input
+from .errors import NampruneError
 from .graph import dependency_graph
 from .nam import ChannelNAM
 from .prune import plan_removal
@@ -36,6 +38,11 @@ class PlannedShrink:
 
     def __init__(self, model: nn.Module, target_macs: float, strength: float, calibration: Iterable | None):
         self.strength = float(strength)
+        self.targets: list[tuple[nn.Module, torch.Tensor]] = []
+        if model is None:  # off()
+            return
+        if calibration is not None and not knows_input(model):  # a model namprune did not build
+            remember_input(model, _first_images(calibration)[:1])
         was_training = model.training
         model.eval()
         try:
@@ -43,7 +50,15 @@ class PlannedShrink:
         finally:
             model.train(was_training)
         self.targets = _batchnorm_channels(model, plan)
-        self.channels = sum(len(idxs) for _, idxs in self.targets)
+
+    @classmethod
+    def off(cls) -> "PlannedShrink":
+        """A shrinking that pulls on nothing (planning was not possible)."""
+        return cls(None, 0.0, 0.0, None)
+
+    @property
+    def channels(self) -> int:
+        return sum(len(idxs) for _, idxs in self.targets)
 
     @property
     def active(self) -> bool:
@@ -54,6 +69,14 @@ class PlannedShrink:
             return None
         picked = [p[idxs] for bn, idxs in self.targets for p in (bn.weight, bn.bias)]
         return self.strength * torch.cat(picked).abs().sum()
+
+
+def _first_images(calibration: Iterable) -> torch.Tensor:
+    try:
+        images, _ = next(iter(calibration))
+    except (StopIteration, TypeError, ValueError):
+        raise NampruneError("the training data gave no (images, labels) batch to plan with") from None
+    return images
 
 
 def _batchnorm_channels(model: nn.Module, plan) -> list[tuple[nn.Module, torch.Tensor]]:

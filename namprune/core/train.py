@@ -212,7 +212,7 @@ def _fit(model: nn.Module, data, cfg: TrainConfig, out_dir, progress: bool, stag
 
     for epoch in range(first_epoch, cfg.epochs):
         data.train.set_epoch(epoch)
-        objective.shrink = _planned_shrink(model, data, cfg, epoch, steps_per_epoch)
+        objective.shrink = _planned_shrink(model, data, cfg, epoch, steps_per_epoch, objective.shrink)
         try:
             train_stats = train_one_epoch(net, data.train, optimizer, scheduler, scaler, objective, cfg, device, dtype,
                                           epoch, progress and is_main_process())
@@ -246,13 +246,19 @@ def _fit(model: nn.Module, data, cfg: TrainConfig, out_dir, progress: bool, stag
     return summary
 
 
-def _planned_shrink(model: nn.Module, data: DataBundle, cfg: TrainConfig, epoch: int,
-                    steps_per_epoch: int) -> PlannedShrink | None:
-    """This epoch's planned shrinking (the channels a prune would remove now), or None."""
-    if not cfg.shrink_macs or epoch < shrink_start_epoch(cfg):
-        return None
+def _planned_shrink(model: nn.Module, data: DataBundle, cfg: TrainConfig, epoch: int, steps_per_epoch: int,
+                    last: PlannedShrink | None) -> PlannedShrink | None:
+    """This epoch's planned shrinking (the channels a prune would remove now), or None. A model
+    that cannot be planned for (no prunable group, a target out of reach) trains on without
+    it, said once."""
+    if not cfg.shrink_macs or epoch < shrink_start_epoch(cfg) or (last is not None and not last.active):
+        return last if last is not None and not last.active else None
     strength = shrink_strength(cfg, steps_per_epoch, shrink_start_epoch(cfg), lr_factor)
-    return PlannedShrink(model, cfg.shrink_macs, strength, data.calibration)
+    try:
+        return PlannedShrink(model, cfg.shrink_macs, strength, data.calibration)
+    except NampruneError as exc:
+        note(f"[yellow]note:[/] planned shrinking is off for this run: {exc} (--shrink-macs 0 says so up front)")
+        return PlannedShrink.off()
 
 
 def _training_module(model: nn.Module, device: torch.device, cfg: TrainConfig) -> nn.Module:
