@@ -17,6 +17,7 @@ before the run ends, whatever the dataset size or number of epochs.
 
 from __future__ import annotations
 
+import gc
 from typing import Iterable
 
 import torch
@@ -50,6 +51,10 @@ class PlannedShrink:
         finally:
             model.train(was_training)
         self.targets = _batchnorm_channels(model, plan)
+        # torch-pruning's graphs are reference cycles that hold traced tensors; planned every
+        # epoch, they pile up faster than Python's cycle collector runs on its own
+        del plan
+        gc.collect()
 
     @classmethod
     def off(cls) -> "PlannedShrink":
