@@ -251,8 +251,10 @@ def _planned_shrink(model: nn.Module, data: DataBundle, cfg: TrainConfig, epoch:
     """This epoch's planned shrinking (the channels a prune would remove now), or None. A model
     that cannot be planned for (no prunable group, a target out of reach) trains on without
     it, said once."""
-    if not cfg.shrink_macs or epoch < shrink_start_epoch(cfg) or (last is not None and not last.active):
-        return last if last is not None and not last.active else None
+    if last is not None and not last.active:  # planning failed earlier in this run: it stays off
+        return last
+    if not cfg.shrink_macs or epoch < shrink_start_epoch(cfg):
+        return None
     strength = shrink_strength(cfg, steps_per_epoch, shrink_start_epoch(cfg), lr_factor)
     try:
         return PlannedShrink(model, cfg.shrink_macs, strength, data.calibration)
