@@ -124,6 +124,20 @@ def test_grouped_convolutions_lose_the_same_positions_in_every_group():
     assert net.eval()(x).shape == (2, 4)
 
 
+def test_pixel_attention_before_a_flattening_classifier_prunes_its_inputs_in_blocks():
+    """A SpatialNAM's own (N*C, H*W) view once passed for the flatten into the classifier:
+    planning looped, its index lists growing until memory ran out. The flatten is the one
+    that maps each removed channel to its 4x4 block of classifier inputs."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 32, 3, padding=1), nn.BatchNorm2d(32), NAM(32, 16), nn.ReLU(),
+                        nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(32 * 16, 10))
+    x = torch.randn(2, 1, 16, 16)
+    namprune.prune(net, PruneConfig(ratio=0.5, importance="l1"), example_input=x)
+    assert net[0].out_channels == 16 and net[6].in_features == 16 * 16
+    assert net[2].spatial.bn.num_features == 16 * 16  # the pixels are all kept
+    assert net.eval()(x).shape == (2, 10)
+
+
 def test_ignored_layers_keep_their_channels_and_unknown_names_are_refused():
     net = UserCNN(4)
     x = torch.randn(2, 3, 16, 16)

@@ -81,7 +81,10 @@ def dependency_graph(model: nn.Module, inputs: torch.Tensor | None = None,
         remember_input(model, inputs)
     protected = layers_named(model, ignored)
     was_training = model.training
+    spatial = [m for m in model.modules() if isinstance(m, SpatialNAM)]
     try:
+        for m in spatial:
+            m.traced_as_pass_through = True
         with torch.enable_grad():
             graph = tp.DependencyGraph().build_dependency(
                 model, example_input(model), customized_pruners=CUSTOM_PRUNERS, verbose=False)
@@ -91,6 +94,8 @@ def dependency_graph(model: nn.Module, inputs: torch.Tensor | None = None,
             raise
         raise refusal from None
     finally:
+        for m in spatial:
+            m.traced_as_pass_through = False
         model.train(was_training)
     graph.namprune_ignored = protected
     return graph

@@ -89,6 +89,12 @@ class ChannelNAM(nn.Module):
 class SpatialNAM(nn.Module):
     """Pixel attention: BatchNorm over the H*W positions of a fixed-size feature map."""
 
+    # Set while torch-pruning traces the model (``graph.dependency_graph``): the module then
+    # shows as one channel-wise op. Its real forward views (N, C, H, W) as (N*C, H*W), a
+    # reshape the graph would take for a flatten into the classifier when one follows a
+    # pooled map, and the loop through it grew the index lists without end.
+    traced_as_pass_through = False
+
     def __init__(self, height: int, width: int, scaled: bool = False):
         super().__init__()
         self.height, self.width = int(height), int(width)
@@ -100,6 +106,8 @@ class SpatialNAM(nn.Module):
         return normalized_weight(self.bn.weight.detach()).view(self.height, self.width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.traced_as_pass_through:
+            return x * 1.0  # a new op for torch-pruning to attach this module to
         n, c, h, w = x.shape
         if (h, w) != (self.height, self.width):
             raise NampruneError(
