@@ -13,9 +13,8 @@ ov = pytest.importorskip("openvino")
 pytest.importorskip("nncf")
 
 from cli_helpers import ROOT, assert_one_line_error, run_cli
-from model_helpers import digits_model, random_batches, save_digits_checkpoint
+from model_helpers import digits_model, pruned_digits_run, random_batches
 from namprune import load_data
-from namprune.app.stages import prune_checkpoint
 from namprune.cli import main
 from namprune.core import checkpoint, latency_cost
 from namprune.core.prune import prune
@@ -28,8 +27,7 @@ FAST = ["--rounds", "2", "--min-time", "0.02"]
 def ir_export(tmp_path_factory):
     """A digits base, a run pruned from it, and its OpenVINO export with the INT8 twin."""
     root = tmp_path_factory.mktemp("ov")
-    base = save_digits_checkpoint(root / "base" / "model.pt", digits_model("resnet20", "nam", 16))
-    prune_checkpoint(base, PruneConfig(ratio=0.5), root / "pruned", progress=False)
+    base, _ = pruned_digits_run(root)
     out = root / "pruned" / "export" / "m.xml"  # in the run folder: where `namprune report` finds it
     # every gate kept: the files compute what the checkpoint does, so torch needs no folding to compare
     code = main(["export", str(root / "pruned"), "--runtime", "openvino", "--int8", "--keep-gates", "--out", str(out), *FAST])
