@@ -92,6 +92,16 @@ def test_latency_is_timed_by_the_same_timer_for_both_runtimes(ir_export):
     assert combined["int8"]["32"] == pytest.approx(sorted(ratios)[0] / 2 + sorted(ratios)[1] / 2, rel=1e-3)
 
 
+def test_check_only_checks_an_ir_file_in_openvino(ir_export, tmp_path, capsys):
+    _, pruned, out, _ = ir_export
+    code, text, err = run_cli(capsys, "export", pruned, "--check-only", "--out", out)
+    assert code == 0, err
+    assert "openvino vs torch" in text and f"{out} agrees with" in text
+    # the INT8 twin is not FP32 arithmetic: held to the FP32 limit it fails, with the measured difference
+    code, _, err = run_cli(capsys, "export", pruned, "--check-only", "--out", out.with_name("m.int8.xml"))
+    assert code == 1 and "parity check failed" in err and "(openvino)" in err, err
+
+
 def readme_command() -> list[str]:
     """The README's ``--runtime openvino`` example, as its words."""
     line = next(line for line in (ROOT / "README.md").read_text().splitlines()

@@ -28,7 +28,8 @@ from ..core.onnx import (RANDOM_SAMPLES, ExportError, batches, check_opset, chec
                          input_shape, onnx_params, opset_of, output_paths, run_checked, session, to_onnx)
 from ..core.records import ExportRecord
 from ..core.quantize import int8_path, int8_record, quantize_int8
-from ..core.settings import EXPORT, GATE_IMAGES, GATE_TOLERANCE, LATENCY, ExportSettings, LatencySettings
+from ..core.settings import (EXPORT, GATE_IMAGES, GATE_TOLERANCE, LATENCY, ExportSettings, LatencySettings,
+                             check_runtime)
 from ..core.timing import measure_latency, settings_record, speedups
 from .datasource import calibration_images, checkpoint_data
 from .run_folders import unpruned_source
@@ -200,12 +201,12 @@ def unpruned_onnx(source: Path, calib, s: ExportSettings) -> bytes:
 
 def check_file(ckpt: str | Path, onnx_file: str | Path, data_dir=None, gate_tolerance: float | None = None,
                calibration: int | None = None) -> dict:
-    """Check an existing ONNX file against the checkpoint it came from, folded and with its constant
+    """Check an existing ONNX file (or OpenVINO IR, .xml) against the checkpoint it came from, folded and with its constant
     gates removed as its export did (with the tolerance and calibration images recorded beside
     it, unless given); raises ``ExportError`` with the measured difference if it disagrees."""
     onnx_file = Path(onnx_file)
     if not onnx_file.is_file():
-        raise NampruneError(f"no ONNX file at {onnx_file}")
+        raise NampruneError(f"no {'OpenVINO IR' if onnx_file.suffix == '.xml' else 'ONNX'} file at {onnx_file}")
     recorded = recorded_gates(onnx_file)
     s = EXPORT.with_(gate_tolerance=recorded.get("tolerance", GATE_TOLERANCE) if gate_tolerance is None else gate_tolerance,
                      calibration_images=recorded.get("calibration_images") or GATE_IMAGES if calibration is None
@@ -213,7 +214,7 @@ def check_file(ckpt: str | Path, onnx_file: str | Path, data_dir=None, gate_tole
     payload = checkpoint.read(ckpt)
     model = checkpoint.build(payload).eval()
     try:
-        sess = session(onnx_file)
+        sess = _checked_session(onnx_file)
     except ExportError as exc:  # here the file is the user's input, not the export's output
         raise NampruneError(str(exc)) from None
     data = checkpoint_data(payload, data_dir)
@@ -223,10 +224,20 @@ def check_file(ckpt: str | Path, onnx_file: str | Path, data_dir=None, gate_tole
     return check_parity(exported, sess, images)
 
 
+def _checked_session(path: Path):
+    """An onnxruntime session of an ONNX file, or an OpenVINO one of an IR file (.xml)."""
+    if path.suffix != ".xml":
+        return session(path)
+    check_runtime("openvino", "--check-only of an IR file: runtime")
+    from ..core import openvino
+
+    return openvino.session(path)
+
+
 def recorded_gates(onnx_file: Path) -> dict:
     """The ``nam_gates`` record of the export that wrote ``onnx_file`` ({} when there is none)."""
     json_path = output_paths(onnx_file, overwrite=True)[1]
     if not json_path.is_file():
         return {}
     record = ExportRecord.read(json_path)
-    return (record.nam_gates or {}) if Path(record.onnx).name == onnx_file.name else {}
+    return (record.nam_gates or {}) if Path(record.onnx or record.ir).name == onnx_file.name else {}
