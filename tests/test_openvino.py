@@ -132,7 +132,7 @@ def test_report_shows_each_runtime_and_precision_side_by_side(ir_export, tmp_pat
     assert main(["export", str(pruned), "--int8", "--keep-gates", "--out", str(onnx_out), *FAST]) == 0
     capsys.readouterr()
     code, text, err = run_cli(capsys, "report", base, pruned, "--evaluate", "--json", tmp_path / "report.json",
-                             *FAST)
+                             "--markdown", tmp_path / "report.md", *FAST)
     assert code == 0, err
     deployed = json.loads((tmp_path / "report.json").read_text())["deployed"]
     assert [(r["runtime"], r["precision"]) for r in deployed] == [
@@ -141,8 +141,10 @@ def test_report_shows_each_runtime_and_precision_side_by_side(ir_export, tmp_pat
     assert openvino_int8["speedup_vs_unpruned_fp32"] == record["int8"]["speedup_vs_unpruned_fp32"]["int8"]
     assert openvino_int8["top1"] == record["int8"]["top1_int8"]
     assert "exported files" in text and "openvino" in text and "onnxruntime" in text
+    markdown = (tmp_path / "report.md").read_text()
     for row in deployed:  # every row's speed-up printed as the export measured it
         assert f"{row['speedup_vs_unpruned_fp32']['32']:.2f}x" in text
+        assert f"| {row['runtime']} | {row['precision']} |" in markdown
 
 
 @pytest.mark.parametrize("args, message", [

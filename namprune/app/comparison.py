@@ -27,7 +27,7 @@ from ..core.files import write_json, write_text
 from ..core.settings import LatencySettings
 from ..core.measure import measure_accuracy, measure_cost, measure_latency
 from ..core.timing import mark, settings_record, summary, trust_problem
-from .deployed import deployed_rows
+from .deployed import deployed_markdown, deployed_rows
 from .plots import plot_layer_widths, plot_pareto
 from .run_folders import Run, display_names
 
@@ -165,7 +165,8 @@ def markdown(result: dict) -> str:
              "| " + " | ".join("---" if header == "run" else "---:" for header, _ in cols) + " |"]
     lines += ["| " + " | ".join(cell(row) for _, cell in cols) + " |" for row in result["runs"]]
     flagged = "".join(f"\n{line}\n" for line in untrusted_lines(result))
-    return "\n".join(lines) + f"\n\n{settings_line(result)}\n" + flagged
+    deployed = deployed_markdown(result.get("deployed") or [])
+    return "\n".join(lines) + f"\n\n{settings_line(result)}\n" + flagged + (f"\n{deployed}" if deployed else "")
 
 
 def flat_row(row: dict, batches) -> dict:

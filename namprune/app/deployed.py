@@ -52,21 +52,44 @@ def deployed_rows(runs: list[Run], names: list[str]) -> list[dict]:
     return rows
 
 
-def deployed_table(rows: list[dict]) -> Table:
+TITLE = "exported files: speed-up over the unpruned FP32 model in the same runtime (timed side by side at export)"
+TEXT_COLUMNS = ("run", "runtime", "precision")
+
+
+def deployed_cells(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
+    """The table's headers and its rows as text (for the terminal and for Markdown alike)."""
     batches = sorted({int(b) for row in rows for b in row["latency"]})
-    table = Table(title="exported files: speed-up over the unpruned FP32 model in the same runtime "
-                        "(timed side by side at export)")
-    for header in ("run", "runtime", "precision", "test top-1 (%)", *(f"latency b{b} (ms)" for b in batches),
-                   *(f"speed-up b{b}" for b in batches)):
-        table.add_column(header, justify="left" if header in ("run", "runtime", "precision") else "right")
+    headers = [*TEXT_COLUMNS, "test top-1 (%)", *(f"latency b{b} (ms)" for b in batches),
+               *(f"speed-up b{b}" for b in batches)]
+    cells = []
     for row in rows:
         latency = [f"{row['latency'][str(b)]['median_ms']:.3f}{mark(row['latency'][str(b)])}"
                    if str(b) in row["latency"] else "-" for b in batches]
         speedup = row["speedup_vs_unpruned_fp32"] or {}
-        table.add_row(row["run"], row["runtime"], row["precision"],
+        cells.append([row["run"], row["runtime"], row["precision"],
                       "-" if row["top1"] is None else f"{row['top1']:.2f}", *latency,
-                      *(f"{speedup[str(b)]:.2f}x" if str(b) in speedup else "-" for b in batches))
+                      *(f"{speedup[str(b)]:.2f}x" if str(b) in speedup else "-" for b in batches)])
+    return headers, cells
+
+
+def deployed_table(rows: list[dict]) -> Table:
+    headers, cells = deployed_cells(rows)
+    table = Table(title=TITLE)
+    for header in headers:
+        table.add_column(header, justify="left" if header in TEXT_COLUMNS else "right")
+    for row in cells:
+        table.add_row(*row)
     return table
+
+
+def deployed_markdown(rows: list[dict]) -> str:
+    """The table in Markdown ("" without exported files)."""
+    if not rows:
+        return ""
+    headers, cells = deployed_cells(rows)
+    lines = [f"{TITLE}:", "", "| " + " | ".join(headers) + " |",
+             "| " + " | ".join("---" if h in TEXT_COLUMNS else "---:" for h in headers) + " |"]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in cells]) + "\n"
 
 
 def print_deployed(rows: list[dict]) -> None:
@@ -74,4 +97,4 @@ def print_deployed(rows: list[dict]) -> None:
         console.print(deployed_table(rows))
 
 
-__all__ = ["deployed_rows", "deployed_table", "export_records", "print_deployed"]
+__all__ = ["deployed_cells", "deployed_markdown", "deployed_rows", "deployed_table", "export_records", "print_deployed"]
