@@ -26,7 +26,8 @@ def ir_files(xml_path: Path, model) -> tuple[dict[Path, bytes], "openvino.IRSess
 
 
 def export_ir(exported: nn.Module, onnx_bytes: bytes, xml_path: Path, images: torch.Tensor | None, calib, data,
-              s: ExportSettings, threads: int | None, timed: dict) -> tuple[dict[Path, bytes], dict | None, dict | None]:
+              s: ExportSettings, threads: int | None,
+              timed: dict) -> tuple[dict[Path, bytes], dict | None, dict | None]:
     """The IR files to write (``{path: bytes}``), their parity record (None without ``s.check``)
     and the INT8 record (None without ``s.int8``); the sessions are added to ``timed``."""
     model = openvino.from_onnx(onnx_bytes)

@@ -23,7 +23,7 @@ from .report import MinTime, Rounds, TimingThreads
 @app.command("export")
 def export_(
     ckpt: Annotated[Path, typer.Argument(help="A run folder or its model.pt (pruned or not).")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="The ONNX file to write; its record (sizes, check, latency) goes beside it: a.onnx -> a.export.json.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The ONNX file to write (with --runtime openvino the IR's .xml); its record (sizes, check, latency) goes beside it: a.onnx -> a.export.json.")],
     opset: Annotated[Optional[int], typer.Option("--opset", help="ONNX opset (default: the exporter's; below 18 usually needs the TorchScript exporter, which the export falls back to).")] = None,
     batch: Annotated[str, typer.Option("--batch", help="dynamic (any batch size) or a fixed batch size N.")] = EXPORT.batch,
     fold: Annotated[bool, typer.Option("--fold/--no-fold", help="Fold every NAM into x * sigmoid(a * x + b) first (exact and faster; --no-fold exports the BatchNorm form).")] = EXPORT.fold,
@@ -35,14 +35,15 @@ def export_(
     runtime: Annotated[str, typer.Option("--runtime", help=f"What the file is for: {' or '.join(EXPORT_RUNTIMES)}. openvino writes OpenVINO IR (--out m.xml, weights in m.bin) converted from the checked ONNX file and checked again in OpenVINO; an optional extra: {OPENVINO_INSTALL}.")] = EXPORT.runtime,
     int8: Annotated[bool, typer.Option("--int8", help="Also write the INT8 twin (<out>.int8.onnx quantized by onnxruntime: static, QDQ; with --runtime openvino <out>.int8.xml quantized by NNCF), calibrated on training images, with the test top-1 of both files and their latency (and, for a pruned run, the unpruned FP32 model's).")] = EXPORT.int8,
     calibration: Annotated[Optional[int], typer.Option("--calibration-images", help=f"Training images the gates and the INT8 ranges are calibrated on. Default {EXPORT.calibration_images}; with --check-only, what the export recorded.")] = None,
-    latency: Annotated[bool, typer.Option("--latency/--no-latency", help="Measure the median CPU latency of onnxruntime and torch eager at batch 1 and 32, side by side (a few seconds).")] = True,
+    latency: Annotated[bool, typer.Option("--latency/--no-latency", help="Measure the median CPU latency of onnxruntime (and OpenVINO, with --runtime openvino) and torch eager at batch 1 and 32, side by side (a few seconds).")] = True,
     threads: TimingThreads = LATENCY.threads,
     rounds: Rounds = LATENCY.rounds,
     min_time: MinTime = LATENCY.min_run_time,
     data_dir: DataDir = None,
     overwrite: Overwrite = False,
 ) -> int:
-    """Export a checkpoint to ONNX (NAM folded), check it with onnxruntime, and record size and latency."""
+    """Export a checkpoint to ONNX (NAM folded), check it with onnxruntime (--runtime openvino: also to OpenVINO IR,
+    checked in OpenVINO), and record size and latency."""
     check_checkpoint(ckpt)  # before torch loads
     from ..app.exporting import check_file, export_checkpoint
     from ..core.onnx import ExportError, record_path

@@ -101,7 +101,8 @@ class LatencyComparison:
         batch, subject = self.meter.batch, self.meter.subject(model)
         ratios, before, after = [], [], []
         for _ in range(MAX_REPEATS):  # an uncertain ratio is timed again, its rounds pooled
-            records = measure_latency({"before": self.reference, "after": subject}, self.meter.settings, self.meter.runtime)
+            records = measure_latency({"before": self.reference, "after": subject}, self.meter.settings,
+                                      self.meter.runtime)
             before += records["before"][batch]["round_ms"]
             after += records["after"][batch]["round_ms"]
             ratios = [a / b for a, b in zip(after, before)]

@@ -255,7 +255,8 @@ def check_parity(model: nn.Module, sess, test_images: torch.Tensor | None = None
         results.append(compare(model, sess, test_images, "test images"))
     for r in results:
         if not r["ok"]:
-            raise ExportError(f"parity check failed on {r['inputs']} ({runtime_of(sess)}): max relative difference {r['max_rel_diff']:.3g} "
+            raise ExportError(f"parity check failed on {r['inputs']} ({runtime_of(sess)}): max relative difference "
+                              f"{r['max_rel_diff']:.3g} "
                               f"(limit {TOLERANCE:g}; max |difference| {r['max_abs_diff']:.3g}), top-1 agrees on "
                               f"{r['top1_agree']}/{r['images']} images")
     return {"runtime": runtime_of(sess), "tolerance": TOLERANCE,

@@ -30,7 +30,8 @@ from .timing import Runner
 RUNTIME = "openvino"
 # symmetric INT8 weights per output channel, activations per tensor; fast bias correction
 INT8_SETTINGS = {"format": "OpenVINO IR, FakeQuantize (NNCF)", "weights": "int8 per channel",
-                 "activations": "int8 per tensor", "calibration": "nncf.quantize, preset performance, on training images"}
+                 "activations": "int8 per tensor",
+                 "calibration": "nncf.quantize, preset performance, on training images"}
 
 _CORE: ov.Core | None = None
 

@@ -133,7 +133,8 @@ def runner_for(model, settings: LatencySettings, runtime: str = "onnxruntime") -
         return TorchRunner(model, torch.device(settings.device))
     if isinstance(model, ort.InferenceSession):
         return OnnxRunner(model)
-    if getattr(model, "runtime", None) == "openvino" or isinstance(model, (bytes, str, Path)) and runtime == "openvino":
+    if getattr(model, "runtime", None) == "openvino" or (isinstance(model, (bytes, str, Path))
+                                                         and runtime == "openvino"):
         from . import openvino  # an optional extra: imported only when asked for
 
         return openvino.OpenVinoRunner(openvino.session(model, settings.num_threads)
