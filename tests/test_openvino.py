@@ -205,3 +205,19 @@ def test_round_to_auto_times_the_candidates_on_openvino(timed_runtimes):
                    random_batches(16))
     assert result.rounding["runtime"] == "openvino" and result.rounding["chosen"] in result.rounding["ms"]
     assert timed_runtimes == {"openvino"}
+
+
+@pytest.mark.slow  # a recipe end to end: train, prune, report, export (about half a minute)
+def test_a_recipe_exports_openvino_ir_when_its_export_runtime_says_so(tmp_path, capsys):
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(json.dumps({  # JSON is YAML
+        "name": "tiny-openvino", "model": {"name": "resnet20", "attention": "nam"},
+        "data": {"dataset": "digits", "image_size": 16, "batch_size": 64},
+        "train": {"epochs": 1}, "prune": {"ratio": 0.4}, "finetune": {"epochs": 0},
+        "export": {"runtime": "openvino"}}))
+    code, out, err = run_cli(capsys, "run", recipe, "--out", tmp_path / "out")
+    assert code == 0, err
+    export = tmp_path / "out" / "export"
+    assert sorted(p.name for p in export.iterdir()) == ["model.bin", "model.export.json", "model.xml"]
+    assert json.loads((export / "model.export.json").read_text())["runtime"] == "openvino"
+    assert "OpenVINO IR:" in out and str(export / "model.xml") in out
