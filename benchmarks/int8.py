@@ -59,8 +59,16 @@ def untrained_pair(arch: str, round_to: int | None, target: float, seed: int) ->
             if isinstance(m, torch.nn.BatchNorm2d):
                 m.weight.copy_(torch.rand(m.weight.shape, generator=generator) * 2)
     pruned = copy.deepcopy(base)
-    prune(pruned, PruneConfig(ratio=None, target_macs=target, round_to=round_to))
+    prune(pruned, PruneConfig(ratio=None, target_macs=target, round_to=round_to), random_batches(32, seed))
     return {"unpruned": base, "pruned": pruned.eval()}
+
+
+def random_batches(size: int, seed: int, batches: int = 2) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Seeded random RGB images (with labels) of side ``size``: what the NAM ranking measures an
+    untrained model on (its gates see the input, not the task)."""
+    generator = torch.Generator().manual_seed(seed)
+    return [(torch.randn(32, 3, size, size, generator=generator), torch.randint(0, 10, (32,), generator=generator))
+            for _ in range(batches)]
 
 
 def speed(slow: dict, fast: dict) -> str:

@@ -53,3 +53,15 @@ def small_nam_net(seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), NAM(8, 16), nn.ReLU(),
                          nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(128, 10))
+
+
+def pruned_digits_run(root):
+    """A digits ResNet-20 checkpoint (``root/base``) and a run pruned from it to half its
+    channels (``root/pruned``, with the report.json that names its source): the pair an
+    export times pruned against unpruned. Returns both paths."""
+    from namprune.app.stages import prune_checkpoint
+    from namprune.core.settings import PruneConfig
+
+    base = save_digits_checkpoint(root / "base" / "model.pt", digits_model("resnet20", "nam", 16))
+    prune_checkpoint(base, PruneConfig(ratio=0.5), root / "pruned", progress=False)
+    return base, root / "pruned"

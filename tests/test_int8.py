@@ -7,12 +7,10 @@ import onnxruntime as ort
 import pytest
 
 from cli_helpers import assert_one_line_error, run_cli
-from model_helpers import digits_model, save_digits_checkpoint
+from model_helpers import digits_model, pruned_digits_run
 from namprune import load_data
 from namprune.core import checkpoint
 from namprune.cli import main
-from namprune.app.stages import prune_checkpoint
-from namprune.core.settings import PruneConfig
 from namprune.app.run_folders import unpruned_source
 
 FAST = ["--rounds", "2", "--min-time", "0.02"]
@@ -22,8 +20,7 @@ FAST = ["--rounds", "2", "--min-time", "0.02"]
 def pruned_export(tmp_path_factory):
     """A digits base, a run pruned from it (with the report.json prune writes), and its INT8 export."""
     root = tmp_path_factory.mktemp("int8")
-    base = save_digits_checkpoint(root / "base" / "model.pt", digits_model("resnet20", "nam", 16))
-    prune_checkpoint(base, PruneConfig(ratio=0.5), root / "pruned", progress=False)
+    base, _ = pruned_digits_run(root)
     out = root / "export" / "model.onnx"
     code = main(["export", str(root / "pruned"), "--out", str(out), "--int8", *FAST])
     assert code == 0

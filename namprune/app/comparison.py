@@ -3,7 +3,8 @@ unpruned base, as a rich table, Markdown, CSV and JSON.
 
 ``compare`` loads every run's checkpoint, counts params and MACs, times all models side by
 side (``measure.measure_latency``), and takes top-1 / top-5 from the runs' records (or
-measures them again on the test split, with ``data``). Speed-ups are the base's figure
+measures them again on the test split, with ``data``); the runs' exported files, per runtime
+and precision, come from their export records (``deployed``). Speed-ups are the base's figure
 divided by the run's: MACs speed-up from the counter, measured speed-up from the medians.
 ``pareto_front`` says which runs no other run beats on both cost and accuracy.
 """
@@ -26,6 +27,7 @@ from ..core.files import write_json, write_text
 from ..core.settings import LatencySettings
 from ..core.measure import measure_accuracy, measure_cost, measure_latency
 from ..core.timing import mark, settings_record, summary, trust_problem
+from .deployed import deployed_markdown, deployed_rows
 from .plots import plot_layer_widths, plot_pareto
 from .run_folders import Run, display_names
 
@@ -54,7 +56,7 @@ def compare(runs: list[Run], base: Run, settings: LatencySettings = LatencySetti
     for row in rows:
         _add_changes(row, rows[0], settings.batches)
     result = {"base": names[0], "settings": settings_record(settings), "runs": rows}
-    return {**result, "fronts": fronts(result)}
+    return {**result, "fronts": fronts(result), "deployed": deployed_rows(runs, names)}
 
 
 def _evaluated(model, data, device) -> dict:
@@ -163,7 +165,8 @@ def markdown(result: dict) -> str:
              "| " + " | ".join("---" if header == "run" else "---:" for header, _ in cols) + " |"]
     lines += ["| " + " | ".join(cell(row) for _, cell in cols) + " |" for row in result["runs"]]
     flagged = "".join(f"\n{line}\n" for line in untrusted_lines(result))
-    return "\n".join(lines) + f"\n\n{settings_line(result)}\n" + flagged
+    deployed = deployed_markdown(result.get("deployed") or [])
+    return "\n".join(lines) + f"\n\n{settings_line(result)}\n" + flagged + (f"\n{deployed}" if deployed else "")
 
 
 def flat_row(row: dict, batches) -> dict:

@@ -1,4 +1,5 @@
-"""``namprune export``: a checkpoint to an ONNX file checked against torch with onnxruntime,
+"""``namprune export``: a checkpoint to an ONNX file checked against torch with onnxruntime
+(``--runtime openvino``: to OpenVINO IR converted from it and checked again, ``openvino_export``),
 with its record beside it (``model.onnx`` -> ``model.export.json``, so several exports share a
 folder) and measured latency. A file that fails the check is not written.
 
@@ -27,7 +28,8 @@ from ..core.onnx import (RANDOM_SAMPLES, ExportError, batches, check_opset, chec
                          input_shape, onnx_params, opset_of, output_paths, run_checked, session, to_onnx)
 from ..core.records import ExportRecord
 from ..core.quantize import int8_path, int8_record, quantize_int8
-from ..core.settings import EXPORT, GATE_IMAGES, GATE_TOLERANCE, LATENCY, ExportSettings, LatencySettings
+from ..core.settings import (EXPORT, GATE_IMAGES, GATE_TOLERANCE, LATENCY, ExportSettings, LatencySettings,
+                             check_runtime)
 from ..core.timing import measure_latency, settings_record, speedups
 from .datasource import calibration_images, checkpoint_data
 from .run_folders import unpruned_source
@@ -84,8 +86,12 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, settings: ExportSetting
     s, fixed = settings, settings.fixed_batch
     check_opset(s.opset)
     onnx_path, json_path = output_paths(out, overwrite)
-    if s.int8 and int8_path(onnx_path).exists() and not overwrite:
-        raise NampruneError(f"{int8_path(onnx_path)} already exists; pass --overwrite to replace it")
+    if s.runtime == "openvino" and onnx_path.suffix != ".xml":
+        raise NampruneError(f"--runtime openvino writes OpenVINO IR: give --out a path ending in .xml "
+                            f"(its weights go beside it, .bin), got {onnx_path}")
+    for path in [*([int8_path(onnx_path)] if s.int8 else []), *written_beside(onnx_path, s)]:
+        if path.exists() and not overwrite:
+            raise NampruneError(f"{path} already exists; pass --overwrite to replace it")
     payload = checkpoint.read(ckpt)
     model = checkpoint.build(payload).eval()
     data = checkpoint_data(payload, data_dir) if s.check or s.int8 or s.fold and has_gates(model) else None
@@ -104,23 +110,36 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, settings: ExportSetting
     if gates:  # the check above held the file to what was exported; this, to the checkpoint (exact when none removed)
         gates |= removal_effect(model, sess, images, data)
         parity = parity and {**parity, "vs_unfolded": gates.pop("vs_unfolded")}
-    files = {onnx_path: onnx_bytes}
     timed = {"onnxruntime": sess, "torch_eager": model, **({"torch_eager_folded": exported} if s.fold else {})}
-    int8_report = _quantize(ckpt, s, onnx_bytes, onnx_path, calib, data, files, timed, threads) if s.int8 else None
+    onnx_parity, versions = None, {}
+    if s.runtime == "openvino":  # the IR of the ONNX file just checked, held to the same check
+        from ..core.openvino import versions as openvino_versions
+        from .openvino_export import export_ir
+
+        onnx_parity, versions = parity, openvino_versions()
+        files, parity, int8_report = export_ir(exported, onnx_bytes, onnx_path, images, calib, data, s, threads, timed)
+    else:
+        files = {onnx_path: onnx_bytes}
+        int8_report = _quantize(s, onnx_bytes, onnx_path, calib, data, files, timed, threads) if s.int8 else None
+    if int8_report:
+        _add_unpruned(ckpt, s, calib, timed, threads, int8_report)
     timings = measure_latency(timed, latency) if latency else None
     if int8_report and timings:
-        int8_report |= _int8_speedups(timings)
+        int8_report |= _int8_speedups(timings, s.runtime)
     record = ExportRecord(**{
-        "source": str(checkpoint.model_file(ckpt)), "onnx": str(onnx_path),
+        "source": str(checkpoint.model_file(ckpt)), "runtime": s.runtime,
+        "onnx": str(onnx_path) if s.runtime == "onnxruntime" else None,
+        "ir": str(onnx_path) if s.runtime == "openvino" else None, "onnx_parity": onnx_parity,
         "model": payload["arch"]["name"], "attention": payload["arch"]["attention"],
         "pruning_steps": len(payload.get("pruning_history") or []),
         "exporter": exporter, "opset": opset_of(proto), "batch": fixed or "dynamic",
         "input_shape": [fixed or "batch", *input_shape(model, 1)[1:]],
         "folded": s.fold, "optimized": s.optimize, "nam_gates": gates,
-        "file_bytes": len(onnx_bytes), "params": count_params(model), "onnx_params": onnx_params(proto),
+        "file_bytes": sum(len(files[p]) for p in [onnx_path, *written_beside(onnx_path, s.with_(int8=False))]),
+        "params": count_params(model), "onnx_params": onnx_params(proto),
         "parity": parity, "int8": int8_report,
         "latency": {"settings": settings_record(latency), "records": timings} if timings else None,
-        "versions": {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": ort.__version__},
+        "versions": {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": ort.__version__, **versions},
     })
     for path, content in files.items():
         write_atomic(path, lambda tmp, content=content: tmp.write_bytes(content))
@@ -128,26 +147,43 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, settings: ExportSetting
     return record
 
 
-def _quantize(ckpt, s: ExportSettings, onnx_bytes: bytes, onnx_path: Path, calib, data, files: dict, timed: dict,
+def written_beside(path: Path, s: ExportSettings) -> list[Path]:
+    """The files an export writes besides ``path`` and its record: an IR's weights (.bin)."""
+    if s.runtime != "openvino":
+        return []
+    return [path.with_suffix(".bin"), *([int8_path(path).with_suffix(".bin")] if s.int8 else [])]
+
+
+def _quantize(s: ExportSettings, onnx_bytes: bytes, onnx_path: Path, calib, data, files: dict, timed: dict,
               threads: int | None) -> dict:
-    """``--int8``: the quantized file (added to ``files``), its session and, for a pruned run,
-    the unpruned FP32 model's (added to ``timed``), and the INT8 record."""
+    """``--int8``: the quantized file (added to ``files``), its session (added to ``timed``), and
+    the INT8 record."""
     path = int8_path(onnx_path)
     files[path] = quantize_int8(onnx_bytes, calib, s.fixed_batch)
     timed["onnxruntime_int8"] = sess8 = session(files[path], threads)
-    report = int8_record(timed["onnxruntime"], sess8, files[path], path, data, len(calib))
+    return int8_record(timed["onnxruntime"], sess8, len(files[path]), path, data, len(calib))
+
+
+def _add_unpruned(ckpt, s: ExportSettings, calib, timed: dict, threads: int | None, report: dict) -> None:
+    """For a pruned run, the unpruned FP32 model in the export's runtime (added to ``timed``):
+    pruning and INT8 are timed against it together."""
     source = unpruned_source(ckpt)
     report["unpruned_source"] = str(source) if source else None
     if source and threads:
-        timed["onnxruntime_unpruned"] = unpruned_session(source, calib, s, threads)
-    return report
+        onnx_bytes = unpruned_onnx(source, calib, s)
+        if s.runtime == "openvino":
+            from ..core import openvino
+
+            timed["openvino_unpruned"] = openvino.session(onnx_bytes, threads)
+        else:
+            timed["onnxruntime_unpruned"] = session(onnx_bytes, threads)
 
 
-def _int8_speedups(timings: dict) -> dict:
-    found = {"speedup_vs_fp32": speedups(timings, "onnxruntime", "onnxruntime_int8")}
-    if "onnxruntime_unpruned" in timings:
-        found["speedup_vs_unpruned_fp32"] = {"fp32": speedups(timings, "onnxruntime_unpruned", "onnxruntime"),
-                                             "int8": speedups(timings, "onnxruntime_unpruned", "onnxruntime_int8")}
+def _int8_speedups(timings: dict, runtime: str) -> dict:
+    found = {"speedup_vs_fp32": speedups(timings, runtime, f"{runtime}_int8")}
+    if f"{runtime}_unpruned" in timings:
+        found["speedup_vs_unpruned_fp32"] = {"fp32": speedups(timings, f"{runtime}_unpruned", runtime),
+                                             "int8": speedups(timings, f"{runtime}_unpruned", f"{runtime}_int8")}
     return found
 
 
@@ -156,21 +192,21 @@ def test_images(data) -> torch.Tensor | None:
     return None if data is None else next(iter(data.test))[0][:TEST_SAMPLES].cpu()
 
 
-def unpruned_session(source: Path, calib, s: ExportSettings, threads: int) -> ort.InferenceSession:
+def unpruned_onnx(source: Path, calib, s: ExportSettings) -> bytes:
     """The unpruned model exported as ``namprune export`` would, for timing next to the pruned one."""
     model = checkpoint.load(source).eval()
     exported, _ = fold_for_export(model, calib, s.gate_tolerance, remove=s.remove_gates)
-    return session(to_onnx(exported, s.fixed_batch, s.opset, s.optimize)[0].SerializeToString(), threads)
+    return to_onnx(exported, s.fixed_batch, s.opset, s.optimize)[0].SerializeToString()
 
 
 def check_file(ckpt: str | Path, onnx_file: str | Path, data_dir=None, gate_tolerance: float | None = None,
                calibration: int | None = None) -> dict:
-    """Check an existing ONNX file against the checkpoint it came from, folded and with its constant
+    """Check an existing ONNX file (or OpenVINO IR, .xml) against the checkpoint it came from, folded and with its constant
     gates removed as its export did (with the tolerance and calibration images recorded beside
     it, unless given); raises ``ExportError`` with the measured difference if it disagrees."""
     onnx_file = Path(onnx_file)
     if not onnx_file.is_file():
-        raise NampruneError(f"no ONNX file at {onnx_file}")
+        raise NampruneError(f"no {'OpenVINO IR' if onnx_file.suffix == '.xml' else 'ONNX'} file at {onnx_file}")
     recorded = recorded_gates(onnx_file)
     s = EXPORT.with_(gate_tolerance=recorded.get("tolerance", GATE_TOLERANCE) if gate_tolerance is None else gate_tolerance,
                      calibration_images=recorded.get("calibration_images") or GATE_IMAGES if calibration is None
@@ -178,7 +214,7 @@ def check_file(ckpt: str | Path, onnx_file: str | Path, data_dir=None, gate_tole
     payload = checkpoint.read(ckpt)
     model = checkpoint.build(payload).eval()
     try:
-        sess = session(onnx_file)
+        sess = _checked_session(onnx_file)
     except ExportError as exc:  # here the file is the user's input, not the export's output
         raise NampruneError(str(exc)) from None
     data = checkpoint_data(payload, data_dir)
@@ -188,10 +224,20 @@ def check_file(ckpt: str | Path, onnx_file: str | Path, data_dir=None, gate_tole
     return check_parity(exported, sess, images)
 
 
+def _checked_session(path: Path):
+    """An onnxruntime session of an ONNX file, or an OpenVINO one of an IR file (.xml)."""
+    if path.suffix != ".xml":
+        return session(path)
+    check_runtime("openvino", "--check-only of an IR file: runtime")
+    from ..core import openvino
+
+    return openvino.session(path)
+
+
 def recorded_gates(onnx_file: Path) -> dict:
     """The ``nam_gates`` record of the export that wrote ``onnx_file`` ({} when there is none)."""
     json_path = output_paths(onnx_file, overwrite=True)[1]
     if not json_path.is_file():
         return {}
     record = ExportRecord.read(json_path)
-    return (record.nam_gates or {}) if Path(record.onnx).name == onnx_file.name else {}
+    return (record.nam_gates or {}) if Path(record.onnx or record.ir).name == onnx_file.name else {}

@@ -6,7 +6,7 @@
     OUT/prune/        the pruned model, right after pruning    (namprune prune)
     OUT/finetune/     the pruned model, fine-tuned
     OUT/report/       the trade-off table, JSON/CSV/Markdown, plots   (namprune report)
-    OUT/export/       model.onnx checked with onnxruntime      (namprune export)
+    OUT/export/       model.onnx checked with onnxruntime      (namprune export; model.xml with runtime openvino)
 
 The run works in ``OUT.partial`` and becomes ``OUT`` when every stage is done. A stage
 that is complete is skipped when the command runs again, and an interrupted training or
@@ -171,7 +171,8 @@ def _report(job: Job) -> None:
 
 def _export(job: Job) -> None:
     with run_dir(job.folder("export"), overwrite=True) as stage:
-        export_checkpoint(job.final_model, stage / "model.onnx", job.recipe.export, data_dir=job.data_dir)
+        name = "model.xml" if job.recipe.export.runtime == "openvino" else "model.onnx"  # IR: what --out takes
+        export_checkpoint(job.final_model, stage / name, job.recipe.export, data_dir=job.data_dir)
 
 
 STEPS: dict[str, Callable[[Job], None]] = {"train": _train, "rank": _rank, "prune": _prune, "finetune": _finetune,

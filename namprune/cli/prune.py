@@ -11,7 +11,8 @@ from rich.table import Table
 from ..core.console import console
 from ..core.records import PruneReport
 from ..core.settings import (DEFAULT_RATIO, DEFAULT_THREADS, FINETUNE, IMPORTANCES, LATENCY_TOLERANCE, MACS_TOLERANCE,
-                             NORMALIZATIONS, PRUNE, RUNTIMES, SCOPES, TRAIN, FinetuneSettings, PruneConfig, TrainConfig)
+                             NORMALIZATIONS, OPENVINO_INSTALL, PRUNE, RUNTIMES, SCOPES, TRAIN, FinetuneSettings,
+                             PruneConfig, TrainConfig)
 from ..core.paths import check_checkpoint
 from .app import DataDir, Device, JsonOut, Overwrite, Quiet, Threads, app, int_or_text, interrupted
 
@@ -35,7 +36,7 @@ FinetuneEpochs = Annotated[int, typer.Option("--finetune-epochs", help="Epochs o
 FinetuneLr = Annotated[Optional[float], typer.Option("--lr", help="Fine-tuning learning rate (default: a tenth of the training one).")]
 FinetuneBatch = Annotated[Optional[int], typer.Option("--batch-size", "-b", help="Fine-tuning batch size (default: the training one).")]
 Seed = Annotated[int, typer.Option("--seed", help="Seed of the random importance.")]
-LatencyRuntime = Annotated[str, typer.Option("--latency-runtime", help=f"What --target-latency times: {', '.join(RUNTIMES)} (eager), on the CPU.")]
+LatencyRuntime = Annotated[str, typer.Option("--latency-runtime", help=f"What --target-latency and --round-to auto time on, on the CPU: {', '.join(RUNTIMES)} (eager); openvino is an optional extra ({OPENVINO_INSTALL}).")]
 FinetuneSparsity = Annotated[float, typer.Option("--finetune-sparsity", help="Keep the sparsity penalty on while fine-tuning (default off).")]
 
 

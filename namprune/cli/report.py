@@ -47,8 +47,11 @@ def report(
     device: Device = LATENCY.device,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing output files.")] = False,
 ) -> None:
-    """Compare runs: params, MACs, measured latency and top-1 against the unpruned base."""
+    """Compare runs: params, MACs, measured latency and top-1 against the unpruned base, and the
+    files exported into the run folders (namprune export RUN --out RUN/export/...) per runtime
+    and precision."""
     from ..app.comparison import check_outputs, compare, print_table, pruned_layers, save_comparison
+    from ..app.deployed import print_deployed
     from ..app.run_folders import expand, find_base
 
     check_outputs(markdown_out, csv_out, plot, widths, json_out, overwrite=overwrite)
@@ -62,6 +65,7 @@ def report(
     note(f"measuring the runs side by side on {settings.device} ({settings.rounds} rounds)")
     result = compare(found, base_run, settings, data_for)
     print_table(result)
+    print_deployed(result["deployed"])
     save_comparison(result, json_out, markdown_out, csv_out, plot, widths, layers)
     written = [f"{what}: {path}" for what, path in (("plot", plot), ("layer widths", widths), ("json", json_out),
                                                    ("markdown", markdown_out), ("csv", csv_out)) if path]

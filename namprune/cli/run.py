@@ -76,7 +76,9 @@ def show_results(out: Path) -> None:
     final = out / "finetune" if (out / "finetune").exists() else out / "prune"
     rows = [("pruned model", final / "model.pt"), ("trade-off report", out / "report" / "report.md"),
             ("pictures", ", ".join(str(p) for p in sorted([*(out / "report").glob("*.png"), *(out / "rank").glob("*.png")])))]
-    if (out / "export").exists():
+    if (out / "export" / "model.xml").exists():  # the recipe's export.runtime: openvino
+        rows.append(("OpenVINO IR", out / "export" / "model.xml"))
+    elif (out / "export").exists():
         rows.append(("ONNX model", out / "export" / "model.onnx"))
     for label, where in rows:
         console.print(f"{label + ':':18} {where}")

@@ -4,7 +4,7 @@ MACs do not say how fast a pruned model runs: the same MACs saved in different l
 different speed-ups on a CPU runtime. So the cost of a channel is measured on the runtime
 the model is deployed to, one group at a time: remove half of a group's channels (its
 lowest-scored ones), time the copy in its inference form (NAM folded; for onnxruntime the
-exported graph) side by side with the unpruned model, and share the fraction of time
+exported graph, for OpenVINO its IR) side by side with the unpruned model, and share the fraction of time
 saved over the channels removed. The allocation then
 spends saliency per millisecond, and the pruned result is timed again to correct the
 budget (``pruning._removal_for_budget``).
@@ -63,16 +63,22 @@ class LatencyMeter:
     def compare(self, models: dict) -> tuple[dict, bool]:
         """Median ms of each model (keys kept), timed side by side in interleaved rounds, and
         whether every figure is to be trusted (``timing.trust_problem``)."""
-        records = measure_latency({str(k): self.subject(m) for k, m in models.items()}, self.settings)
+        records = measure_latency({str(k): self.subject(m) for k, m in models.items()}, self.settings, self.runtime)
         figures = [records[str(k)][self.batch] for k in models]
         return {k: r["median_ms"] for k, r in zip(models, figures)}, all(r["trusted"] for r in figures)
 
     def subject(self, model: nn.Module):
-        """What is timed: the folded model, exported to ONNX for onnxruntime."""
+        """What is timed: the folded model, exported to ONNX for onnxruntime and OpenVINO (which
+        converts that file, as ``namprune export --runtime openvino`` does)."""
         folded = fold_nam(model)  # a copy in eval mode
         if self.runtime == "torch":
             return folded
-        return to_onnx(folded, self.batch)[0].SerializeToString()
+        onnx_bytes = to_onnx(folded, self.batch)[0].SerializeToString()
+        if self.runtime == "openvino":  # compiled once (a second), not at every timing of the reference
+            from . import openvino
+
+            return openvino.session(onnx_bytes, self.settings.num_threads)
+        return onnx_bytes
 
 
 class LatencyComparison:
@@ -95,7 +101,8 @@ class LatencyComparison:
         batch, subject = self.meter.batch, self.meter.subject(model)
         ratios, before, after = [], [], []
         for _ in range(MAX_REPEATS):  # an uncertain ratio is timed again, its rounds pooled
-            records = measure_latency({"before": self.reference, "after": subject}, self.meter.settings)
+            records = measure_latency({"before": self.reference, "after": subject}, self.meter.settings,
+                                      self.meter.runtime)
             before += records["before"][batch]["round_ms"]
             after += records["after"][batch]["round_ms"]
             ratios = [a / b for a, b in zip(after, before)]

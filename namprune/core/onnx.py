@@ -183,22 +183,34 @@ def session(model: bytes | str | Path, threads: int | None = None) -> ort.Infere
                           f"{_first_line(exc)}") from None
 
 
-def fixed_batch(sess: ort.InferenceSession) -> int | None:
+# A "session" below is an onnxruntime session or an OpenVINO ``openvino.IRSession``: the
+# check, the accuracy and the timing take either, so both runtimes are held to one rule.
+
+
+def runtime_of(sess) -> str:
+    return getattr(sess, "runtime", "onnxruntime")
+
+
+def fixed_batch(sess) -> int | None:
     """The batch size the session's input requires, None when it is dynamic."""
+    if not isinstance(sess, ort.InferenceSession):
+        return sess.fixed_batch
     first = sess.get_inputs()[0].shape[0]
     return first if isinstance(first, int) and first > 0 else None
 
 
-def run_onnx(sess: ort.InferenceSession, x: torch.Tensor) -> np.ndarray:
+def run_onnx(sess, x: torch.Tensor) -> np.ndarray:
+    if not isinstance(sess, ort.InferenceSession):
+        return sess.run(x.numpy())
     return sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
 
 
-def run_checked(sess: ort.InferenceSession, x: torch.Tensor) -> np.ndarray:
+def run_checked(sess, x: torch.Tensor) -> np.ndarray:
     """``run_onnx`` for the check: a file that cannot take the model's input fails the check."""
     try:
         return run_onnx(sess, x)
-    except Exception as exc:  # onnxruntime's own exception types
-        raise ExportError(f"onnxruntime could not run the file on a {tuple(x.shape)} input: "
+    except Exception as exc:  # the runtimes' own exception types
+        raise ExportError(f"{runtime_of(sess)} could not run the file on a {tuple(x.shape)} input: "
                           f"{_first_line(exc)}") from None
 
 
@@ -223,8 +235,8 @@ def batches(x: torch.Tensor, batch: int | None, largest: int = 32) -> list[torch
 
 
 @torch.no_grad()
-def compare(model: nn.Module, sess: ort.InferenceSession, x: torch.Tensor, label: str) -> dict:
-    """Logits of torch (``model``, the reference) and onnxruntime on the same images."""
+def compare(model: nn.Module, sess, x: torch.Tensor, label: str) -> dict:
+    """Logits of torch (``model``, the reference) and the session's runtime on the same images."""
     runs = batches(x, fixed_batch(sess))
     reference = np.concatenate([model(b).numpy() for b in runs])
     other = np.concatenate([run_checked(sess, b) for b in runs])
@@ -234,7 +246,7 @@ def compare(model: nn.Module, sess: ort.InferenceSession, x: torch.Tensor, label
             "max_rel_diff": rel, "top1_agree": agree, "ok": rel < TOLERANCE and agree == len(reference)}
 
 
-def check_parity(model: nn.Module, sess: ort.InferenceSession, test_images: torch.Tensor | None = None) -> dict:
+def check_parity(model: nn.Module, sess, test_images: torch.Tensor | None = None) -> dict:
     """Compare on seeded random inputs and, when given, real test images; raise ``ExportError``
     with the measured difference when any comparison fails."""
     shape = input_shape(model, RANDOM_SAMPLES)
@@ -243,8 +255,9 @@ def check_parity(model: nn.Module, sess: ort.InferenceSession, test_images: torc
         results.append(compare(model, sess, test_images, "test images"))
     for r in results:
         if not r["ok"]:
-            raise ExportError(f"parity check failed on {r['inputs']}: max relative difference {r['max_rel_diff']:.3g} "
+            raise ExportError(f"parity check failed on {r['inputs']} ({runtime_of(sess)}): max relative difference "
+                              f"{r['max_rel_diff']:.3g} "
                               f"(limit {TOLERANCE:g}; max |difference| {r['max_abs_diff']:.3g}), top-1 agrees on "
                               f"{r['top1_agree']}/{r['images']} images")
-    return {"tolerance": TOLERANCE, "definition": "max|onnxruntime - torch| / max|torch| over all logits",
-            "results": results}
+    return {"runtime": runtime_of(sess), "tolerance": TOLERANCE,
+            "definition": f"max|{runtime_of(sess)} - torch| / max|torch| over all logits", "results": results}

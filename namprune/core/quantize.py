@@ -26,6 +26,8 @@ import torch
 from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                       quant_pre_process, quantize_static)
 
+from .onnx import fixed_batch, run_onnx
+
 
 SETTINGS = {"format": "QDQ", "weights": "int8 per channel", "activations": "uint8 per tensor",
             "calibration": "MinMax on training images"}
@@ -77,16 +79,14 @@ def _quiet():
         logger.setLevel(level)
 
 
-def onnx_accuracy(sess: ort.InferenceSession, loader) -> dict:
-    """Top-1 / top-5 (%) of an onnxruntime session over a test loader (a fixed-batch file gets
-    its batches filled by repetition; the repeats are not counted)."""
-    fixed = sess.get_inputs()[0].shape[0]
-    fixed = fixed if isinstance(fixed, int) and fixed > 0 else None
-    name = sess.get_inputs()[0].name
+def onnx_accuracy(sess, loader) -> dict:
+    """Top-1 / top-5 (%) of an onnxruntime session or OpenVINO ``IRSession`` over a test loader
+    (a fixed-batch file gets its batches filled by repetition; the repeats are not counted)."""
+    fixed = fixed_batch(sess)
     top1 = top5 = total = 0
     for images, labels in loader:
         images, labels = images.cpu(), labels.cpu()
-        logits = np.concatenate([sess.run(None, {name: b.numpy()})[0]
+        logits = np.concatenate([run_onnx(sess, b)
                                  for b in (_fill(images, fixed).split(fixed) if fixed else [images])])[:len(labels)]
         best = torch.from_numpy(logits).topk(min(5, logits.shape[1]), dim=1).indices
         top1 += int((best[:, 0] == labels).sum())
@@ -95,11 +95,11 @@ def onnx_accuracy(sess: ort.InferenceSession, loader) -> dict:
     return {"top1": round(100 * top1 / total, 4), "top5": round(100 * top5 / total, 4), "images": total}
 
 
-def int8_record(sess: ort.InferenceSession, sess8: ort.InferenceSession, int8_bytes: bytes, out: Path, data,
-                calibrated_on: int) -> dict:
-    """The INT8 file next to its FP32 original: top-1 of both on the whole test split."""
+def int8_record(sess, sess8, int8_bytes: int, out: Path, data, calibrated_on: int, settings: dict = SETTINGS) -> dict:
+    """The INT8 file (``int8_bytes`` long) next to its FP32 original: top-1 of both on the whole
+    test split, in the sessions' runtime (onnxruntime, or OpenVINO with its ``settings``)."""
     fp32, int8 = onnx_accuracy(sess, data.test), onnx_accuracy(sess8, data.test)
-    return {"file": str(out), "file_bytes": len(int8_bytes), **SETTINGS, "calibration_images": calibrated_on,
+    return {"file": str(out), "file_bytes": int8_bytes, **settings, "calibration_images": calibrated_on,
             "top1_fp32": fp32["top1"], "top1_int8": int8["top1"], "top1_change": round(int8["top1"] - fp32["top1"], 4),
             "test_images": int8["images"]}
 

@@ -120,7 +120,7 @@ class ExportRecord(Record):
     """``<name>.export.json`` beside an ONNX file. ``namprune.export_onnx`` (any module) writes
     the first block; ``namprune export`` (a checkpoint) all of it."""
 
-    onnx: str
+    onnx: Optional[str]  # the ONNX file written (None: it was converted to OpenVINO IR only)
     exporter: str  # dynamo | torchscript
     opset: int
     batch: Union[int, str]  # a fixed size or "dynamic"
@@ -138,6 +138,9 @@ class ExportRecord(Record):
     nam_gates: Optional[dict] = None  # gates measured, removed, and what removing them changed
     int8: Optional[dict] = None
     latency: Optional[dict] = None  # {"settings": ..., "records": {runtime: {batch: timing record}}}
+    runtime: str = "onnxruntime"  # what the file is for: onnxruntime (ONNX) or openvino (IR)
+    ir: Optional[str] = None  # with runtime openvino: the IR's .xml (its weights: the .bin beside it)
+    onnx_parity: Optional[dict] = None  # with runtime openvino: the ONNX file the IR was converted from, in onnxruntime
     versions: Optional[dict] = None
 
 

@@ -10,6 +10,7 @@ A bad value raises ``NampruneError`` with one line naming the flag (``--ratio mu
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -31,7 +32,11 @@ NORMALIZATIONS = ("auto", "none", "mean", "sum", "max")
 AUTO_NORMALIZATION = {"nam": "none", "nam-w": "none", "slim": "none", "l1": "sum", "taylor": "mean", "random": "none"}
 SELF_NORMALIZED = ("nam", "random")  # relative scores already: no normalization applies
 SCOPES = ("global", "local")
-RUNTIMES = ("onnxruntime", "torch")
+RUNTIMES = ("onnxruntime", "openvino", "torch")  # what a latency target or --round-to auto times on
+EXPORT_RUNTIMES = ("onnxruntime", "openvino")  # what `namprune export` writes for: an ONNX file or OpenVINO IR
+# OpenVINO and NNCF (its INT8) are an optional extra: ~190 MB that most users do not need.
+OPENVINO_MODULES = ("openvino", "nncf")
+OPENVINO_INSTALL = 'pip install "namprune[openvino]"'
 
 # ----------------------------------------------------------------------------- defaults
 
@@ -74,6 +79,20 @@ MAX_CPU_WAIT = 0.20  # the timing threads may wait this share of their ready tim
 
 
 # ----------------------------------------------------------------------------- rules
+
+
+def installed(module: str) -> bool:
+    """Whether ``module`` can be imported, without importing it (openvino takes a second)."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ValueError:  # None in sys.modules: its import is blocked
+        return False
+
+
+def check_runtime(runtime: str, what: str) -> None:
+    """Refuse the openvino runtime where the optional extra is not installed (``what``: the flag)."""
+    if runtime == "openvino" and not all(installed(m) for m in OPENVINO_MODULES):
+        raise NampruneError(f"{what} openvino needs OpenVINO and NNCF, an optional extra: {OPENVINO_INSTALL}")
 
 
 def _fraction(what: str):
@@ -240,7 +259,7 @@ class PruneConfig(Settings):
     ratio: Annotated[Optional[float], _fraction("the fraction of channels removed")] = None
     target_macs: Annotated[Optional[float], _fraction("the fraction of MACs kept")] = None
     target_latency: Annotated[Optional[float], _fraction("the fraction of the measured latency kept")] = None
-    latency_runtime: Literal[RUNTIMES] = "onnxruntime"  # what target_latency times: onnxruntime or torch (eager)
+    latency_runtime: Literal[RUNTIMES] = "onnxruntime"  # what target_latency and round_to auto time on
     latency_batch: int = Field(1, ge=1)
     latency_threads: LatencyThreads = None  # what target_latency times with (None: DEFAULT_THREADS)
     scope: Literal[SCOPES] = "global"
@@ -267,6 +286,7 @@ class PruneConfig(Settings):
             resolve_normalization(self.importance, self.normalization)
         except NampruneError as exc:
             raise ValueError(str(exc)) from None
+        check_runtime(self.latency_runtime, "--latency-runtime")
         return self
 
 
@@ -304,6 +324,12 @@ class ExportSettings(Settings):
     remove_gates: bool = True  # remove the gates that pass the check (False: keep every gate, exact)
     calibration_images: CalibrationImages = GATE_IMAGES
     int8: bool = False
+    runtime: Literal[EXPORT_RUNTIMES] = "onnxruntime"  # onnxruntime: an ONNX file; openvino: IR converted from it
+
+    @model_validator(mode="after")
+    def _runtime_installed(self):
+        check_runtime(self.runtime, "--runtime")
+        return self
 
     @property
     def fixed_batch(self) -> int | None:

@@ -1,4 +1,4 @@
-"""One way to time a model, for torch and onnxruntime alike, with a verdict on whether the
+"""One way to time a model, for torch, onnxruntime and OpenVINO alike, with a verdict on whether the
 figure can be trusted.
 
 Every latency namprune reports (``report``, ``sweep``, ``export``) comes from
@@ -26,6 +26,7 @@ latency target) must ask first.
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import platform
 import statistics
@@ -49,8 +50,16 @@ CLEAN_HINT = ("for a clean figure, time while no other job runs (or with fewer -
 def settings_record(settings: LatencySettings) -> dict:
     """The settings as recorded next to every latency figure."""
     return {**settings.model_dump(mode="json"), "threads": settings.num_threads, "torch": torch.__version__,
-            "onnxruntime": ort.__version__, "cores": available_cores(),
+            "onnxruntime": ort.__version__, "openvino": _version("openvino"), "cores": available_cores(),
             "machine": f"{platform.machine()} {platform.system()}, {_device_name(settings.device)}"}
+
+
+def _version(package: str) -> str | None:
+    """An optional package's version, read without importing it."""
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def _device_name(device: str) -> str:
@@ -115,15 +124,21 @@ class OnnxRunner(Runner):
         self.sess.run(None, {self.input_name: x})
 
 
-def runner_for(model, settings: LatencySettings) -> Runner:
-    """A torch module, an onnxruntime session, or ONNX bytes / a file (a session is made with
-    ``settings``' threads)."""
+def runner_for(model, settings: LatencySettings, runtime: str = "onnxruntime") -> Runner:
+    """A torch module, an onnxruntime session, an OpenVINO ``IRSession``, or ONNX bytes / a file,
+    opened in ``runtime`` (onnxruntime or openvino) with ``settings``' threads."""
     if isinstance(model, Runner):
         return model
     if isinstance(model, nn.Module):
         return TorchRunner(model, torch.device(settings.device))
     if isinstance(model, ort.InferenceSession):
         return OnnxRunner(model)
+    if getattr(model, "runtime", None) == "openvino" or (isinstance(model, (bytes, str, Path))
+                                                         and runtime == "openvino"):
+        from . import openvino  # an optional extra: imported only when asked for
+
+        return openvino.OpenVinoRunner(openvino.session(model, settings.num_threads)
+                                       if isinstance(model, (bytes, str, Path)) else model)
     if isinstance(model, (bytes, str, Path)):
         return OnnxRunner(session(model, settings.num_threads))
     raise TypeError(f"cannot time a {type(model).__name__}")
@@ -148,17 +163,19 @@ def _scheduler_ns() -> tuple[int, int] | None:
     return (run, wait) if run else None
 
 
-def measure_latency(models: dict[str, object], settings: LatencySettings = LatencySettings()) -> dict[str, dict[int, dict]]:
+def measure_latency(models: dict[str, object], settings: LatencySettings = LatencySettings(),
+                    runtime: str = "onnxruntime") -> dict[str, dict[int, dict]]:
     """Median latency of each model at each batch size, timed side by side.
 
     ``models`` maps a name to a torch module (moved to ``settings.device``, eval mode), an
-    onnxruntime session, or ONNX bytes / a file. For each of ``settings.rounds`` rounds every
+    onnxruntime session, an OpenVINO ``IRSession``, or ONNX bytes / a file (opened in
+    ``runtime``: onnxruntime or openvino). For each of ``settings.rounds`` rounds every
     model is timed once per batch size (a block of at least ``min_run_time`` seconds); the
     blocks of one model and batch are merged and their median reported. Returns
     ``{name: {batch: record}}`` (see ``record``). A session or file with a fixed batch size
     is timed at that size only.
     """
-    runners = {name: runner_for(model, settings) for name, model in models.items()}
+    runners = {name: runner_for(model, settings, runtime) for name, model in models.items()}
     timers: dict[tuple[str, int], benchmark.Timer] = {}
     shapes: dict[tuple[str, int], list[int]] = {}
     for name, runner in runners.items():
@@ -208,6 +225,7 @@ def record(runtime: str, batch: int, measurements: list, waits: list[tuple[int, 
         "cpu_wait": round(wait / (run + wait), 4) if run + wait else None,
         "input_shape": shape, "device": settings["device"], "torch": settings["torch"],
         "onnxruntime": settings["onnxruntime"] if runtime == "onnxruntime" else None,
+        "openvino": settings.get("openvino") if runtime == "openvino" else None,
         "min_run_time": settings["min_run_time"], "rounds": settings["rounds"], "cores": settings["cores"],
         "load_before": settings["load_before"], "load_after": settings["load_after"],
         "max_spread": settings["max_spread"], "max_cpu_wait": settings["max_cpu_wait"],
@@ -289,5 +307,6 @@ def mark(record: dict) -> str:
 
 
 __all__ = ["CLEAN_HINT", "DEFAULT_THREADS", "MAX_CPU_WAIT", "MAX_SPREAD", "LatencySettings", "OnnxRunner", "Runner",
+           "runner_for",
            "TorchRunner", "available_cores", "is_trustworthy", "mark", "measure_latency", "problems",
            "record", "round_ratios", "speedups", "summary", "trust_problem"]
