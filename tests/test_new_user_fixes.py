@@ -143,8 +143,9 @@ def _imported_distributions() -> dict[str, set[str]]:
 def test_every_imported_package_is_declared():
     tomllib = pytest.importorskip("tomllib")  # Python 3.11+
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extras = [d for name, deps in project["optional-dependencies"].items() if name != "dev" for d in deps]
     declared = {re.sub(r"[-_.]+", "-", re.split(r"[<>=!~ \[;]", d)[0]).lower()
-                for d in project["dependencies"] + project["optional-dependencies"]["timm"]}
+                for d in project["dependencies"] + extras}
     missing = {dist: files for dist, files in _imported_distributions().items() if dist not in declared}
     assert not missing, f"imported but not declared in pyproject.toml: {missing}"
     assert "timm" not in {re.split(r"[<>=]", d)[0] for d in project["dependencies"]}  # an extra, not required
