@@ -30,7 +30,7 @@ from ..core.records import ExportRecord
 from ..core.quantize import int8_path, int8_record, quantize_int8
 from ..core.settings import (EXPORT, GATE_IMAGES, GATE_TOLERANCE, LATENCY, ExportSettings, LatencySettings,
                              check_runtime)
-from ..core.timing import measure_latency, settings_record, speedups
+from ..core.timing import measure_latency, open_session, settings_record, speedups
 from .datasource import calibration_images, checkpoint_data
 from .run_folders import unpruned_source
 
@@ -170,13 +170,7 @@ def _add_unpruned(ckpt, s: ExportSettings, calib, timed: dict, threads: int | No
     source = unpruned_source(ckpt)
     report["unpruned_source"] = str(source) if source else None
     if source and threads:
-        onnx_bytes = unpruned_onnx(source, calib, s)
-        if s.runtime == "openvino":
-            from ..core import openvino
-
-            timed["openvino_unpruned"] = openvino.session(onnx_bytes, threads)
-        else:
-            timed["onnxruntime_unpruned"] = session(onnx_bytes, threads)
+        timed[f"{s.runtime}_unpruned"] = open_session(unpruned_onnx(source, calib, s), s.runtime, threads)
 
 
 def _int8_speedups(timings: dict, runtime: str) -> dict:
@@ -229,9 +223,7 @@ def _checked_session(path: Path):
     if path.suffix != ".xml":
         return session(path)
     check_runtime("openvino", "--check-only of an IR file: runtime")
-    from ..core import openvino
-
-    return openvino.session(path)
+    return open_session(path, "openvino")
 
 
 def recorded_gates(onnx_file: Path) -> dict:

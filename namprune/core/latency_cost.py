@@ -27,7 +27,7 @@ from .errors import NampruneError
 from .fold import fold_nam
 from .onnx import to_onnx
 from .settings import LATENCY_TOLERANCE, LatencySettings, PruneConfig
-from .timing import CLEAN_HINT, measure_latency
+from .timing import CLEAN_HINT, measure_latency, open_session
 
 COST_PROBE = 0.5  # the fraction of a group's channels removed to measure what its channels cost
 MAX_UNCERTAINTY = LATENCY_TOLERANCE  # standard error of a measured ratio: no finer than the target is held to
@@ -73,12 +73,9 @@ class LatencyMeter:
         folded = fold_nam(model)  # a copy in eval mode
         if self.runtime == "torch":
             return folded
-        onnx_bytes = to_onnx(folded, self.batch)[0].SerializeToString()
-        if self.runtime == "openvino":  # compiled once (a second), not at every timing of the reference
-            from . import openvino
-
-            return openvino.session(onnx_bytes, self.settings.num_threads)
-        return onnx_bytes
+        # opened once (OpenVINO compiles for about a second), not at every timing of the reference
+        return open_session(to_onnx(folded, self.batch)[0].SerializeToString(), self.runtime,
+                            self.settings.num_threads)
 
 
 class LatencyComparison:

@@ -95,11 +95,11 @@ def onnx_accuracy(sess, loader) -> dict:
     return {"top1": round(100 * top1 / total, 4), "top5": round(100 * top5 / total, 4), "images": total}
 
 
-def int8_record(sess, sess8, int8_bytes: int, out: Path, data, calibrated_on: int, settings: dict = SETTINGS) -> dict:
-    """The INT8 file (``int8_bytes`` long) next to its FP32 original: top-1 of both on the whole
+def int8_record(sess, sess8, file_bytes: int, out: Path, data, calibrated_on: int, settings: dict = SETTINGS) -> dict:
+    """The INT8 file (``file_bytes`` long) next to its FP32 original: top-1 of both on the whole
     test split, in the sessions' runtime (onnxruntime, or OpenVINO with its ``settings``)."""
     fp32, int8 = onnx_accuracy(sess, data.test), onnx_accuracy(sess8, data.test)
-    return {"file": str(out), "file_bytes": int8_bytes, **settings, "calibration_images": calibrated_on,
+    return {"file": str(out), "file_bytes": file_bytes, **settings, "calibration_images": calibrated_on,
             "top1_fp32": fp32["top1"], "top1_int8": int8["top1"], "top1_change": round(int8["top1"] - fp32["top1"], 4),
             "test_images": int8["images"]}
 

@@ -131,17 +131,25 @@ def runner_for(model, settings: LatencySettings, runtime: str = "onnxruntime") -
         return model
     if isinstance(model, nn.Module):
         return TorchRunner(model, torch.device(settings.device))
+    if isinstance(model, (bytes, str, Path)):
+        model = open_session(model, runtime, settings.num_threads)
     if isinstance(model, ort.InferenceSession):
         return OnnxRunner(model)
-    if getattr(model, "runtime", None) == "openvino" or (isinstance(model, (bytes, str, Path))
-                                                         and runtime == "openvino"):
-        from . import openvino  # an optional extra: imported only when asked for
+    if getattr(model, "runtime", None) == "openvino":
+        from .openvino import OpenVinoRunner
 
-        return openvino.OpenVinoRunner(openvino.session(model, settings.num_threads)
-                                       if isinstance(model, (bytes, str, Path)) else model)
-    if isinstance(model, (bytes, str, Path)):
-        return OnnxRunner(session(model, settings.num_threads))
+        return OpenVinoRunner(model)
     raise TypeError(f"cannot time a {type(model).__name__}")
+
+
+def open_session(model: bytes | str | Path, runtime: str = "onnxruntime", threads: int | None = None):
+    """A session of ONNX bytes or a file in ``runtime``: onnxruntime's, or OpenVINO's (which also
+    reads IR .xml files; an optional extra, imported only when asked for)."""
+    if runtime == "openvino":
+        from . import openvino
+
+        return openvino.session(model, threads)
+    return session(model, threads)
 
 
 # --------------------------------------------------------------------------- timing
@@ -307,6 +315,6 @@ def mark(record: dict) -> str:
 
 
 __all__ = ["CLEAN_HINT", "DEFAULT_THREADS", "MAX_CPU_WAIT", "MAX_SPREAD", "LatencySettings", "OnnxRunner", "Runner",
-           "runner_for",
+           "open_session", "runner_for",
            "TorchRunner", "available_cores", "is_trustworthy", "mark", "measure_latency", "problems",
            "record", "round_ratios", "speedups", "summary", "trust_problem"]
