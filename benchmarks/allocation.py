@@ -37,14 +37,10 @@ def measure(name: str, run: Path, data_dir, exponents: list[float]) -> list[dict
     payload = checkpoint.read(run)
     data = compatible_data(payload, data_dir, 256, "cpu")
     model = checkpoint.build(payload).eval()
-    rows, default = [], pruning.COST_EXPONENT
+    rows = []
     for q in exponents:
         pruned = copy.deepcopy(model)
-        pruning.COST_EXPONENT = q
-        try:
-            pruning.prune(pruned, pruning.PruneConfig(ratio=None, target_macs=0.5), data.calibration)
-        finally:
-            pruning.COST_EXPONENT = default
+        pruning.prune(pruned, pruning.PruneConfig(ratio=None, target_macs=0.5, cost_exponent=q), data.calibration)
         rows.append({"model": name, "q": q, "macs_kept": round(count_macs(pruned) / count_macs(model), 3),
                      "top1": evaluate(pruned, data.test)["top1"]})
         print(rows[-1], flush=True)

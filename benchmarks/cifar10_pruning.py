@@ -40,6 +40,7 @@ import tarfile
 import time
 
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -76,20 +77,38 @@ BASES = {
 }
 OTHER_DISTILL = 0.0 if DEFAULT_DISTILL else 0.9  # the fine-tuning namprune does not default to, for comparison
 ROUND_TO = 8
-# method -> (base, pruner, importance, distillation weight while fine-tuning, round_to). Pruner
-# "namprune" is namprune.prune; "tp" is torch-pruning's own pruner for that importance.
+GLOBAL = dict(cost_exponent=0.0)  # channels in order of score alone, as torch-pruning's global ranking takes them
+
+
+class Method(NamedTuple):
+    """A base, a pruner ("namprune": namprune.prune with ``options`` on top of its defaults;
+    "tp": torch-pruning's own pruner for ``importance``) and a fine-tuning (``distill``:
+    weight of distillation from the unpruned model)."""
+
+    base: str
+    pruner: str
+    importance: str
+    distill: float = DEFAULT_DISTILL
+    round_to: int = ROUND_TO
+    options: dict = {}
+
+
 METHODS = {
-    "namprune": ("namprune", "namprune", DEFAULT_IMPORTANCE, DEFAULT_DISTILL, ROUND_TO),
+    "namprune": Method("namprune", "namprune", DEFAULT_IMPORTANCE),
     "namprune, " + ("plain fine-tuning" if DEFAULT_DISTILL else "distilled"):
-        ("namprune", "namprune", DEFAULT_IMPORTANCE, OTHER_DISTILL, ROUND_TO),
-    "namprune, no attention": ("namprune-noattn", "namprune", DEFAULT_IMPORTANCE, DEFAULT_DISTILL, ROUND_TO),
-    "namprune, unrounded widths": ("namprune", "namprune", DEFAULT_IMPORTANCE, DEFAULT_DISTILL, 1),
-    "namprune ranking, tp-slim base": ("tp-slim", "namprune", DEFAULT_IMPORTANCE, DEFAULT_DISTILL, ROUND_TO),
-    "namprune ranking, tp-plain base": ("tp-plain", "namprune", DEFAULT_IMPORTANCE, DEFAULT_DISTILL, ROUND_TO),
-    "tp Slimming (BNScalePruner)": ("tp-slim", "tp", "slim", 0.0, ROUND_TO),
-    "tp group norm (GroupNormPruner)": ("tp-group", "tp", "group", 0.0, ROUND_TO),
-    "tp Taylor": ("tp-plain", "tp", "taylor", 0.0, ROUND_TO),
-    "tp L1": ("tp-plain", "tp", "l1", 0.0, ROUND_TO),
+        Method("namprune", "namprune", DEFAULT_IMPORTANCE, OTHER_DISTILL),
+    "namprune, no attention": Method("namprune-noattn", "namprune", DEFAULT_IMPORTANCE),
+    "namprune, unrounded widths": Method("namprune", "namprune", DEFAULT_IMPORTANCE, round_to=1),
+    "namprune ranking, tp-slim base": Method("tp-slim", "namprune", DEFAULT_IMPORTANCE),
+    "namprune ranking, tp-plain base": Method("tp-plain", "namprune", DEFAULT_IMPORTANCE),
+    "namprune l1 global, tp-plain base": Method("tp-plain", "namprune", "l1", 0.0, options=dict(GLOBAL, normalization="mean")),
+    "namprune l1 global, tp-plain base, distilled":
+        Method("tp-plain", "namprune", "l1", 0.9, options=dict(GLOBAL, normalization="mean")),
+    "namprune nam global, tp-plain base": Method("tp-plain", "namprune", "nam", 0.0, options=GLOBAL),
+    "tp Slimming (BNScalePruner)": Method("tp-slim", "tp", "slim", 0.0),
+    "tp group norm (GroupNormPruner)": Method("tp-group", "tp", "group", 0.0),
+    "tp Taylor": Method("tp-plain", "tp", "taylor", 0.0),
+    "tp L1": Method("tp-plain", "tp", "l1", 0.0),
 }
 
 
@@ -120,7 +139,7 @@ def main() -> None:
     results = []
     for seed in args.seeds:
         for method in args.methods:
-            train(METHODS[method][0], seed, data_dir, args)
+            train(METHODS[method].base, seed, data_dir, args)
             results.append(prune_and_finetune(method, seed, data_dir, args))
     if args.no_report:
         return
@@ -203,14 +222,14 @@ def method_folder(method: str) -> str:
 
 
 def prune_and_finetune(method: str, seed: int, data_dir: Path, args) -> dict:
-    base, pruner, importance, distill, round_to = METHODS[method]
+    base, pruner, importance, distill, round_to, options = METHODS[method]
     out = args.work / f"seed{seed}" / f"prune-{method_folder(method)}"
     finetune = FinetuneSettings(epochs=args.finetune_epochs, lr=args.finetune_lr, distill=distill)
     if not out.exists():
         print(f"pruning {method}, seed {seed}", flush=True)
         if pruner == "namprune":
             cfg = PruneConfig(ratio=None, target_macs=args.target_macs, importance=importance, seed=seed,
-                              round_to=round_to)
+                              round_to=round_to, **options)
             prune_checkpoint(base_dir(base, seed, args), cfg, out, finetune, data_dir=data_dir, progress=False,
                              resume=True)
         else:
@@ -220,7 +239,7 @@ def prune_and_finetune(method: str, seed: int, data_dir: Path, args) -> dict:
             finetune_pruned(pruned, out, finetune, data_dir=data_dir, progress=False, resume=True)
     report = read_json(out / "report.json")
     return {"method": method, "seed": seed, "base": base, "pruner": pruner, "importance": importance,
-            "distill": distill, "round_to": round_to, "folder": str(out), "base_folder": str(base_dir(base, seed, args)),
+            "distill": distill, "round_to": round_to, "options": options, "folder": str(out), "base_folder": str(base_dir(base, seed, args)),
             **{k: report[k] for k in ("top1_before", "top1_pruned_uncalibrated", "top1_pruned", "top1_finetuned",
                                       "params_before", "params_after", "macs_before", "macs_after", "ratio")}}
 

@@ -168,11 +168,25 @@ def test_macs_allocation_spends_score_per_mac():
     from namprune.core.prune import allocate_macs
     from namprune.core.saliency import GroupSaliency
 
+    cfg = PruneConfig(ratio=None, target_macs=0.5, round_to=1, cost_exponent=0.5)
     groups = [GroupSaliency("cheap", [], torch.ones(10), "test"), GroupSaliency("costly", [], torch.ones(10), "test")]
-    removed = allocate_macs(groups, [1.0, 4.0], PruneConfig(ratio=None, target_macs=0.5, round_to=1), macs_to_remove=20)
+    removed = allocate_macs(groups, [1.0, 4.0], cfg, macs_to_remove=20)
     assert removed == [0, 5]  # 5 costly channels save the 20 MACs; cheap ones would have taken 20 channels
     scores = [GroupSaliency("weak", [], torch.full((10,), 0.1), "test"), GroupSaliency("strong", [], torch.ones(10), "test")]
-    assert allocate_macs(scores, [1.0, 2.0], PruneConfig(ratio=None, target_macs=0.5, round_to=1), 4) == [4, 0]
+    assert allocate_macs(scores, [1.0, 2.0], cfg, 4) == [4, 0]
+
+
+def test_cost_exponent_zero_takes_channels_by_score_alone():
+    """q = 0: the lowest scores go first whatever they cost, until the MACs are saved."""
+    from namprune.core.prune import allocate_macs
+    from namprune.core.saliency import GroupSaliency
+
+    groups = [GroupSaliency("cheap", [], torch.linspace(0.1, 1.0, 10), "test"),
+              GroupSaliency("costly", [], torch.linspace(0.15, 1.05, 10), "test")]
+    by_score = PruneConfig(ratio=None, target_macs=0.5, round_to=1, cost_exponent=0.0)
+    assert allocate_macs(groups, [1.0, 4.0], by_score, macs_to_remove=20) == [4, 4]  # 4 + 4 * 4 MACs
+    by_cost = by_score.with_(cost_exponent=1.0)
+    assert allocate_macs(groups, [1.0, 4.0], by_cost, macs_to_remove=20)[1] == 5  # only the costly layer loses
 
 
 def test_unreachable_macs_target_is_refused():

@@ -249,6 +249,7 @@ def _report(ckpt, out, payload, cfg, measured, finetuned, finetune_epochs, start
                                                 "macs_after": after["macs"]},
         "importance": cfg.importance, "scope": cfg.scope, "normalization": resolve_normalization(cfg.importance, cfg.normalization),
         "round_to": cfg.round_to, "rounding": measured.get("rounding"), "max_layer_ratio": cfg.max_layer_ratio,
+        "cost_exponent": cfg.cost_exponent,
         "channels_before": measured["channels_before"], "channels_after": measured["channels_after"],
         "params_before": before["params"], "params_after": after["params"],
         "macs_before": before["macs"], "macs_after": after["macs"],

@@ -32,6 +32,7 @@ Distill = Annotated[float, typer.Option("--distill", help="Fine-tune with distil
 Scope = Annotated[str, typer.Option("--scope", help=f"{' or '.join(SCOPES)}: rank all channels together, or remove the same fraction of every layer.")]
 RoundTo = Annotated[Optional[str], typer.Option("--round-to", help="Keep channel counts that are multiples of N (default 8: widths onnxruntime's CPU kernels run fast; 1: any width); auto: the multiple of 1, 4, 8, 16 whose pruned model times fastest on --latency-runtime.")]
 MaxLayerRatio = Annotated[float, typer.Option("--max-layer-ratio", help="No layer loses more than this fraction of its channels.")]
+CostExponent = Annotated[float, typer.Option("--cost-exponent", help="With --target-macs or --target-latency, channels go in order of score^2 / cost^q, q in [0, 1]: 0 ranks by score alone, 1 is the greedy score-per-cost trade-off.")]
 FinetuneEpochs = Annotated[int, typer.Option("--finetune-epochs", help="Epochs of fine-tuning after pruning (0: none).")]
 FinetuneLr = Annotated[Optional[float], typer.Option("--lr", help="Fine-tuning learning rate (default: a tenth of the training one).")]
 FinetuneBatch = Annotated[Optional[int], typer.Option("--batch-size", "-b", help="Fine-tuning batch size (default: the training one).")]
@@ -118,6 +119,7 @@ def prune(
     normalization: Normalization = PRUNE.normalization,
     round_to: RoundTo = PRUNE.round_to,
     max_layer_ratio: MaxLayerRatio = PRUNE.max_layer_ratio,
+    cost_exponent: CostExponent = PRUNE.cost_exponent,
     calibration_images: CalibrationImages = PRUNE.calibration_images,
     recalibrate: Recalibrate = PRUNE.recalibrate,
     finetune_epochs: FinetuneEpochs = FINETUNE.epochs,
@@ -138,7 +140,7 @@ def prune(
     check_checkpoint(ckpt)  # before torch loads
     cfg = PruneConfig(ratio=ratio, target_macs=target_macs, target_latency=target_latency, scope=scope,
                       importance=importance, normalization=normalization, round_to=int_or_text(round_to),
-                      max_layer_ratio=max_layer_ratio, seed=seed, calibration_images=calibration_images,
+                      max_layer_ratio=max_layer_ratio, cost_exponent=cost_exponent, seed=seed, calibration_images=calibration_images,
                       recalibrate=recalibrate, latency_runtime=latency_runtime, latency_batch=latency_batch,
                       latency_threads=latency_threads)
     finetune = FinetuneSettings(epochs=finetune_epochs, lr=lr, sparsity=finetune_sparsity, distill=distill,

@@ -12,7 +12,7 @@ from ..core.errors import NampruneError
 from ..core.paths import check_checkpoint
 from ..core.settings import DEFAULT_THREADS, FINETUNE, LATENCY, MAX_SPREAD, PRUNE, FinetuneSettings, LatencySettings, PruneConfig
 from .app import DataDir, Device, JsonOut, Overwrite, Quiet, app, int_or_text
-from .prune import (CalibrationImages, Distill, FinetuneBatch, FinetuneEpochs, FinetuneLr, Importance, LatencyRuntime,
+from .prune import (CalibrationImages, CostExponent, Distill, FinetuneBatch, FinetuneEpochs, FinetuneLr, Importance, LatencyRuntime,
                     MaxLayerRatio, Normalization, Recalibrate, RoundTo, Scope, Seed)
 
 SWEEP_FINETUNE_EPOCHS = 1  # a sweep compares points after fine-tuning: one epoch each unless told
@@ -113,6 +113,7 @@ def sweep(
     normalization: Normalization = PRUNE.normalization,
     round_to: RoundTo = PRUNE.round_to,
     max_layer_ratio: MaxLayerRatio = PRUNE.max_layer_ratio,
+    cost_exponent: CostExponent = PRUNE.cost_exponent,
     calibration_images: CalibrationImages = PRUNE.calibration_images,
     recalibrate: Recalibrate = PRUNE.recalibrate,
     distill: Distill = FINETUNE.distill,
@@ -135,7 +136,7 @@ def sweep(
 
     settings = latency_settings(batch, threads, latency_device, min_time, rounds)  # first: it names --threads
     base_cfg = PruneConfig(scope=scope, importance=importance, normalization=normalization, round_to=int_or_text(round_to),
-                           max_layer_ratio=max_layer_ratio, seed=seed, calibration_images=calibration_images,
+                           max_layer_ratio=max_layer_ratio, cost_exponent=cost_exponent, seed=seed, calibration_images=calibration_images,
                            recalibrate=recalibrate, latency_runtime=latency_runtime, latency_batch=batch,
                            latency_threads=threads)
     configs = sweep_configs(base_cfg, _fractions(ratios, "--ratios"), _fractions(target_macs, "--target-macs"),

@@ -39,7 +39,6 @@ from .graph import channel_groups, dependency_graph, grouped_indices, ignored_na
 from .saliency import NEEDS_DATA, GroupSaliency, make_importance, score_groups
 
 ROUND_TO_CANDIDATES = (1, 4, 8, 16)
-COST_EXPONENT = 0.5  # channels go in order of score^2 / cost^COST_EXPONENT (benchmarks/allocation.py)
 
 
 @dataclass
@@ -110,7 +109,7 @@ def allocate_macs(groups: list[GroupSaliency], costs: list[float], cfg: PruneCon
     """How many channels each group loses to save ``macs_to_remove`` (MACs, or a latency
     fraction: ``costs`` are in the same unit, first-order, per channel of each group).
 
-    Channels go in order of ``score^2 / cost^COST_EXPONENT`` (0.5). Scores are magnitudes whose squares add
+    Channels go in order of ``score^2 / cost^cfg.cost_exponent``. Scores are magnitudes whose squares add
     up over removed channels; the exact greedy trade-off would be ``score^2 / cost``, but on
     sparse-trained models it over-prunes the cheap layers and measured worse (BENCHMARKS.md,
     "Allocation": 86.1 -> 91.1 % and 93.6 -> 95.8 % on digits, 72.2 -> 73.1 % on CIFAR-10,
@@ -123,7 +122,7 @@ def allocate_macs(groups: list[GroupSaliency], costs: list[float], cfg: PruneCon
         # the MACs of a layer fall with the product of its input and output widths
         ratio = 1 - math.sqrt(1 - fraction)
         return _rounded([min(round(ratio * w), w - f) for w, f in zip(widths, floors)], widths, floors, cfg)
-    keys = torch.cat([g.scores.pow(2) / max(c, 1e-12) ** COST_EXPONENT for g, c in zip(groups, costs)])
+    keys = torch.cat([g.scores.pow(2) / max(c, 1e-12) ** cfg.cost_exponent for g, c in zip(groups, costs)])
     channel_cost = torch.cat([torch.full((g.width,), float(c)) for g, c in zip(groups, costs)])
     order = _global_order(groups, keys)
     saved = torch.cumsum(channel_cost[order], 0)

@@ -84,6 +84,7 @@ class PruneReport(Record):
     round_to: Union[int, str, None] = None
     rounding: Optional[dict] = None  # with round_to auto: every multiple timed and the one chosen
     max_layer_ratio: Optional[float] = None
+    cost_exponent: Optional[float] = None
     channels_before: Optional[int] = None
     channels_after: Optional[int] = None
     params_before: Optional[int] = None

@@ -53,6 +53,9 @@ DEFAULT_SHRINK_MACS, DEFAULT_SHRINK_START = 0.5, 0.5
 # floats, and a CIFAR ResNet-20 pruned to the ranking's own widths ran slower than unpruned
 # (1.05x / 1.16x its time at batch 1 / 32) where multiples of 8 ran in 0.75 / 0.77 of it.
 DEFAULT_ROUND_TO = 8
+# A MACs or latency target takes channels in order of score^2 / cost^DEFAULT_COST_EXPONENT
+# (BENCHMARKS.md, "Allocation"): 1 is the greedy trade-off, 0 a plain global ranking.
+DEFAULT_COST_EXPONENT = 0.5
 DEFAULT_TARGETS = "all"
 PAPER_STRENGTH, PAPER_TARGETS = 1e-4, "nam"  # the NAM paper's setting (for a 200-epoch schedule)
 DEFAULT_RATIO = 0.3  # fraction of channels removed when no amount is given
@@ -267,6 +270,7 @@ class PruneConfig(Settings):
     normalization: Literal[NORMALIZATIONS] = DEFAULT_NORMALIZATION
     round_to: Annotated[Union[int, str, None], AfterValidator(_multiple)] = DEFAULT_ROUND_TO  # a channel multiple (1: any width), or "auto": the fastest
     max_layer_ratio: float = Field(0.9, gt=0, lt=1)
+    cost_exponent: float = Field(DEFAULT_COST_EXPONENT, ge=0, le=1, title="--cost-exponent")
     seed: int = 0  # of the random importance
     calibration_images: CalibrationImages = DEFAULT_IMAGES  # for data-driven scores and BatchNorm recalibration
     recalibrate: bool = True
