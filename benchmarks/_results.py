@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from namprune.core.files import write_json, write_text
+from namprune.core.store.files import write_json, write_text
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -21,12 +21,12 @@ from pathlib import Path
 
 import torch
 
-import namprune.core.prune as pruning
+import namprune.core.pruning.prune as pruning
 from namprune import evaluate
-from namprune.core import checkpoint
-from namprune.cli import main as cli
-from namprune.core.cost import count_macs
 from namprune.app.stages import compatible_data
+from namprune.cli import main as cli
+from namprune.core.pruning.cost import count_macs
+from namprune.core.store import checkpoint
 
 from _results import save
 

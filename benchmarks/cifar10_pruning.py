@@ -48,20 +48,22 @@ import torch_pruning as tp
 
 import namprune
 from namprune import TrainConfig, evaluate
-from namprune.core import checkpoint, models
-from namprune.core.calibrate import recalibrate_batchnorm
-from namprune.core.cost import count_macs, count_params
-from namprune.core.data import load_data
-from namprune.core.graph import classifier_name, example_input
 from namprune.app.exporting import export_checkpoint
-from namprune.core.files import read_json, run_dir, staging_dir, write_json, write_text
-from namprune.core.records import PruneReport
+from namprune.app.stages import compatible_data, finetune_pruned, prune_checkpoint, resume_training, train_model
+from namprune.core import models
+from namprune.core.data.datasets import load_data
+from namprune.core.deploy.timing import measure_latency, speedups
+from namprune.core.identity import classifier_name, example_input, set_pruning_history
+from namprune.core.pruning.calibrate import recalibrate_batchnorm
+from namprune.core.pruning.cost import count_macs, count_params
+from namprune.core.pruning.prune import prune
 from namprune.core.settings import (DEFAULT_DISTILL, DEFAULT_IMPORTANCE, IMPORTANCES, FinetuneSettings, LatencySettings,
                                     PruneConfig)
-from namprune.app.stages import compatible_data, finetune_pruned, prune_checkpoint, resume_training, train_model
-from namprune.core.prune import prune
-from namprune.core.timing import measure_latency, speedups
-from namprune.core.train import TRAIN_STATE, fit, load_train_state, seed_everything
+from namprune.core.store import checkpoint
+from namprune.core.store.files import read_json, run_dir, staging_dir, write_json, write_text
+from namprune.core.store.records import TRAIN_STATE, PruneReport
+from namprune.core.training.loop import fit
+from namprune.core.training.state import load_train_state, seed_everything
 
 ROOT = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- cifar10_pruning:begin -->", "<!-- cifar10_pruning:end -->"
@@ -262,7 +264,7 @@ def tp_prune(base: Path, importance: str, round_to: int, out: Path, data_dir: Pa
                     break
         pruner.step()
     model.zero_grad()
-    model.namprune_history = [list(step) for step in pruner.pruning_history()]
+    set_pruning_history(model, pruner.pruning_history())
     after = {"params": count_params(model), "macs": count_macs(model), **evaluate(model, data.test)}
     report = PruneReport(source=str(checkpoint.model_file(base).resolve()), model="resnet20", attention="none",
                          dataset="cifar10", ratio=0.0, target_macs=args.target_macs, importance=f"torch-pruning {importance}",

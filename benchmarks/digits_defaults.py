@@ -25,9 +25,9 @@ import torch
 import namprune
 from namprune.app.exporting import export_checkpoint
 from namprune.cli import main as cli
-from namprune.core.files import read_json
+from namprune.core.deploy.timing import measure_latency, speedups
 from namprune.core.settings import LatencySettings
-from namprune.core.timing import measure_latency, speedups
+from namprune.core.store.files import read_json
 
 from _results import save
 

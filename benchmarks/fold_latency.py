@@ -59,7 +59,7 @@ def torch_runner(model: torch.nn.Module) -> Callable[[torch.Tensor], object]:
 
 
 def onnx_runners(models: dict[str, torch.nn.Module], threads: int) -> dict[str, Callable]:
-    from namprune.core.onnx import run_onnx, session, to_onnx
+    from namprune.core.deploy.onnx import run_onnx, session, to_onnx
 
     runners = {}
     for name in ("none", "nam unfolded", "nam folded"):

@@ -35,10 +35,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from namprune import fold_nam, models
-from namprune.core.onnx import session_options, to_onnx
-from namprune.core.fold import FoldedChannelNAM, FoldedSpatialNAM
+from namprune.core.deploy.onnx import session_options, to_onnx
+from namprune.core.deploy.timing import measure_latency, round_ratios
+from namprune.core.nam.fold import FoldedChannelNAM, FoldedSpatialNAM
 from namprune.core.settings import LatencySettings
-from namprune.core.timing import measure_latency, round_ratios
 
 
 class MulAdd(FoldedChannelNAM):

@@ -25,17 +25,17 @@ import torch
 
 import namprune
 from namprune import load_data, models
-from namprune.core import checkpoint
 from namprune.app.datasource import calibration_images, checkpoint_data
-from namprune.core.onnx import session, to_onnx
-from namprune.core.files import write_json
-from namprune.core.settings import GATE_TOLERANCE, LatencySettings, PruneConfig
-from namprune.core.gates import fold_for_export
-from namprune.core.measure import count_macs
-from namprune.core.prune import prune
 from namprune.app.run_folders import unpruned_source
-from namprune.core.quantize import onnx_accuracy, quantize_int8
-from namprune.core.timing import measure_latency, round_ratios
+from namprune.core.deploy.measure import count_macs
+from namprune.core.deploy.onnx import session, to_onnx
+from namprune.core.deploy.quantize import onnx_accuracy, quantize_int8
+from namprune.core.deploy.timing import measure_latency, round_ratios
+from namprune.core.nam.gates import fold_for_export
+from namprune.core.pruning.prune import prune
+from namprune.core.settings import GATE_TOLERANCE, LatencySettings, PruneConfig
+from namprune.core.store import checkpoint
+from namprune.core.store.files import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 

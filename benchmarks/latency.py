@@ -19,10 +19,10 @@ import time
 import torch
 
 from namprune import models
+from namprune.core.deploy.measure import measure_cost, measure_latency
+from namprune.core.deploy.timing import settings_record
+from namprune.core.pruning.prune import prune
 from namprune.core.settings import LatencySettings, PruneConfig
-from namprune.core.timing import settings_record
-from namprune.core.measure import measure_cost, measure_latency
-from namprune.core.prune import prune
 
 
 def scramble_scales(model: torch.nn.Module, seed: int) -> None:

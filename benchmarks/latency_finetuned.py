@@ -30,12 +30,12 @@ from pathlib import Path
 import torch
 
 import namprune
-from namprune.core import checkpoint
-from namprune.core.errors import NampruneError
-from namprune.core.files import read_json, write_json
 from namprune.app.stages import finetune_pruned, prune_checkpoint
+from namprune.core.deploy.timing import measure_latency, round_ratios, trust_problem
+from namprune.core.errors import NampruneError
 from namprune.core.settings import FinetuneSettings, LatencySettings, PruneConfig
-from namprune.core.timing import measure_latency, round_ratios, trust_problem
+from namprune.core.store import checkpoint
+from namprune.core.store.files import read_json, write_json
 
 from _results import save
 from latency_target import onnx_bytes

@@ -25,15 +25,15 @@ import torch
 
 import namprune
 from namprune import evaluate
-from namprune.core import checkpoint
-from namprune.core.cost import count_macs
-from namprune.core.errors import NampruneError
-from namprune.core.onnx import to_onnx
-from namprune.core.fold import fold_nam
 from namprune.app.stages import compatible_data
+from namprune.core.deploy.onnx import to_onnx
+from namprune.core.deploy.timing import measure_latency, round_ratios
+from namprune.core.errors import NampruneError
+from namprune.core.nam.fold import fold_nam
+from namprune.core.pruning.cost import count_macs
+from namprune.core.pruning.prune import prune
 from namprune.core.settings import LatencySettings, PruneConfig
-from namprune.core.prune import prune
-from namprune.core.timing import measure_latency, round_ratios
+from namprune.core.store import checkpoint
 
 from _results import save
 

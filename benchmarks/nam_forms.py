@@ -23,11 +23,11 @@ from pathlib import Path
 import torch
 
 from namprune import evaluate
-from namprune.core import checkpoint
-from namprune.cli import main as cli
 from namprune.app.datasource import calibration_images, checkpoint_data
-from namprune.core.files import read_json
-from namprune.core.gates import measure_gates
+from namprune.cli import main as cli
+from namprune.core.nam.gates import measure_gates
+from namprune.core.store import checkpoint
+from namprune.core.store.files import read_json
 
 from _results import save
 

@@ -36,15 +36,15 @@ import torch.nn as nn
 
 import namprune
 from namprune import evaluate, fold_nam
-from namprune.core import checkpoint
 from namprune.app.datasource import calibration_images, checkpoint_data
-from namprune.core.onnx import session, session_options, to_onnx
-from namprune.core.files import write_json
+from namprune.core.deploy.onnx import session, session_options, to_onnx
+from namprune.core.deploy.quantize import onnx_accuracy
+from namprune.core.deploy.timing import measure_latency, round_ratios
+from namprune.core.nam.gates import fold_for_export
+from namprune.core.nam.modules import NAM
 from namprune.core.settings import GATE_TOLERANCE, LatencySettings
-from namprune.core.gates import fold_for_export
-from namprune.core.nam import NAM
-from namprune.core.quantize import onnx_accuracy
-from namprune.core.timing import measure_latency, round_ratios
+from namprune.core.store import checkpoint
+from namprune.core.store.files import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 

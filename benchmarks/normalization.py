@@ -20,9 +20,9 @@ import torch
 
 import namprune
 from namprune import TrainConfig, evaluate, fit, load_data, models
-from namprune.core.measure import count_macs
+from namprune.core.deploy.measure import count_macs
+from namprune.core.pruning.prune import prune
 from namprune.core.settings import NORMALIZATIONS, PruneConfig
-from namprune.core.prune import prune
 
 COMPARED = [n for n in NORMALIZATIONS if n != "auto"]  # auto is one of these, chosen per importance
 

@@ -34,12 +34,12 @@ import torch
 
 import namprune
 from namprune import models
-from namprune.core import openvino
-from namprune.core.files import write_json
-from namprune.core.prune import prune
+from namprune.core.deploy import openvino
+from namprune.core.deploy.onnx import session
+from namprune.core.deploy.timing import measure_latency, round_ratios, trust_problem
+from namprune.core.pruning.prune import prune
 from namprune.core.settings import DEFAULT_ROUND_TO, LatencySettings, PruneConfig
-from namprune.core.onnx import session
-from namprune.core.timing import measure_latency, round_ratios, trust_problem
+from namprune.core.store.files import write_json
 
 from int8 import files, random_batches, speed, untrained_pair  # the onnxruntime side, as benchmarks/int8.py measures it
 

@@ -49,8 +49,8 @@ from torchvision.transforms import v2
 import namprune
 import namprune.core.console
 from namprune import TrainConfig, fit, load_data, models
-from namprune.core.nam import ChannelNAM, SpatialNAM, _scaled_batch_norm, normalized_weight
-from namprune.core.sparsity import SparsityPenalty
+from namprune.core.nam.modules import ChannelNAM, SpatialNAM, _scaled_batch_norm, normalized_weight
+from namprune.core.nam.sparsity import SparsityPenalty
 
 ARCHIVE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
 SEED = 0

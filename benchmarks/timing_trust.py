@@ -6,7 +6,7 @@ machine as it is and with busy-loop jobs added, with namprune's verdict on every
 For each number of busy-loop processes in --burn (0: the machine as it is), ResNet-20 with
 NAM folded (32x32x3) is timed in torch eager and onnxruntime, at batch 1 and 32, once with
 one thread and once with one thread per core, all side by side in interleaved rounds
-(``namprune.core.timing.measure_latency``). Printed: median, spread across rounds, share of time
+(``namprune.core.deploy.timing.measure_latency``). Printed: median, spread across rounds, share of time
 the timing threads waited for a CPU, and whether namprune trusts the figure.
 """
 
@@ -21,9 +21,9 @@ import sys
 import torch
 
 from namprune import fold_nam, models
-from namprune.core.onnx import session, to_onnx
+from namprune.core.deploy.onnx import session, to_onnx
+from namprune.core.deploy.timing import available_cores, measure_latency
 from namprune.core.settings import LatencySettings
-from namprune.core.timing import available_cores, measure_latency
 
 
 def busy_loops(count: int) -> list[subprocess.Popen]:

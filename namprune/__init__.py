@@ -26,17 +26,17 @@ __version__ = "0.1.0"
 _PUBLIC = {  # name -> the module that defines it
     "models": "namprune.core.models",
     "export_onnx": "namprune.core.api", "load": "namprune.core.api", "save": "namprune.core.api",
-    "attach_nam": "namprune.core.attach", "fold_nam": "namprune.core.fold", "load_data": "namprune.core.data",
-    "count_macs": "namprune.core.cost", "count_params": "namprune.core.cost",
-    "evaluate": "namprune.core.train", "fit": "namprune.core.train",
+    "attach_nam": "namprune.core.nam.attach", "fold_nam": "namprune.core.nam.fold", "load_data": "namprune.core.data.datasets",
+    "count_macs": "namprune.core.pruning.cost", "count_params": "namprune.core.pruning.cost",
+    "evaluate": "namprune.core.training.loop", "fit": "namprune.core.training.loop",
     "TrainConfig": "namprune.core.settings", "PruneConfig": "namprune.core.settings",
     "FinetuneSettings": "namprune.core.settings", "LatencySettings": "namprune.core.settings",
     "ExportSettings": "namprune.core.settings",
     "NampruneError": "namprune.core.errors",
-    "NAM": "namprune.core.nam", "ChannelNAM": "namprune.core.nam", "SpatialNAM": "namprune.core.nam",
-    "create_attention": "namprune.core.nam",
-    "PruneResult": "namprune.core.prune", "prune": "namprune.core.prune",
-    "SparsityPenalty": "namprune.core.sparsity",
+    "NAM": "namprune.core.nam.modules", "ChannelNAM": "namprune.core.nam.modules", "SpatialNAM": "namprune.core.nam.modules",
+    "create_attention": "namprune.core.nam.modules",
+    "PruneResult": "namprune.core.pruning.prune", "prune": "namprune.core.pruning.prune",
+    "SparsityPenalty": "namprune.core.nam.sparsity",
 }
 
 

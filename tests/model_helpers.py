@@ -4,7 +4,7 @@ import torch
 import torch.nn as nn
 
 from namprune import NAM, load_data, models
-from namprune.core import checkpoint
+from namprune.core.store import checkpoint
 
 
 def trained_like(model: nn.Module, seed: int = 0, batches: int = 3) -> nn.Module:

@@ -6,7 +6,7 @@ import torch
 
 from model_helpers import small_nam_net
 from namprune import NampruneError, TrainConfig, fit
-from namprune.core.records import TrainSummary
+from namprune.core.store.records import TrainSummary
 from tiny_data import tiny_digits
 
 # Relative distance allowed between an AMP run's weight updates and fp32's over one epoch

@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import namprune
 from namprune import NAM, NampruneError, PruneConfig, TrainConfig
-from namprune.core.measure import count_macs
+from namprune.core.deploy.measure import count_macs
 
 timm = pytest.importorskip("timm")
 import torchvision  # noqa: E402

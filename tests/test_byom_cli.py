@@ -118,7 +118,7 @@ def test_a_bad_weights_file_is_one_line(tmp_path, capsys, make, fragment):
 
 
 def test_weights_nested_and_wrapped_are_found(tmp_path):
-    from namprune.core.weights import read_state_dict
+    from namprune.core.store.weights import read_state_dict
 
     state = timm.create_model("resnet18", num_classes=3).state_dict()
     torch.save({"epoch": 9, "state_dict": {f"module.{k}": v for k, v in state.items()}}, tmp_path / "ddp.pth.tar")

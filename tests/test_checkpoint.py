@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 import namprune
 from cli_helpers import assert_one_line_error, run_cli
 from namprune import NampruneError, models
-from namprune.core import checkpoint
+from namprune.core.store import checkpoint
 
 INFO = {"name": "fake", "num_classes": 10, "in_channels": 3, "image_size": 32, "mean": [0.5] * 3, "std": [0.25] * 3,
         "classes": [str(i) for i in range(10)], "train_size": 1, "test_size": 1}

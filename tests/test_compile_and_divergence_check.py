@@ -9,8 +9,8 @@ from torch._dynamo.utils import counters
 import namprune
 from model_helpers import small_nam_net
 from namprune import TrainConfig, fit, load_data, models
-from namprune.core import checkpoint
-from namprune.core.train import Divergence, DivergenceWatch
+from namprune.core.store import checkpoint
+from namprune.core.training.loop import Divergence, DivergenceWatch
 from tiny_data import tiny_digits
 
 

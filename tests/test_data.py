@@ -7,8 +7,8 @@ import torchvision
 from torchvision.transforms import v2
 
 from namprune import NampruneError
-from namprune.core.batches import Augment, random_crop_flip
-from namprune.core.data import load_data
+from namprune.core.data.batches import Augment, random_crop_flip
+from namprune.core.data.datasets import load_data
 
 
 def _normalize(info):

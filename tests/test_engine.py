@@ -5,9 +5,9 @@ import torch
 
 import namprune
 from namprune import NampruneError, TrainConfig, fit, load_data, models
-from namprune.core import checkpoint
-from namprune.core.optim import build_optimizer, lr_factor
-from namprune.core.train import Divergence
+from namprune.core.store import checkpoint
+from namprune.core.training.loop import Divergence
+from namprune.core.training.optim import build_optimizer, lr_factor
 
 FAST = dict(batch_size=32, lr=0.1, schedule="cosine", weight_decay=5e-4)
 

@@ -8,10 +8,10 @@ import torch
 
 import namprune
 from model_helpers import digits_model, random_batches, save_digits_checkpoint
-from namprune.core.onnx import TOLERANCE, relative_difference
 from namprune.app.exporting import export_checkpoint
+from namprune.core.deploy.onnx import TOLERANCE, relative_difference
+from namprune.core.pruning.prune import prune
 from namprune.core.settings import ExportSettings, PruneConfig
-from namprune.core.prune import prune
 
 # One architecture per family: CIFAR ResNet, our MobileNetV2, torchvision ResNet and
 # MobileNet with NAM attached. ResNet-20 is pruned once at 0.5 (the file-size test uses

@@ -12,7 +12,7 @@ from onnx import numpy_helper
 import namprune
 from cli_helpers import assert_one_line_error, run_cli, run_subprocess
 from model_helpers import digits_model, save_digits_checkpoint
-from namprune.core.onnx import TOLERANCE, relative_difference
+from namprune.core.deploy.onnx import TOLERANCE, relative_difference
 
 
 @pytest.fixture(scope="module")

@@ -17,11 +17,11 @@ from cli_helpers import ROOT, assert_one_line_error, run_cli
 from namprune.app.recipe_run import _same_job
 from namprune.app.recipes import load_recipe
 from namprune.app.stages import finetune_config
-from namprune.core.cpus import available_cores, cgroup_cpu_limit, default_threads
+from namprune.core.deploy.cpus import available_cores, cgroup_cpu_limit, default_threads
 from namprune.core.errors import NampruneError
-from namprune.core.files import check_out_dir, run_dir, staging_dir
 from namprune.core.settings import FinetuneSettings
-from namprune.core.train import starved_message
+from namprune.core.store.files import check_out_dir, run_dir, staging_dir
+from namprune.core.training.progress import starved_message
 
 NO_CGROUP = Path("/nonexistent/cgroup")  # "/proc/self/cgroup" of a process outside any cgroup
 

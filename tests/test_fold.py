@@ -6,10 +6,10 @@ import torch
 import namprune
 from model_helpers import digits_model, random_batches, save_digits_checkpoint, trained_like
 from namprune import NampruneError, fold_nam, models
-from namprune.core.fold import FoldedChannelNAM, FoldedNAM, FoldedSpatialNAM, fold_branch
-from namprune.core.nam import ChannelNAM, SpatialNAM, channel_nams, spatial_nams
+from namprune.core.nam.fold import FoldedChannelNAM, FoldedNAM, FoldedSpatialNAM, fold_branch
+from namprune.core.nam.modules import ChannelNAM, SpatialNAM, channel_nams, spatial_nams
+from namprune.core.pruning.prune import prune
 from namprune.core.settings import PruneConfig
-from namprune.core.prune import prune
 from test_nam import _randomize
 
 

@@ -12,10 +12,10 @@ import namprune
 from cli_helpers import assert_one_line_error, run_cli
 from model_helpers import digits_model, save_digits_checkpoint
 from namprune import fold_nam, load_data
-from namprune.core.onnx import relative_difference
-from namprune.core.fold import FoldedChannelNAM, FoldedSpatialNAM
-from namprune.core.gates import ConstantScale, measure_gates, remove_constant_gates
-from namprune.core.nam import NAM, ChannelNAM, SpatialNAM
+from namprune.core.deploy.onnx import relative_difference
+from namprune.core.nam.fold import FoldedChannelNAM, FoldedSpatialNAM
+from namprune.core.nam.gates import ConstantScale, measure_gates, remove_constant_gates
+from namprune.core.nam.modules import NAM, ChannelNAM, SpatialNAM
 
 
 def flatten_gates(model: nn.Module, branch: type, bias: float = 0.0) -> nn.Module:

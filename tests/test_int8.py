@@ -9,9 +9,9 @@ import pytest
 from cli_helpers import assert_one_line_error, run_cli
 from model_helpers import digits_model, pruned_digits_run
 from namprune import load_data
-from namprune.core import checkpoint
-from namprune.cli import main
 from namprune.app.run_folders import unpruned_source
+from namprune.cli import main
+from namprune.core.store import checkpoint
 
 FAST = ["--rounds", "2", "--min-time", "0.02"]
 

@@ -9,14 +9,14 @@ import pytest
 
 from cli_helpers import assert_one_line_error, run_cli
 from model_helpers import digits_model, random_batches, save_digits_checkpoint
-from namprune.core.cost import channel_macs, count_macs
-from namprune.core.graph import dependency_graph
-from namprune.core import latency_cost
-from namprune.core.latency_cost import MIN_SHARE, LatencyMeter, group_costs, median_and_error
-from namprune.core.prune import ROUND_TO_CANDIDATES, _plan, prune
-from namprune.core.settings import MACS_TOLERANCE, PruneConfig
 from namprune.app.recipes import PruneSection
-from namprune.core.saliency import make_importance, score_groups
+from namprune.core.pruning import latency_cost
+from namprune.core.pruning.cost import channel_macs, count_macs
+from namprune.core.pruning.graph import dependency_graph
+from namprune.core.pruning.latency_cost import MIN_SHARE, LatencyMeter, group_costs, median_and_error
+from namprune.core.pruning.prune import ROUND_TO_CANDIDATES, _plan, prune
+from namprune.core.pruning.saliency import make_importance, score_groups
+from namprune.core.settings import MACS_TOLERANCE, PruneConfig
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,7 @@ import torch
 
 from namprune import NampruneError, models
 from namprune.core.models import attach_nam
-from namprune.core.nam import NAM, ChannelNAM, SpatialNAM
+from namprune.core.nam.modules import NAM, ChannelNAM, SpatialNAM
 
 BUILTIN = ["resnet20", "resnet56", "resnet18", "resnet34", "resnet50", "mobilenetv2"]
 TORCHVISION = ["tv:resnet18", "tv:resnet50", "tv:mobilenet_v2", "tv:mobilenet_v3_small"]

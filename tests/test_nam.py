@@ -3,7 +3,7 @@ import torch
 import torch.nn as nn
 
 from namprune import NampruneError
-from namprune.core.nam import NAM, ChannelNAM, SpatialNAM, create_attention, normalized_weight
+from namprune.core.nam.modules import NAM, ChannelNAM, SpatialNAM, create_attention, normalized_weight
 
 
 def _randomize(bn: nn.modules.batchnorm._BatchNorm) -> None:

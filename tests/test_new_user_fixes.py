@@ -16,8 +16,8 @@ from onnx import TensorProto, helper
 from cli_helpers import ROOT, assert_one_line_error, run_cli
 from model_helpers import digits_model, save_digits_checkpoint
 from namprune import NampruneError, models
-from namprune.core.files import write_atomic, write_json
 from namprune.app.recipes import load_recipe
+from namprune.core.store.files import write_atomic, write_json
 
 
 # --------------------------------------------------------------------------- too small an input

@@ -16,9 +16,10 @@ from cli_helpers import ROOT, assert_one_line_error, run_cli
 from model_helpers import digits_model, pruned_digits_run, random_batches
 from namprune import load_data
 from namprune.cli import main
-from namprune.core import checkpoint, latency_cost
-from namprune.core.prune import prune
+from namprune.core.pruning import latency_cost
+from namprune.core.pruning.prune import prune
 from namprune.core.settings import PARITY_TOLERANCE, PruneConfig
+from namprune.core.store import checkpoint
 
 FAST = ["--rounds", "2", "--min-time", "0.02"]
 

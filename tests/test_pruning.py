@@ -8,11 +8,11 @@ import torch
 import namprune
 from namprune import TrainConfig, evaluate, fit, load_data, models
 from namprune.app.stages import finetune_pruned
-from namprune.core import checkpoint
-from namprune.core.measure import count_macs, count_params
+from namprune.core.deploy.measure import count_macs, count_params
+from namprune.core.pruning.prune import layer_widths, prune
+from namprune.core.pruning.saliency import rank_model
 from namprune.core.settings import FinetuneSettings, PruneConfig
-from namprune.core.prune import layer_widths, prune
-from namprune.core.saliency import rank_model
+from namprune.core.store import checkpoint
 
 from model_helpers import random_batches
 
@@ -165,8 +165,8 @@ def test_target_macs_lands_within_two_percent_of_the_macs(name, target, importan
 
 def test_macs_allocation_spends_score_per_mac():
     """Two groups with equal scores: the one whose channels cost more MACs loses more of them."""
-    from namprune.core.prune import allocate_macs
-    from namprune.core.saliency import GroupSaliency
+    from namprune.core.pruning.prune import allocate_macs
+    from namprune.core.pruning.saliency import GroupSaliency
 
     cfg = PruneConfig(ratio=None, target_macs=0.5, round_to=1, cost_exponent=0.5)
     groups = [GroupSaliency("cheap", [], torch.ones(10), "test"), GroupSaliency("costly", [], torch.ones(10), "test")]
@@ -178,8 +178,8 @@ def test_macs_allocation_spends_score_per_mac():
 
 def test_cost_exponent_zero_takes_channels_by_score_alone():
     """q = 0: the lowest scores go first whatever they cost, until the MACs are saved."""
-    from namprune.core.prune import allocate_macs
-    from namprune.core.saliency import GroupSaliency
+    from namprune.core.pruning.prune import allocate_macs
+    from namprune.core.pruning.saliency import GroupSaliency
 
     groups = [GroupSaliency("cheap", [], torch.linspace(0.1, 1.0, 10), "test"),
               GroupSaliency("costly", [], torch.linspace(0.15, 1.05, 10), "test")]

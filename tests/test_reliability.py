@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from cli_helpers import ROOT, assert_one_line_error, run_cli
-from namprune.core import checkpoint
+from namprune.core.store import checkpoint
 
 SINGLE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 TRAIN = ["train", "--epochs", "4", "-b", "32", "--schedule", "cosine", "-q"]

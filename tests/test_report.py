@@ -12,13 +12,13 @@ from matplotlib.image import imread
 from cli_helpers import assert_one_line_error, run_cli
 from model_helpers import random_batches
 from namprune import NampruneError, evaluate, load_data, models
-from namprune.core import checkpoint
-from namprune.core.files import write_json
-from namprune.core.settings import LatencySettings, PruneConfig
-from namprune.core.measure import count_macs, count_params, measure_accuracy, measure_latency
-from namprune.core.prune import prune
 from namprune.app.comparison import fronts, pareto_front
 from namprune.app.run_folders import expand, find_base, load_run
+from namprune.core.deploy.measure import count_macs, count_params, measure_accuracy, measure_latency
+from namprune.core.pruning.prune import prune
+from namprune.core.settings import LatencySettings, PruneConfig
+from namprune.core.store import checkpoint
+from namprune.core.store.files import write_json
 from test_pruning import _scramble_scales
 
 FAST_TIMING = ["--min-time", "0.01", "--rounds", "1", "--batch", "4"]
@@ -220,7 +220,7 @@ def test_rank_plot(runs, tmp_path, capsys):
 
 
 def _ranking(runs):
-    from namprune.core.saliency import rank_model
+    from namprune.core.pruning.saliency import rank_model
     return rank_model(checkpoint.load(runs / "base"), "nam", "auto", calibration=random_batches(16), images=16)
 
 
@@ -230,7 +230,7 @@ def _log_axis(fig):
 
 def test_the_ranking_axis_fits_the_scores(runs):
     from namprune.app.plots import ranking_figure
-    from namprune.core.saliency import NEAR_ZERO
+    from namprune.core.pruning.saliency import NEAR_ZERO
 
     ranking = _ranking(runs)
     ax = _log_axis(ranking_figure(ranking))

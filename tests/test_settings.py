@@ -8,9 +8,9 @@ import sys
 import pytest
 import typer
 
-from namprune.cli.app import app
 from namprune.cli import commands  # noqa: F401  (registers the commands)
-from namprune.core import nam
+from namprune.cli.app import app
+from namprune.core.nam import modules as nam
 from namprune.core.settings import (ATTENTIONS, DEFAULT_ATTENTION, DEFAULT_DATASET, DEFAULT_MODEL, DEFAULT_WORKERS,
                                     EXPORT, FINETUNE, LATENCY, ExportSettings, FinetuneSettings, LatencySettings,
                                     PruneConfig, TrainConfig)

@@ -12,11 +12,11 @@ import torch_pruning as tp
 from model_helpers import digits_model, random_batches
 from tiny_data import tiny_digits
 from namprune import TrainConfig, fit
-from namprune.core.graph import classifier, example_input
-from namprune.core.optim import lr_factor
-from namprune.core.prune import prune
+from namprune.core.identity import classifier, example_input
+from namprune.core.nam.shrink import SHRINK_TRAVEL, PlannedShrink, shrink_strength
+from namprune.core.pruning.prune import prune
 from namprune.core.settings import PruneConfig
-from namprune.core.shrink import SHRINK_TRAVEL, PlannedShrink, shrink_strength
+from namprune.core.training.optim import lr_factor
 
 
 def test_a_model_whose_planned_channels_are_zero_prunes_without_changing_its_outputs():

@@ -3,8 +3,8 @@ import torch
 import torch.nn as nn
 
 from namprune import NampruneError, models
-from namprune.core.nam import ChannelNAM, SpatialNAM
-from namprune.core.sparsity import SparsityPenalty, penalized_parameters
+from namprune.core.nam.modules import ChannelNAM, SpatialNAM
+from namprune.core.nam.sparsity import SparsityPenalty, penalized_parameters
 
 
 def _randomize_scales(model):

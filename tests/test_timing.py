@@ -8,8 +8,8 @@ import pytest
 
 from model_helpers import digits_model
 from namprune import NampruneError, fold_nam
-from namprune.core.onnx import session, to_onnx
-from namprune.core.timing import (settings_record, DEFAULT_THREADS, LatencySettings, is_trustworthy, measure_latency, speedups, summary,
+from namprune.core.deploy.onnx import session, to_onnx
+from namprune.core.deploy.timing import (settings_record, DEFAULT_THREADS, LatencySettings, is_trustworthy, measure_latency, speedups, summary,
                                   trust_problem)
 
 FAST = dict(batches=(1, 4), rounds=3, min_run_time=0.02)

@@ -1,8 +1,8 @@
 """A few batches of the embedded digits, for tests that only need the engine to take some steps."""
 
 from namprune import load_data
-from namprune.core.batches import TensorLoader
-from namprune.core.data import DataBundle
+from namprune.core.data.batches import TensorLoader
+from namprune.core.data.datasets import DataBundle
 
 
 def tiny_digits(train: int = 64, test: int = 32, batch_size: int = 32) -> DataBundle:

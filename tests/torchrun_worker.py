@@ -11,10 +11,10 @@ import torch
 import torch.distributed as dist
 
 from namprune import TrainConfig, fit, load_data, models
-from namprune.core import distributed
 from namprune.app.stages import prune_checkpoint
+from namprune.core.pruning.prune import prune
 from namprune.core.settings import FinetuneSettings, PruneConfig
-from namprune.core.prune import prune
+from namprune.core.training import distributed
 
 out = Path(sys.argv[1])
 rank, world_size = distributed.rank(), distributed.world_size()

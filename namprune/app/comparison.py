@@ -20,13 +20,13 @@ from rich.console import Console
 from rich.measure import Measurement
 from rich.table import Table
 
-from ..core import checkpoint
 from ..core.console import console
+from ..core.deploy.measure import measure_accuracy, measure_cost, measure_latency
+from ..core.deploy.timing import mark, settings_record, summary, trust_problem
 from ..core.errors import NampruneError
-from ..core.files import write_json, write_text
 from ..core.settings import LatencySettings
-from ..core.measure import measure_accuracy, measure_cost, measure_latency
-from ..core.timing import mark, settings_record, summary, trust_problem
+from ..core.store import checkpoint
+from ..core.store.files import write_json, write_text
 from .deployed import deployed_markdown, deployed_rows
 from .plots import plot_layer_widths, plot_pareto
 from .run_folders import Run, display_names

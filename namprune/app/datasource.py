@@ -12,9 +12,9 @@ from pathlib import Path
 
 import torch
 
-from ..core.calibrate import calibration_batches
+from ..core.data.datasets import DataBundle
+from ..core.pruning.calibrate import calibration_batches
 from ..core.settings import GATE_IMAGES
-from ..core.data import DataBundle
 from .stages import compatible_data
 
 BUILT_IN_DATA = ("digits", "fake")  # datasets that need no --data-dir

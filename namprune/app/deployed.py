@@ -15,8 +15,8 @@ from pathlib import Path
 from rich.table import Table
 
 from ..core.console import console
-from ..core.records import ExportRecord
-from ..core.timing import mark
+from ..core.deploy.timing import mark
+from ..core.store.records import ExportRecord
 from .run_folders import Run
 
 EXPORT_RECORD = "*.export.json"

@@ -19,18 +19,18 @@ import onnxruntime as ort
 import torch
 import torch.nn as nn
 
-from ..core import checkpoint
-from ..core.errors import NampruneError
-from ..core.files import write_atomic, write_json
-from ..core.gates import fold_for_export, has_gates
-from ..core.measure import count_params
-from ..core.onnx import (RANDOM_SAMPLES, ExportError, batches, check_opset, check_parity, compare, fixed_batch,
+from ..core.deploy.measure import count_params
+from ..core.deploy.onnx import (RANDOM_SAMPLES, ExportError, batches, check_opset, check_parity, compare, fixed_batch,
                          input_shape, onnx_params, opset_of, output_paths, run_checked, session, to_onnx)
-from ..core.records import ExportRecord
-from ..core.quantize import int8_path, int8_record, quantize_int8
+from ..core.deploy.quantize import int8_path, int8_record, quantize_int8
+from ..core.deploy.timing import measure_latency, open_session, settings_record, speedups
+from ..core.errors import NampruneError
+from ..core.nam.gates import fold_for_export, has_gates
 from ..core.settings import (EXPORT, GATE_IMAGES, GATE_TOLERANCE, LATENCY, ExportSettings, LatencySettings,
                              check_runtime)
-from ..core.timing import measure_latency, open_session, settings_record, speedups
+from ..core.store import checkpoint
+from ..core.store.files import write_atomic, write_json
+from ..core.store.records import ExportRecord
 from .datasource import calibration_images, checkpoint_data
 from .run_folders import unpruned_source
 
@@ -113,7 +113,7 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, settings: ExportSetting
     timed = {"onnxruntime": sess, "torch_eager": model, **({"torch_eager_folded": exported} if s.fold else {})}
     onnx_parity, versions = None, {}
     if s.runtime == "openvino":  # the IR of the ONNX file just checked, held to the same check
-        from ..core.openvino import versions as openvino_versions
+        from ..core.deploy.openvino import versions as openvino_versions
         from .openvino_export import export_ir
 
         onnx_parity, versions = parity, openvino_versions()

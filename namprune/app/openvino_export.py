@@ -13,9 +13,9 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from ..core import openvino
-from ..core.onnx import check_parity
-from ..core.quantize import int8_path, int8_record
+from ..core.deploy import openvino
+from ..core.deploy.onnx import check_parity
+from ..core.deploy.quantize import int8_path, int8_record
 from ..core.settings import ExportSettings
 
 

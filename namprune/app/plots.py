@@ -23,8 +23,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from ..core.errors import NampruneError
-from ..core.files import write_atomic
-from ..core.saliency import NEAR_ZERO, Ranking
+from ..core.pruning.saliency import NEAR_ZERO, Ranking
+from ..core.store.files import write_atomic
 
 DPI = 110
 MAPS_PER_ROW = 8

@@ -23,14 +23,14 @@ from typing import Callable
 
 import yaml
 
-from ..core import checkpoint
 from ..core.console import note
 from ..core.errors import NampruneError
 from ..core.models.foreign import accepting_changed_files
-from ..core.files import commit_dir, run_dir, staging_dir, write_json, write_text
-from ..core.records import TRAIN_STATE
-from ..core.saliency import rank_model
+from ..core.pruning.saliency import rank_model
 from ..core.settings import LATENCY, FinetuneSettings, LatencySettings
+from ..core.store import checkpoint
+from ..core.store.files import commit_dir, run_dir, staging_dir, write_json, write_text
+from ..core.store.records import TRAIN_STATE
 from . import plots
 from .comparison import compare, pruned_layers, save_comparison
 from .exporting import export_checkpoint

@@ -21,9 +21,9 @@ from typing import Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from ..core.deploy.onnx import check_opset
 from ..core.errors import NampruneError
 from ..core.models import check_name
-from ..core.onnx import check_opset
 from ..core.settings import (ATTENTIONS, DATASETS, DEFAULT_ATTENTION, DEFAULT_DATASET, DEFAULT_MODEL, DEFAULT_SHRINK_MACS, DEFAULT_SHRINK_START, DEFAULT_STRENGTH,
                              DEFAULT_TARGETS, DEFAULT_WORKERS, SPARSITY_TARGETS, TRAIN, Count, ExportSettings,
                              FinetuneSettings, NonNegative, PruneConfig, TrainConfig, TrainSchedule)

@@ -23,9 +23,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..core import checkpoint
 from ..core.errors import NampruneError
-from ..core.records import REPORT, SUMMARY, SWEEP, PruneReport, SweepRecord, TrainSummary
+from ..core.store import checkpoint
+from ..core.store.records import REPORT, SUMMARY, SWEEP, PruneReport, SweepRecord, TrainSummary
 
 KINDS = ("trained", "pruned", "checkpoint")
 

@@ -13,20 +13,23 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from ..core import checkpoint, distributed, models
-from ..core.calibrate import recalibrate_batchnorm
+from ..core import models
 from ..core.console import is_main_process, note
-from ..core.cost import count_macs, count_params
-from ..core.data import DataBundle, load_data
+from ..core.data.datasets import DataBundle, load_data
 from ..core.errors import NampruneError
-from ..core.files import check_out_dir, read_json, run_dir, staging_dir, train_resume_command, write_json
-from ..core.nam import check_attention
-from ..core.paths import check_resumable
-from ..core.prune import prune
-from ..core.records import REPORT, TRAIN_STATE, PruneReport, TrainSummary
+from ..core.nam.modules import check_attention
+from ..core.pruning.calibrate import recalibrate_batchnorm
+from ..core.pruning.cost import count_macs, count_params
+from ..core.pruning.prune import prune
 from ..core.settings import (DEFAULT_ATTENTION, DEFAULT_WORKERS, FINETUNE, FinetuneSettings, PruneConfig, TrainConfig,
                              resolve_normalization)
-from ..core.train import evaluate, fit, load_train_state, resolve_device, seed_everything
+from ..core.store import checkpoint
+from ..core.store.files import check_out_dir, read_json, run_dir, staging_dir, train_resume_command, write_json
+from ..core.store.paths import check_resumable
+from ..core.store.records import REPORT, TRAIN_STATE, PruneReport, TrainSummary
+from ..core.training import distributed
+from ..core.training.loop import evaluate, fit
+from ..core.training.state import load_train_state, resolve_device, seed_everything
 
 
 

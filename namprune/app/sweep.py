@@ -14,15 +14,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..core import checkpoint
 from ..core.console import note
 from ..core.errors import NampruneError
-from ..core.files import check_out_dir, run_dir, write_json
-from ..core.records import SWEEP, SweepRecord
 from ..core.settings import LATENCY, FinetuneSettings, LatencySettings, PruneConfig
+from ..core.store import checkpoint
+from ..core.store.files import check_out_dir, run_dir, write_json
+from ..core.store.records import SWEEP, SweepRecord
 from .comparison import compare, pruned_layers, save_comparison
-from .stages import prune_checkpoint
 from .run_folders import load_run
+from .stages import prune_checkpoint
 
 
 def sweep_configs(base: PruneConfig, ratios: list[float], target_macs: list[float],

@@ -22,8 +22,8 @@ except ImportError:  # older typer runs on click itself
     from click.exceptions import NoSuchOption, UsageError
 
 from ..core.errors import Interrupted, NampruneError
-from ..core.files import finished_epochs, staging_dir
-from ..core.records import TRAIN_STATE
+from ..core.store.files import finished_epochs, staging_dir
+from ..core.store.records import TRAIN_STATE
 
 app = typer.Typer(
     name="namprune",
@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         return fail(f"internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
                     "(run again with --debug for the traceback)", 1)
     finally:
-        distributed = sys.modules.get("namprune.core.distributed")  # imported by whatever joined a process group
+        distributed = sys.modules.get("namprune.core.training.distributed")  # imported by whatever joined a process group
         if distributed:
             distributed.teardown()  # under torchrun: leave the process group cleanly, whatever happened
     return result if isinstance(result, int) else 0

@@ -12,10 +12,10 @@ from rich.table import Table
 
 from ..core.console import console
 from ..core.errors import NampruneError
-from ..core.paths import check_checkpoint
-from ..core.records import ExportRecord
 from ..core.settings import (EXPORT, EXPORT_RUNTIMES, GATE_AGREEMENT, GATE_LOGIT_TOLERANCE, LATENCY, OPENVINO_INSTALL,
                              PARITY_TOLERANCE, ExportSettings, LatencySettings)
+from ..core.store.paths import check_checkpoint
+from ..core.store.records import ExportRecord
 from .app import DataDir, Overwrite, app, fail, int_or_text
 from .report import MinTime, Rounds, TimingThreads
 
@@ -46,7 +46,7 @@ def export_(
     checked in OpenVINO), and record size and latency."""
     check_checkpoint(ckpt)  # before torch loads
     from ..app.exporting import check_file, export_checkpoint
-    from ..core.onnx import ExportError, record_path
+    from ..core.deploy.onnx import ExportError, record_path
 
     try:
         if check_only:
@@ -144,7 +144,7 @@ def print_parity(parity: dict) -> None:
 
 
 def print_latency(latency: dict) -> None:
-    from ..core.timing import mark, summary
+    from ..core.deploy.timing import mark, summary
 
     records, threads = latency["records"], latency["settings"]["threads"]
     table = Table(title=f"median CPU latency, ms ({threads} thread{'s' if threads != 1 else ''}, "

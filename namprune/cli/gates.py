@@ -6,8 +6,8 @@ from rich.table import Table
 
 from ..app.datasource import calibration_images, checkpoint_data
 from ..core.console import console, note
+from ..core.nam.gates import has_gates, measure_gates
 from ..core.settings import GATE_TOLERANCE
-from ..core.gates import has_gates, measure_gates
 
 
 def print_gate_spread(model, payload: dict, data_dir=None, tolerance: float = GATE_TOLERANCE) -> list[dict] | None:

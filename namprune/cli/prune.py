@@ -9,11 +9,11 @@ import typer
 from rich.table import Table
 
 from ..core.console import console
-from ..core.records import PruneReport
 from ..core.settings import (DEFAULT_RATIO, DEFAULT_THREADS, FINETUNE, IMPORTANCES, LATENCY_TOLERANCE, MACS_TOLERANCE,
                              NORMALIZATIONS, OPENVINO_INSTALL, PRUNE, RUNTIMES, SCOPES, TRAIN, FinetuneSettings,
                              PruneConfig, TrainConfig)
-from ..core.paths import check_checkpoint
+from ..core.store.paths import check_checkpoint
+from ..core.store.records import PruneReport
 from .app import DataDir, Device, JsonOut, Overwrite, Quiet, Threads, app, int_or_text, interrupted
 
 Importance = Annotated[str, typer.Option("--importance", help=f"How channels are ranked: {', '.join(IMPORTANCES)}. "
@@ -57,10 +57,10 @@ def rank(
     check_checkpoint(ckpt)  # before torch loads
     from ..app.plots import plot_ranking
     from ..app.stages import compatible_data
-    from ..core import checkpoint
-    from ..core.files import write_json
-    from ..core.saliency import NEAR_ZERO, NEEDS_DATA, rank_model
-    from ..core.train import resolve_device
+    from ..core.store import checkpoint
+    from ..core.store.files import write_json
+    from ..core.pruning.saliency import NEAR_ZERO, NEEDS_DATA, rank_model
+    from ..core.training.state import resolve_device
     from .gates import print_gate_spread
 
     payload = checkpoint.read(ckpt)

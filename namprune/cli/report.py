@@ -9,8 +9,8 @@ import typer
 
 from ..core.console import console, note
 from ..core.errors import NampruneError
-from ..core.paths import check_checkpoint
 from ..core.settings import DEFAULT_THREADS, FINETUNE, LATENCY, MAX_SPREAD, PRUNE, FinetuneSettings, LatencySettings, PruneConfig
+from ..core.store.paths import check_checkpoint
 from .app import DataDir, Device, JsonOut, Overwrite, Quiet, app, int_or_text
 from .prune import (CalibrationImages, CostExponent, Distill, FinetuneBatch, FinetuneEpochs, FinetuneLr, Importance, LatencyRuntime,
                     MaxLayerRatio, Normalization, Recalibrate, RoundTo, Scope, Seed)
@@ -23,7 +23,7 @@ Rounds = Annotated[int, typer.Option("--rounds", help=f"Timing blocks per run an
 
 
 def latency_settings(batch: int, threads: int | None, device: str, min_time: float, rounds: int) -> LatencySettings:
-    from ..core.train import resolve_device
+    from ..core.training.state import resolve_device
 
     return LatencySettings(batches=tuple(sorted({1, batch})), threads=threads, device=str(resolve_device(device)),
                            min_run_time=min_time, rounds=rounds)
@@ -78,7 +78,7 @@ def _data_loader(data_dir, device: str):
     cache: dict[tuple, object] = {}
 
     from ..app.stages import compatible_data
-    from ..core.train import resolve_device
+    from ..core.training.state import resolve_device
 
     def data_for(payload: dict):
         info = payload["data"]

@@ -9,7 +9,7 @@ import typer
 
 from ..core.console import console
 from ..core.errors import Interrupted
-from ..core.files import staging_dir
+from ..core.store.files import staging_dir
 from .app import DataDir, Device, Overwrite, Quiet, Threads, app
 
 Set = Annotated[Optional[list[str]], typer.Option("--set", help="Override a recipe value: --set prune.ratio=0.5 (repeatable; the value is read as YAML).", metavar="KEY=VALUE")]
@@ -70,7 +70,7 @@ def _run(recipe, out: Path, device: str, overwrite: bool, quiet: bool) -> Path:
 def show_results(out: Path) -> None:
     """The trade-off table and where everything is."""
     from ..app.comparison import print_table
-    from ..core.files import read_json
+    from ..core.store.files import read_json
 
     print_table(read_json(out / "report" / "report.json"))
     final = out / "finetune" if (out / "finetune").exists() else out / "prune"

@@ -10,10 +10,10 @@ from rich.table import Table
 
 from ..core.console import console
 from ..core.errors import NampruneError
-from ..core.files import check_out_dir, train_resume_command
-from ..core.paths import check_checkpoint, check_dataset, check_resumable, check_weights_file, image_folder_splits
 from ..core.settings import (AMP_MODES, ATTENTIONS, DATASETS, DEFAULT_ATTENTION, DEFAULT_DATASET, DEFAULT_MODEL,
                              DEFAULT_WORKERS, OPTIMIZERS, SCHEDULES, TRAIN, TrainConfig)
+from ..core.store.files import check_out_dir, train_resume_command
+from ..core.store.paths import check_checkpoint, check_dataset, check_resumable, check_weights_file, image_folder_splits
 from .app import DataDir, Device, JsonOut, Overwrite, Quiet, Threads, Workers, app, interrupted
 
 
@@ -97,7 +97,7 @@ def train(
         check_out_dir(out, overwrite, resume=f"`{train_resume_command(out)}`")
     try:
         from ..app.stages import resume_training, train_model
-        from ..core.attach import NoKnownBlocks
+        from ..core.nam.attach import NoKnownBlocks
 
         if resume is not None:
             summary = resume_training(resume, data_dir, device, workers, progress=not quiet, threads=threads)
@@ -127,9 +127,10 @@ def eval_(
     """Evaluate a checkpoint on the test split of the dataset it was trained on."""
     check_checkpoint(ckpt)  # before torch loads
     from ..app.stages import compatible_data
-    from ..core import checkpoint
-    from ..core.files import write_json
-    from ..core.train import evaluate, resolve_device
+    from ..core.store import checkpoint
+    from ..core.store.files import write_json
+    from ..core.training.loop import evaluate
+    from ..core.training.state import resolve_device
 
     payload = checkpoint.read(ckpt)
     net = checkpoint.build(payload)
@@ -154,9 +155,10 @@ def info(
 ) -> None:
     """Show a checkpoint's architecture, size, cost and metrics, and what its NAM gates do on training images."""
     check_checkpoint(ckpt)  # before torch loads
-    from ..core import checkpoint, models
-    from ..core.cost import count_macs, count_params
-    from ..core.files import write_json
+    from ..core.store import checkpoint
+    from ..core import models
+    from ..core.pruning.cost import count_macs, count_params
+    from ..core.store.files import write_json
     from .gates import print_gate_spread
 
     payload = checkpoint.read(ckpt)

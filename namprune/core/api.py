@@ -14,18 +14,19 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from . import checkpoint
-from .attach import attach_nam, has_nam, remember_input
-from .distributed import unwrap
-from .errors import NampruneError
-from .files import write_atomic, write_json
-from .fold import fold_nam, refuse_folded
-from .records import ExportRecord
-from .onnx import (_torchscript_export, check_opset, check_parity, input_shape, onnx_params, opset_of, output_paths,
+from .deploy.onnx import (_torchscript_export, check_opset, check_parity, input_shape, onnx_params, opset_of, output_paths,
                    session, to_onnx)
-from .settings import ExportSettings
-from .graph import example_input, replay_history
+from .errors import NampruneError
+from .identity import example_input, nam_placement, remember_input, spec
 from .models import CUSTOM
+from .nam.attach import attach_nam, has_nam
+from .nam.fold import fold_nam, refuse_folded
+from .pruning.graph import replay_history
+from .settings import ExportSettings
+from .store import checkpoint
+from .store.files import write_atomic, write_json
+from .store.records import ExportRecord
+from .training.distributed import unwrap
 
 
 def _arch(model: nn.Module) -> dict:
@@ -36,7 +37,7 @@ def _arch(model: nn.Module) -> dict:
     with torch.no_grad():
         out = model.eval()(x)
     model.train(was_training)
-    nam = getattr(model, "namprune_nam", None) or {"attention": "none", "after": []}
+    nam = nam_placement(model) or {"attention": "none", "after": []}
     channels, height = x.shape[1], x.shape[2]
     return {"name": CUSTOM, "class": f"{type(model).__module__}.{type(model).__qualname__}",
             "num_classes": int(out.shape[-1]), "attention": nam["attention"], "nam_after": list(nam["after"]),
@@ -55,7 +56,7 @@ def save(model: nn.Module, path: str | Path, example_input: torch.Tensor | None 
     refuse_folded(model, "save")
     if example_input is not None:
         remember_input(model, example_input)
-    arch = None if hasattr(model, "namprune_spec") else _arch(model)
+    arch = None if spec(model) is not None else _arch(model)
     return checkpoint.save(path, model, metrics=metrics, arch=arch)
 
 

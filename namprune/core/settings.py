@@ -44,7 +44,7 @@ DEFAULT_MODEL, DEFAULT_DATASET, DEFAULT_ATTENTION = "resnet20", "digits", "nam"
 DEFAULT_WORKERS = 2  # DataLoader processes for image folders streamed from disk
 # No uniform penalty by default: on a 12-epoch CIFAR-10 ResNet-20, 1e-3 on every scale factor
 # cost the unpruned model 2.2 points of top-1, more than the ranking won back after
-# fine-tuning. Planned shrinking (core/shrink.py) pulls only the channels a prune to
+# fine-tuning. Planned shrinking (core/nam/shrink.py) pulls only the channels a prune to
 # DEFAULT_SHRINK_MACS of the MACs would remove, from DEFAULT_SHRINK_START of the run on
 # (BENCHMARKS.md, "CIFAR-10: namprune against torch-pruning alone").
 DEFAULT_STRENGTH = 0.0
@@ -211,7 +211,7 @@ class TrainConfig(TrainSchedule):
     batch_size: Count = 128
     sparsity: NonNegative = DEFAULT_STRENGTH
     sparsity_targets: Literal[SPARSITY_TARGETS] = DEFAULT_TARGETS
-    # planned shrinking (core/shrink.py): from shrink_start of the run on, pull the channels a
+    # planned shrinking (core/nam/shrink.py): from shrink_start of the run on, pull the channels a
     # prune to keep shrink_macs of the MACs would remove towards zero, and only those (0: off)
     shrink_macs: float = Field(DEFAULT_SHRINK_MACS, ge=0, lt=1, title="--shrink-macs")
     shrink_start: float = Field(DEFAULT_SHRINK_START, ge=0, lt=1, title="--shrink-start")

@@ -15,10 +15,11 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from ..attach import attach_nam
 from ..errors import NampruneError
-from ..nam import check_attention
-from ..weights import load_weights
+from ..identity import set_spec, spec as spec_of
+from ..nam.attach import attach_nam
+from ..nam.modules import check_attention
+from ..store.weights import load_weights
 from . import foreign
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
@@ -72,7 +73,7 @@ def create(name: str, num_classes: int = 10, attention: str = "none", input_size
                                 in_channels=in_channels)
         if weights is not None:
             load_weights(model, weights, name)
-    model.namprune_spec = spec
+    set_spec(model, spec)
     return model
 
 
@@ -86,7 +87,7 @@ def from_spec(spec: dict) -> nn.Module:
         name = f"{spec['file']}:{name.rpartition(':')[2]}"
     model = create(name, spec["num_classes"], spec["attention"], spec["input_size"], spec["in_channels"],
                    nam_after=spec.get("nam_after"), sha256=spec.get("sha256"))
-    model.namprune_spec["name"] = spec["name"]
+    spec_of(model)["name"] = spec["name"]
     return model
 
 

@@ -31,7 +31,7 @@ import torchvision
 
 from ..console import note
 from ..errors import NampruneError
-from ..graph import classifier_name
+from ..identity import classifier_name
 
 TIMM_MISSING = 'timm models need timm, which is not installed: pip install "namprune[timm]"'
 FILE_ARGUMENTS = ("num_classes", "in_channels", "input_size")

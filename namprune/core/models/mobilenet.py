@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 from torchvision.ops import Conv2dNormActivation
 
-from ..nam import create_attention
+from ..nam.modules import create_attention
 from . import register
 
 # (expansion t, output channels c, repeats n, first stride s), CIFAR variant.

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ..nam import create_attention
+from ..nam.modules import create_attention
 from . import register
 
 

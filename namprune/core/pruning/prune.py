@@ -28,14 +28,14 @@ from typing import Iterable
 import torch
 import torch.nn as nn
 
-from .attach import remember_input
+from ..console import note
+from ..errors import NampruneError
+from ..identity import pruning_history, remember_input, set_pruning_history
+from ..settings import MACS_TOLERANCE, PruneConfig
 from .calibrate import recalibrate_batchnorm
 from .cost import channel_macs, count_macs
-from .latency_cost import LATENCY_TOLERANCE, LatencyComparison, LatencyMeter, group_costs
-from .settings import MACS_TOLERANCE, PruneConfig
-from .console import note
-from .errors import NampruneError
 from .graph import channel_groups, dependency_graph, grouped_indices, ignored_names
+from .latency_cost import LATENCY_TOLERANCE, LatencyComparison, LatencyMeter, group_costs
 from .saliency import NEEDS_DATA, GroupSaliency, make_importance, score_groups
 
 ROUND_TO_CANDIDATES = (1, 4, 8, 16)
@@ -67,7 +67,7 @@ class Plan:
             if idxs:
                 graph.get_pruning_group(model.get_submodule(name), handler, idxs).prune()
         model.train(was_training)
-        model.namprune_history = list(getattr(model, "namprune_history", [])) + [list(s) for s in graph.pruning_history()]
+        set_pruning_history(model, pruning_history(model) + graph.pruning_history())
         return model
 
 

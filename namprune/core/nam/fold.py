@@ -26,8 +26,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .errors import NampruneError
-from .nam import ChannelNAM, SpatialNAM, gate_weight
+from ..errors import NampruneError
+from .modules import ChannelNAM, SpatialNAM, gate_weight
 
 
 class FoldedNAM(nn.Module):

@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
-from .graph import example_input
+from ..identity import example_input
 
 MACS_COUNTER = f"torch-pruning {tp.__version__} count_ops_and_params (conv/linear MACs, BN/ReLU/pool per element, NAM gates not counted)"
 

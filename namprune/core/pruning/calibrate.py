@@ -20,8 +20,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .errors import NampruneError
-from .settings import DEFAULT_IMAGES
+from ..errors import NampruneError
+from ..settings import DEFAULT_IMAGES
 
 
 

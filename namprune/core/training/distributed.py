@@ -21,8 +21,8 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 
-from .errors import NampruneError
-from .nam import ChannelNAM, SpatialNAM
+from ..errors import NampruneError
+from ..nam.modules import ChannelNAM, SpatialNAM
 
 
 def launched() -> bool:

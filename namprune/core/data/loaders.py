@@ -7,8 +7,8 @@ from typing import Iterable, Iterator
 
 import torch
 
-from .data import DataBundle
-from .errors import NampruneError
+from ..errors import NampruneError
+from .datasets import DataBundle
 
 
 class BatchSource:

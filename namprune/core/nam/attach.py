@@ -17,8 +17,9 @@ from typing import Iterable
 import torch
 import torch.nn as nn
 
-from .errors import NampruneError
-from .nam import BRANCHES, NAM, SCALED, check_attention
+from ..errors import NampruneError
+from ..identity import remember_input, set_nam_placement
+from .modules import BRANCHES, NAM, SCALED, check_attention
 
 # (module, block class, the child that ends the block's residual branch, before the add).
 # "-1" is the last child of a Sequential. A class is only looked for when its library is
@@ -177,22 +178,8 @@ def attach_nam(model: nn.Module, example_input: torch.Tensor, attention: str = "
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name)
         setattr(parent, child, nn.Sequential(getattr(parent, child), NAM(channels, (height, width), mode, scaled=attention in SCALED)))
-    model.namprune_nam = {"attention": attention, "after": names}
+    set_nam_placement(model, attention, names)
     return model
 
 
-def knows_input(model: nn.Module) -> bool:
-    """Whether namprune knows the input size of ``model`` (built by namprune, or given one)."""
-    return getattr(model, "namprune_spec", None) is not None or getattr(model, "namprune_input_shape", None) is not None
-
-
-def remember_input(model: nn.Module, example_input: torch.Tensor) -> None:
-    """Keep the input shape (without the batch) on the model, for the steps that trace or
-    measure it later (pruning, MACs, export) when they are not given an input."""
-    if not isinstance(example_input, torch.Tensor) or example_input.dim() < 2:
-        raise NampruneError("example_input must be a batch of inputs, a tensor such as torch.randn(1, 3, 224, 224)")
-    model.namprune_input_shape = tuple(int(s) for s in example_input.shape[1:])
-
-
-__all__ = ["BRANCH_ENDS", "NoKnownBlocks", "attach_nam", "branch_ends", "candidate_layers", "has_nam", "knows_input", "output_shapes",
-           "remember_input"]
+__all__ = ["BRANCH_ENDS", "NoKnownBlocks", "attach_nam", "branch_ends", "candidate_layers", "has_nam", "output_shapes"]

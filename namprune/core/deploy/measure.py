@@ -8,10 +8,10 @@ can always be traced to how it was taken:
   model's input size: multiply-accumulates of convolutions and linear layers, plus one
   operation per element for BatchNorm (two when affine), ReLU/ReLU6 and pooling. The NAM
   gates (a sigmoid and a multiply per element) are not counted.
-* latency: ``namprune.core.timing`` (re-exported here): medians of ``torch.utils.benchmark``
+* latency: ``namprune.core.deploy.timing`` (re-exported here): medians of ``torch.utils.benchmark``
   blocks at batch 1 and a larger batch, several models side by side in interleaved rounds,
   each figure a record with its threads, spread across rounds and a trusted flag.
-* top-1 / top-5: ``namprune.core.train.evaluate`` on the test split.
+* top-1 / top-5: ``namprune.core.training.loop.evaluate`` on the test split.
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .cost import MACS_COUNTER, count_macs, count_params
-from .data import DataBundle
-from .train import evaluate
-from .graph import example_input
+from ..data.datasets import DataBundle
+from ..identity import example_input
+from ..pruning.cost import MACS_COUNTER, count_macs, count_params
+from ..training.loop import evaluate
 from .timing import measure_latency
 
 

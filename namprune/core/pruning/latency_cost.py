@@ -23,11 +23,11 @@ from typing import Callable
 
 import torch.nn as nn
 
-from .errors import NampruneError
-from .fold import fold_nam
-from .onnx import to_onnx
-from .settings import LATENCY_TOLERANCE, LatencySettings, PruneConfig
-from .timing import CLEAN_HINT, measure_latency, open_session
+from ..deploy.onnx import to_onnx
+from ..deploy.timing import CLEAN_HINT, measure_latency, open_session
+from ..errors import NampruneError
+from ..nam.fold import fold_nam
+from ..settings import LATENCY_TOLERANCE, LatencySettings, PruneConfig
 
 COST_PROBE = 0.5  # the fraction of a group's channels removed to measure what its channels cost
 MAX_UNCERTAINTY = LATENCY_TOLERANCE  # standard error of a measured ratio: no finer than the target is held to

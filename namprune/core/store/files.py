@@ -17,8 +17,8 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Iterator
 
-from .console import is_main_process
-from .errors import NampruneError
+from ..console import is_main_process
+from ..errors import NampruneError
 from .records import METRICS, TRAIN_STATE
 
 

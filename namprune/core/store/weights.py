@@ -16,11 +16,11 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from .console import note
-from .errors import NampruneError
+from ..console import note
+from ..errors import NampruneError
+from ..identity import classifier_name
+from ..nam.modules import ChannelNAM, SpatialNAM
 from .paths import check_weights_file
-from .graph import classifier_name
-from .nam import ChannelNAM, SpatialNAM
 
 # Where training scripts keep the weights inside a larger checkpoint dictionary.
 NESTED_KEYS = ("state_dict", "model", "model_state_dict", "module", "net")

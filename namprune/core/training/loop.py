@@ -1,6 +1,7 @@
 """The training loop: task loss + NAM sparsity penalty, SGD or AdamW, multistep or cosine
 schedule, bf16 autocast on CUDA (or fp16 with loss scaling), DDP under torchrun, optional
-torch.compile, a progress bar, per-epoch metrics and checkpoints.
+torch.compile, a progress bar, per-epoch metrics and checkpoints (``progress`` and ``state``
+hold the last two).
 
 One function, ``fit``, is used for sparse training and for fine-tuning after pruning;
 ``evaluate`` gives top-1 / top-5. Read ``fit`` top to bottom: set up, then one loop over
@@ -10,52 +11,29 @@ epochs, each a training pass, an evaluation, and a checkpoint.
 from __future__ import annotations
 
 import contextlib
-import os
 import time
-from typing import Callable
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from . import checkpoint, distributed
-from .console import err_console, is_main_process, note
-from .cpus import available_cores, default_threads
-from .data import DataBundle
-from .errors import NampruneError
-from .files import write_json, write_jsonl
-from .loaders import as_bundle
+from ..console import is_main_process, note
+from ..data.datasets import DataBundle
+from ..data.loaders import as_bundle
+from ..deploy.cpus import default_threads
+from ..errors import NampruneError
+from ..nam.shrink import PlannedShrink, shrink_start_epoch, shrink_strength
+from ..nam.sparsity import SparsityPenalty
+from ..settings import TrainConfig
+from ..store.files import write_json
+from ..store.records import SUMMARY, TrainSummary
+from . import distributed
 from .optim import build_optimizer, lr_factor
-from .records import METRICS, SUMMARY, TRAIN_STATE, TrainSummary
-from .settings import TrainConfig
-from .shrink import PlannedShrink, shrink_start_epoch, shrink_strength
-from .sparsity import SparsityPenalty
+from .progress import note_if_starved, progress_bar, report_epoch
+from .state import autocast_dtype, resolve_device, save_epoch, save_state, seed_everything, set_rng_state
 
-def seed_everything(seed: int) -> None:
-    """Seed torch (weights, dropout); data order and augmentation are seeded per epoch by the loaders."""
-    torch.manual_seed(seed)
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """The device to train on; under torchrun ``auto`` and ``cuda`` mean this process's own GPU."""
-    if name == "auto":
-        return distributed.local_device(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise NampruneError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise NampruneError("--device cuda was asked for but no CUDA GPU is available")
-    return distributed.local_device(device)
-
-
-def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
-    """bf16 by default on CUDA; CPU runs in fp32 unless bf16 is asked for."""
-    if amp == "auto":
-        return torch.bfloat16 if device.type == "cuda" else None
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[amp]
 
 
 @torch.no_grad()
@@ -95,8 +73,6 @@ class Divergence(NampruneError):
     """The loss became NaN or infinite: the run failed, but not because of bad input."""
 
     exit_code = 1
-
-
 
 
 class DivergenceWatch:
@@ -147,7 +123,7 @@ def fit(model: nn.Module, data: DataBundle, cfg: TrainConfig, out_dir: str | Pat
     the optimizer steps: a gradient-side regularizer such as torch-pruning's
     ``pruner.regularize`` (sparsity learning for its Slimming and group-norm pruners).
 
-    ``resume`` is the ``train_state`` of an interrupted run (see ``load_train_state``), whose
+    ``resume`` is the ``train_state`` of an interrupted run (see ``state.load_train_state``), whose
     weights ``model`` already holds: training continues after its last complete epoch with
     the same optimizer, schedule, loss scale and random state, so the result equals that of
     an uninterrupted run. Returns the summary (also written to ``out_dir/summary.json``).
@@ -199,11 +175,11 @@ def _fit(model: nn.Module, data, cfg: TrainConfig, out_dir, progress: bool, stag
         optimizer.load_state_dict(resume["optimizer"])
         scheduler.load_state_dict(resume["scheduler"])
         scaler.load_state_dict(resume["scaler"])
-        _set_rng_state(resume["rng"])
+        set_rng_state(resume["rng"])
         history, first_epoch, elapsed_before = list(resume["history"]), resume["epoch"], resume["elapsed_s"]
         note(f"resuming {stage} after epoch {first_epoch}/{cfg.epochs}")
     elif out_dir is not None and is_main_process():  # a run killed in its first epoch can resume too
-        _save_state(model, data, cfg, out_dir, optimizer, scheduler, scaler, history, 0, 0.0)
+        save_state(model, data, cfg, out_dir, optimizer, scheduler, scaler, history, 0, 0.0)
     start = time.perf_counter() - elapsed_before
 
     starved = False  # a slow epoch on a busy machine was reported
@@ -227,12 +203,12 @@ def _fit(model: nn.Module, data, cfg: TrainConfig, out_dir, progress: bool, stag
                "test_top1": test_stats.get("top1"), "test_top5": test_stats.get("top5"),
                "test_loss": test_stats.get("loss")}
         history.append(row)
-        _report_epoch(row, cfg.epochs, stage)
+        report_epoch(row, cfg.epochs, stage)
         if device.type == "cpu" and not starved:  # said once a run: the cause and the cure do not change
-            starved = _note_if_starved(history, threads)
+            starved = note_if_starved(history, threads)
         if out_dir is not None and is_main_process():
-            _save_epoch(model, data, cfg, out_dir, history)
-            _save_state(model, data, cfg, out_dir, optimizer, scheduler, scaler, history, epoch + 1,
+            save_epoch(model, data, cfg, out_dir, history)
+            save_state(model, data, cfg, out_dir, optimizer, scheduler, scaler, history, epoch + 1,
                         time.perf_counter() - start)
 
     tested = [r["test_top1"] for r in history if r["test_top1"] is not None]
@@ -317,7 +293,7 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, objective: Obje
     watch = DivergenceWatch(device)
     check_every = CUDA_CHECK_EVERY if device.type == "cuda" else 1
     seen, start = 0, time.perf_counter()
-    bar = _progress_bar(show_progress)
+    bar = progress_bar(show_progress)
     task = bar.add_task(f"epoch {epoch + 1}/{cfg.epochs}", total=len(loader), loss=0.0, acc=0.0, ips=0.0)
     last_refresh = 0.0
     with bar:
@@ -362,79 +338,3 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, objective: Obje
             "epoch_time_s": round(elapsed, 2)}
 
 
-def _progress_bar(enabled: bool) -> Progress:
-    # In a log file or a pipe a bar cannot redraw; the one line per epoch says enough there.
-    enabled = enabled and (err_console.is_terminal or err_console.is_jupyter)
-    return Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]:.3f}  acc {task.fields[acc]:.1f}%  {task.fields[ips]:.0f} img/s"),
-        TimeRemainingColumn(), console=err_console, transient=True, disable=not enabled,
-    )
-
-
-def _report_epoch(row: dict, epochs: int, stage: str) -> None:
-    tested = "" if row["test_top1"] is None else f"test top-1 {row['test_top1']:.2f}%  top-5 {row['test_top5']:.2f}%  "
-    note(f"{stage} epoch {row['epoch']:>3}/{epochs}  loss {row['train_loss']:.4f}  train {row['train_top1']:.2f}%  "
-         f"{tested}{row['images_per_s']:.0f} img/s")
-
-
-SLOW_EPOCH = 1 / 3  # of the first epoch's images/s: slower than this on a busy machine is worth a word
-
-
-def _note_if_starved(history: list[dict], threads: int) -> bool:
-    """Say once why an epoch ran far slower than the first, when the machine is busy: other
-    jobs are taking the cores training's threads wait for. True when it was said."""
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-    message = starved_message(history[-1]["epoch"], history[-1]["images_per_s"], history[0]["images_per_s"], load,
-                              available_cores(), threads)
-    if message:
-        note(f"[yellow]note:[/] {message}")
-    return message is not None
-
-
-def starved_message(epoch: int, speed: float, first_speed: float, load: float | None, cores: int,
-                    threads: int) -> str | None:
-    """What to tell a user whose epoch ``epoch`` trained at ``speed`` images/s against the first
-    epoch's ``first_speed`` while the load average was ``load`` on ``cores`` usable cores;
-    None when the epoch was not slow or the machine was not busy."""
-    if load is None or load <= cores or speed >= first_speed * SLOW_EPOCH:
-        return None
-    busy = (f"epoch {epoch} trained at {speed:.0f} images/s, under a third of the first epoch's {first_speed:.0f}, "
-            f"while other jobs keep the machine busy (load {load:.1f} on {cores} usable core(s))")
-    if threads > 1:
-        return (f"{busy}: training's {threads} threads wait for each other; run it with --threads 1 "
-                "(or OMP_NUM_THREADS=1)")
-    return f"{busy}: it already trains on one thread; it speeds up when the other jobs end"
-
-
-def _save_state(model, data, cfg, out_dir, optimizer, scheduler, scaler, history, epoch, elapsed) -> None:
-    """Everything needed to continue after ``epoch`` (weights included, so the state alone suffices)."""
-    rng = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        rng["cuda"] = torch.cuda.get_rng_state_all()
-    state = {"epoch": epoch, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-             "scaler": scaler.state_dict(), "rng": rng, "history": history, "elapsed_s": elapsed}
-    checkpoint.save(out_dir / TRAIN_STATE, model, _info(data), config=cfg.to_dict(), extra={"train_state": state})
-
-
-def _set_rng_state(rng: dict) -> None:
-    torch.set_rng_state(rng["torch"])
-    if "cuda" in rng and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rng["cuda"])
-
-
-def _info(data: DataBundle) -> dict | None:
-    return data.info.as_dict() if data.info is not None else None  # your own loaders describe no dataset
-
-
-def load_train_state(run_dir: str | Path) -> dict | None:
-    """The checkpoint payload (with its ``train_state``) of an interrupted run, or None."""
-    path = Path(run_dir) / TRAIN_STATE
-    return checkpoint.read(path) if path.exists() else None
-
-
-def _save_epoch(model, data: DataBundle, cfg: TrainConfig, out_dir: Path, history: list[dict]) -> None:
-    last = history[-1]
-    metrics = {"epoch": last["epoch"], "top1": last["test_top1"], "top5": last["test_top5"], "loss": last["test_loss"]}
-    checkpoint.save(out_dir / "model.pt", model, _info(data), metrics=metrics, config=cfg.to_dict())
-    write_jsonl(out_dir / METRICS, history)

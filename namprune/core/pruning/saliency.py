@@ -38,12 +38,12 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
-from .calibrate import accumulate_gradients, input_energy
-from .errors import NampruneError
-from .graph import dependency_graph, prunable_groups
-from .nam import ChannelNAM, SpatialNAM
-from .settings import (DEFAULT_IMAGES, DEFAULT_IMPORTANCE, DEFAULT_NORMALIZATION, check_importance,
+from ..errors import NampruneError
+from ..nam.modules import ChannelNAM, SpatialNAM
+from ..settings import (DEFAULT_IMAGES, DEFAULT_IMPORTANCE, DEFAULT_NORMALIZATION, check_importance,
                        resolve_normalization)
+from .calibrate import accumulate_gradients, input_energy
+from .graph import dependency_graph, prunable_groups
 
 NEEDS_DATA = ("nam", "taylor")  # scores measured on calibration images
 # A channel whose score is below this fraction of the model's mean score counts as "near zero".

@@ -11,7 +11,7 @@ import math
 import torch
 import torch.nn as nn
 
-from .settings import TrainConfig
+from ..settings import TrainConfig
 
 # One-cycle shape (Smith & Topin, 2018): the share of the run spent rising, and how far below
 # the peak the learning rate starts and ends.

@@ -22,10 +22,10 @@ import onnxruntime as ort
 import torch
 import torch.nn as nn
 
-from .console import note
-from .errors import NampruneError
-from .graph import example_input
-from .settings import PARITY_TOLERANCE
+from ..console import note
+from ..errors import NampruneError
+from ..identity import example_input
+from ..settings import PARITY_TOLERANCE
 
 TOLERANCE = PARITY_TOLERANCE
 # torch's exporters: the dynamo one implements opsets 18+ (lower ones through a version

@@ -17,14 +17,15 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from .. import __version__
-from .distributed import unwrap
-from .errors import NampruneError
-from .graph import replay_history
-from .models import from_spec
+from ... import __version__
+from ..errors import NampruneError
+from ..identity import pruning_history, spec as spec_of
+from ..models import from_spec
+from ..nam.fold import refuse_folded
+from ..pruning.graph import replay_history
+from ..training.distributed import unwrap
 from .files import write_atomic
 from .paths import check_checkpoint, model_file  # noqa: F401  (model_file: checkpoint.model_file for callers)
-from .fold import refuse_folded
 
 FORMAT = "namprune-checkpoint"
 VERSION = 1
@@ -40,7 +41,7 @@ def save(path: str | Path, model: nn.Module, data_info: dict | None = None, metr
     """
     model = unwrap(model)
     refuse_folded(model, "save")
-    spec = arch if arch is not None else getattr(model, "namprune_spec", None)
+    spec = arch if arch is not None else spec_of(model)
     if spec is None:
         raise NampruneError("this model was not built by namprune.models.create: save it with "
                             "namprune.save(model, path, example_input=x)")
@@ -50,7 +51,7 @@ def save(path: str | Path, model: nn.Module, data_info: dict | None = None, metr
         "version": VERSION,
         "namprune_version": __version__,
         "arch": dict(spec),
-        "pruning_history": [list(step) for step in getattr(model, "namprune_history", [])],
+        "pruning_history": pruning_history(model),
         "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
         "data": dict(data_info or {}),
         "metrics": dict(metrics or {}),

@@ -8,10 +8,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .errors import NampruneError
+from ..errors import NampruneError
+from ..settings import DATASETS
 from .files import finished_epochs, staging_dir
 from .records import TRAIN_STATE
-from .settings import DATASETS
 
 
 def model_file(path: str | os.PathLike) -> Path:

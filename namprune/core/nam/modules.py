@@ -28,8 +28,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .errors import NampruneError
-from .settings import ATTENTIONS
+from ..errors import NampruneError
+from ..settings import ATTENTIONS
 
 # attention name (settings.ATTENTIONS) -> which NAM branches it has; the names in SCALED use
 # the width-invariant weights

@@ -15,10 +15,10 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
-from .attach import remember_input
-from .errors import NampruneError
-from .fold import refuse_folded
-from .nam import ChannelNAM, SpatialNAM
+from ..errors import NampruneError
+from ..identity import classifier, example_input, remember_input, set_pruning_history
+from ..nam.fold import refuse_folded
+from ..nam.modules import ChannelNAM, SpatialNAM
 
 
 class ChannelNAMPruner(tp.pruner.function.BasePruningFunc):
@@ -51,22 +51,6 @@ class PassThroughPruner(tp.pruner.function.BasePruningFunc):
 
 
 CUSTOM_PRUNERS = {ChannelNAM: ChannelNAMPruner(), SpatialNAM: PassThroughPruner()}
-
-
-def example_input(model: nn.Module, batch: int = 1) -> torch.Tensor:
-    """A zero input of the shape the model was built for: from ``model.namprune_spec`` (models
-    namprune built), else from the input a namprune function was last given for it
-    (``attach_nam``, ``prune(..., example_input=x)``, ``save``)."""
-    spec = getattr(model, "namprune_spec", None)
-    if spec is not None:
-        shape = (spec["in_channels"], spec["input_size"], spec["input_size"])
-    else:
-        shape = getattr(model, "namprune_input_shape", None)
-        if shape is None:
-            raise NampruneError(f"namprune does not know the input size of this {type(model).__name__}; pass "
-                                "example_input= (one batch of inputs, e.g. torch.randn(1, 3, 224, 224))")
-    device = next(model.parameters()).device
-    return torch.zeros(batch, *shape, device=device)
 
 
 def dependency_graph(model: nn.Module, inputs: torch.Tensor | None = None,
@@ -144,23 +128,8 @@ def replay_history(model: nn.Module, history: list) -> nn.Module:
             raise NampruneError(f"the pruning history removes channel {max(idxs)} ({len(idxs)} in all) of {name!r}, "
                                 f"which has {width} {'output' if is_out else 'input'} channels here")
         graph.get_pruning_group(layer, prune_fn, list(idxs)).prune(record_history=False)
-    model.namprune_history = [list(step) for step in history]
+    set_pruning_history(model, history)
     return model
-
-
-def classifier_name(model: nn.Module) -> str:
-    """The final layer, whose outputs are the classes: the last ``nn.Linear``, else the last
-    convolution (a fully convolutional classifier)."""
-    layers = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)] or \
-             [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
-    if not layers:
-        raise NampruneError("the model has no nn.Linear or nn.Conv2d classifier; name the layers to keep whole "
-                            "with ignored=[...]")
-    return layers[-1]
-
-
-def classifier(model: nn.Module) -> nn.Module:
-    return model.get_submodule(classifier_name(model))
 
 
 def ignored_names(model: nn.Module, ignored: Iterable[str | nn.Module]) -> list[str]:

@@ -15,7 +15,7 @@ from typing import Optional, Union
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from .errors import NampruneError
+from ..errors import NampruneError
 
 SUMMARY, REPORT, SWEEP = "summary.json", "report.json", "sweep.json"
 METRICS = "metrics.jsonl"  # one row per finished epoch

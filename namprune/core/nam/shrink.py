@@ -23,12 +23,12 @@ from typing import Iterable
 import torch
 import torch.nn as nn
 
-from .attach import knows_input, remember_input
-from .errors import NampruneError
-from .graph import dependency_graph
-from .nam import ChannelNAM
-from .prune import plan_removal
-from .settings import PruneConfig, TrainConfig
+from ..errors import NampruneError
+from ..identity import knows_input, remember_input
+from ..pruning.graph import dependency_graph
+from ..pruning.prune import plan_removal
+from ..settings import PruneConfig, TrainConfig
+from .modules import ChannelNAM
 
 SHRINK_TRAVEL = 2.0  # trained scale factors are 0.1-1 and shifts within +-0.5: room to reach zero
 

@@ -38,9 +38,9 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
+from ..settings import GATE_AGREEMENT, GATE_LOGIT_TOLERANCE
 from .fold import FoldedChannelNAM, FoldedNAM, fold_nam
-from .nam import NAM, ChannelNAM, SpatialNAM
-from .settings import GATE_AGREEMENT, GATE_LOGIT_TOLERANCE
+from .modules import NAM, ChannelNAM, SpatialNAM
 
 # Gates whose spread is at most 3 % go. Measured (BENCHMARKS.md, "NAM at inference"): removing
 # every gate of a CIFAR-10 ResNet-20 (largest spread 2.3 %) changed test top-1 by +0.01 point,

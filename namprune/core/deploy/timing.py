@@ -38,9 +38,9 @@ import torch
 import torch.nn as nn
 import torch.utils.benchmark as benchmark
 
+from ..identity import example_input
+from ..settings import DEFAULT_THREADS, MAX_CPU_WAIT, MAX_SPREAD, LatencySettings
 from .cpus import available_cores
-from .settings import DEFAULT_THREADS, MAX_CPU_WAIT, MAX_SPREAD, LatencySettings
-from .graph import example_input
 from .onnx import fixed_batch, session
 
 CLEAN_HINT = ("for a clean figure, time while no other job runs (or with fewer --threads than idle cores), "

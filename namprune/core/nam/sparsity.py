@@ -13,9 +13,9 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .errors import NampruneError
-from .nam import ChannelNAM, SpatialNAM
-from .settings import DEFAULT_STRENGTH, DEFAULT_TARGETS, SPARSITY_TARGETS
+from ..errors import NampruneError
+from ..settings import DEFAULT_STRENGTH, DEFAULT_TARGETS, SPARSITY_TARGETS
+from .modules import ChannelNAM, SpatialNAM
 
 
 def penalized_parameters(model: nn.Module, targets: str = DEFAULT_TARGETS) -> list[nn.Parameter]:

@@ -22,10 +22,10 @@ import torchvision
 from PIL import Image
 from torchvision.transforms import v2
 
+from ..errors import NampruneError
+from ..settings import DEFAULT_WORKERS
+from ..store.paths import check_dataset, image_folder_splits
 from .batches import Augment, StreamLoader, TensorLoader
-from .errors import NampruneError
-from .paths import check_dataset, image_folder_splits
-from .settings import DEFAULT_WORKERS
 
 DEFAULT_DATA_DIR = Path.home() / ".cache" / "namprune" / "data"
 # Image folders whose images are at most this big are decoded into memory.
