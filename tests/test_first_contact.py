@@ -127,6 +127,13 @@ def test_fine_tuning_takes_this_machines_threads_not_the_checkpoints():
     assert finetune_config(trained_with, FinetuneSettings(epochs=1), threads=2).threads == 2
 
 
+def test_fine_tuning_runs_the_epochs_asked_and_zero_means_none():
+    trained_with = {"epochs": 30, "lr": 0.1}
+    assert finetune_config(trained_with, FinetuneSettings(epochs=0)) is None
+    tuned = finetune_config(trained_with, FinetuneSettings(epochs=3))
+    assert tuned.epochs == 3 and tuned.lr == pytest.approx(0.01)
+
+
 def test_recipes_take_threads_and_a_run_continues_under_other_threads():
     assert load_recipe("digits-resnet20", ["train.threads=1"]).train.threads == 1
     with pytest.raises(NampruneError, match="--threads 0"):

@@ -7,10 +7,18 @@ import namprune
 from model_helpers import digits_model, random_batches, save_digits_checkpoint, trained_like
 from namprune import NampruneError, fold_nam, models
 from namprune.core.nam.fold import FoldedChannelNAM, FoldedNAM, FoldedSpatialNAM, fold_branch
-from namprune.core.nam.modules import ChannelNAM, SpatialNAM, channel_nams, spatial_nams
+from namprune.core.nam.modules import ChannelNAM, SpatialNAM
 from namprune.core.pruning.prune import prune
 from namprune.core.settings import PruneConfig
 from test_nam import _randomize
+
+
+def channel_nams(model):
+    return [m for m in model.modules() if isinstance(m, ChannelNAM)]
+
+
+def spatial_nams(model):
+    return [m for m in model.modules() if isinstance(m, SpatialNAM)]
 
 
 def _with_statistics(nam, x):

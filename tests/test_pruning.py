@@ -110,15 +110,17 @@ def test_nam_scores_are_shares_of_what_the_reading_layers_receive(sparse_digits)
     ranking = rank_model(model, calibration=data.calibration)  # nam, auto
     assert ranking.normalization == "none"
     readers = {"layers.0.0.conv1": 1, "conv1": 5, "layers.1.0.shortcut.0": 4, "layers.2.0.shortcut.0": 3}
-    for group in ranking.groups:
+    groups = {group.name: group for group in ranking.groups}
+    assert set(readers) <= set(groups)
+    for name, count in readers.items():
         # every reading layer's input comes whole from one group in a ResNet: the squared scores
         # (shares of each reader's input signal) add up to the number of readers
-        if group.name in readers:
-            assert float(group.scores.pow(2).sum()) == pytest.approx(readers[group.name], rel=1e-4), group.name
+        assert float(groups[name].scores.pow(2).sum()) == pytest.approx(count, rel=1e-4), name
     nam_w = rank_model(model, "nam-w")
-    for group in nam_w.groups:  # the mean of NAM's w over the group's NAMs: sums to 1
-        if group.source == "nam-w":
-            assert float(group.scores.sum()) == pytest.approx(1.0, abs=1e-4), group.name
+    gated = [group for group in nam_w.groups if group.source == "nam-w"]
+    assert len(gated) == 3  # the three residual streams NAM gates; the blocks' inner groups score by BatchNorm
+    for group in gated:  # the mean of NAM's w over the group's NAMs: sums to 1
+        assert float(group.scores.sum()) == pytest.approx(1.0, abs=1e-4), group.name
     assert rank_model(model, "slim").normalization == "none"
     l1 = rank_model(model, "l1")
     assert l1.normalization == "sum"
@@ -253,6 +255,21 @@ def test_prune_cli_report_and_reload(sparse_digits, tmp_path, capsys):
     assert count_params(reloaded) == report["params_after"]
     data = load_data("digits", batch_size=64)
     assert evaluate(reloaded, data.test)["top1"] == pytest.approx(report["top1_finetuned"], abs=1e-6)
+
+
+def test_a_prune_without_fine_tuning_epochs_fine_tunes_nothing(sparse_digits, tmp_path, capsys):
+    """--finetune-epochs 0 (the default) is no fine-tuning at all, not one epoch of it."""
+    from cli_helpers import run_cli
+
+    _, _, run = sparse_digits
+    out = tmp_path / "pruned"
+    code, stdout, err = run_cli(capsys, "prune", run, "--ratio", "0.3", "--finetune-epochs", "0", "--out", out, "-q")
+    assert code == 0, err
+    report = json.loads((out / "report.json").read_text())
+    assert report["finetune_epochs"] == 0 and report["top1_finetuned"] is None
+    assert "fine-tuned" not in stdout and not (out / "metrics.jsonl").exists()
+    assert torch.load(out / "model.pt", weights_only=True)["config"]["finetune"] is None
+    assert namprune.load(out)  # the pruned model is saved as pruned, ready to fine-tune later
 
 
 def test_rank_cli_json(sparse_digits, tmp_path, capsys):

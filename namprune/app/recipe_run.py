@@ -38,8 +38,6 @@ from .recipes import Recipe
 from .run_folders import load_run
 from .stages import compatible_data, finetune_pruned, prune_checkpoint, resume_training, train_model
 
-STAGES = ("train", "rank", "prune", "finetune", "report", "export")
-
 
 @dataclass
 class Job:

@@ -77,14 +77,21 @@ def resume_training(out: str | Path, data_dir=None, device: str = "auto", worker
     return summary
 
 
+def trained_with(train_config: dict) -> TrainConfig:
+    """The settings a checkpoint was trained with (the defaults for one that records none)."""
+    return TrainConfig.from_dict(train_config) if train_config else TrainConfig()
+
+
 def finetune_config(train_config: dict, finetune: FinetuneSettings, device: str = "auto",
-                    threads: int | None = None) -> TrainConfig:
+                    threads: int | None = None) -> TrainConfig | None:
     """Fine-tuning as training: the settings the model was trained with, at a tenth of its
     learning rate (unless ``finetune.lr`` is given), a cosine schedule, the penalty and the
-    distillation weight ``finetune`` asks for (at least one epoch: the data's batch size
-    comes from it even when nothing is fine-tuned), on this machine's ``threads``."""
-    base = TrainConfig.from_dict(train_config) if train_config else TrainConfig()
-    return base.with_(epochs=max(finetune.epochs, 1), lr=finetune.lr or base.lr * 0.1, schedule="cosine",
+    distillation weight ``finetune`` asks for, on this machine's ``threads``. None for
+    ``finetune.epochs`` 0: no fine-tuning."""
+    if finetune.epochs == 0:
+        return None
+    base = trained_with(train_config)
+    return base.with_(epochs=finetune.epochs, lr=finetune.lr or base.lr * 0.1, schedule="cosine",
                       warmup_epochs=0, milestones=None, sparsity=finetune.sparsity, shrink_macs=0.0, device=device,
                       batch_size=finetune.batch_size or base.batch_size, distill=finetune.distill, threads=threads)
 
@@ -144,10 +151,11 @@ def prune_checkpoint(ckpt: str | Path, cfg: PruneConfig, out: str | Path, finetu
     resuming = saved is not None and (staging_dir(out) / PRUNED).exists()
     if not resuming:
         check_out_dir(out, overwrite)
-    ft = finetune_config(payload.get("config", {}), finetune, device, threads)
+    ft = finetune_config(payload.get("config", {}), finetune, device, threads)  # None: no fine-tuning
+    base = trained_with(payload.get("config", {}))  # pruning and measuring read the data as fine-tuning would
     device_ = resolve_device(device)
-    data = compatible_data(payload, data_dir, ft.batch_size, device_, ft.seed, rank=distributed.rank(),
-                           world_size=distributed.world_size())
+    data = compatible_data(payload, data_dir, finetune.batch_size or base.batch_size, device_, base.seed,
+                           rank=distributed.rank(), world_size=distributed.world_size())
 
     if resuming:  # the pruned model and its measurements were saved before fine-tuning began
         model, measured = checkpoint.build(saved).to(device_), read_json(staging_dir(out) / PRUNED)
@@ -160,12 +168,12 @@ def prune_checkpoint(ckpt: str | Path, cfg: PruneConfig, out: str | Path, finetu
         if is_main_process():
             write_json(stage / PRUNED, measured)
         finetuned = None
-        if finetune.epochs > 0:
+        if ft is not None:
             finetuned = _finetune(model, data, ft, stage, progress,
                                   saved["train_state"] if resuming else None, teacher=_teacher(payload, ft))
         report = _report(ckpt, out, payload, cfg, measured, finetuned, finetune.epochs, started)
         _save_pruned(stage, model, data, {**payload.get("config", {}), "prune": cfg.to_dict(),
-                                          "finetune": ft.to_dict() if finetune.epochs else None}, report)
+                                          "finetune": ft.to_dict() if ft is not None else None}, report)
     return report
 
 
@@ -174,7 +182,7 @@ def finetune_pruned(pruned: str | Path, out: str | Path, finetune: FinetuneSetti
                     threads: int | None = None) -> PruneReport:
     """Fine-tune a pruned run (written by ``prune_checkpoint``) into ``out``; its report gains
     the fine-tuned accuracy. With ``resume``, an interrupted fine-tuning continues."""
-    if finetune.epochs < 1:  # finetune_config gives at least one epoch, for prune_checkpoint's data
+    if finetune.epochs < 1:  # zero epochs is no fine-tuning: nothing to run, said before anything is read
         raise NampruneError(f"fine-tuning needs at least one epoch, got {finetune.epochs}")
     started = time.perf_counter()
     out = Path(out)

@@ -16,7 +16,7 @@ from ..core.settings import (EXPORT, EXPORT_RUNTIMES, GATE_AGREEMENT, GATE_LOGIT
                              PARITY_TOLERANCE, ExportSettings, LatencySettings)
 from ..core.store.paths import check_checkpoint
 from ..core.store.records import ExportRecord
-from .app import DataDir, Overwrite, app, fail, int_or_text
+from .app import DataDir, Overwrite, app, int_or_text
 from .report import MinTime, Rounds, TimingThreads
 
 
@@ -46,23 +46,21 @@ def export_(
     checked in OpenVINO), and record size and latency."""
     check_checkpoint(ckpt)  # before torch loads
     from ..app.exporting import check_file, export_checkpoint
-    from ..core.deploy.onnx import ExportError, record_path
+    from ..core.deploy.onnx import record_path
 
-    try:
-        if check_only:
-            if not check:
-                raise NampruneError("--check-only and --no-check contradict each other")
-            print_parity(check_file(ckpt, out, data_dir, gate_tolerance, calibration))
-            console.print(f"{out} agrees with {ckpt}")
-            return 0
-        settings = ExportSettings(opset=opset, batch=int_or_text(batch), fold=fold, check=check, optimize=optimize,
-                                  gate_tolerance=EXPORT.gate_tolerance if gate_tolerance is None else gate_tolerance,
-                                  calibration_images=EXPORT.calibration_images if calibration is None else calibration,
-                                  remove_gates=remove_gates, int8=int8, runtime=runtime)
-        timing = LatencySettings(threads=threads, rounds=rounds, min_run_time=min_time) if latency else None
-        report = export_checkpoint(ckpt, out, settings, timing, data_dir, overwrite)
-    except ExportError as exc:  # not the user's mistake: exit code 1, still one line
-        return fail(str(exc), 1)
+    # a failed export raises ExportError, a NampruneError with exit code 1: main reports it in one line
+    if check_only:
+        if not check:
+            raise NampruneError("--check-only and --no-check contradict each other")
+        print_parity(check_file(ckpt, out, data_dir, gate_tolerance, calibration))
+        console.print(f"{out} agrees with {ckpt}")
+        return 0
+    settings = ExportSettings(opset=opset, batch=int_or_text(batch), fold=fold, check=check, optimize=optimize,
+                              gate_tolerance=EXPORT.gate_tolerance if gate_tolerance is None else gate_tolerance,
+                              calibration_images=EXPORT.calibration_images if calibration is None else calibration,
+                              remove_gates=remove_gates, int8=int8, runtime=runtime)
+    timing = LatencySettings(threads=threads, rounds=rounds, min_run_time=min_time) if latency else None
+    report = export_checkpoint(ckpt, out, settings, timing, data_dir, overwrite)
     print_report(report)
     int8_file = f"   INT8: {report.int8['file']}" if report.int8 else ""
     written = f"OpenVINO IR: {report.ir}" if report.ir else f"ONNX: {report.onnx}"

@@ -1,7 +1,10 @@
-"""The one exception type for mistakes a user can make (bad flags, bad files, bad data).
+"""The one exception family namprune raises on purpose: ``NampruneError`` for mistakes a user
+can make (bad flags, bad files, bad data), and its subclasses for runs that stop through no
+mistake of the user's (``Interrupted``; training's ``Divergence``; ``deploy.onnx.ExportError``).
 
-The CLI turns it into a single line on stderr and exit code 2; Python callers can catch
-it as a ``ValueError``.
+Every command turns any of them into a single line on stderr and the error's ``exit_code``
+(2 for a user's mistake, 1 for a failed run, 130 for Ctrl-C); Python callers can catch the
+family as a ``ValueError``.
 """
 
 

@@ -37,8 +37,11 @@ INPUT, OUTPUT = "input", "logits"
 RANDOM_SAMPLES = 16  # seeded random images of the check
 
 
-class ExportError(RuntimeError):
-    """The export failed or its output disagrees with torch: not a user error (exit code 1)."""
+class ExportError(NampruneError):
+    """The export failed or its output disagrees with torch: not the user's mistake, so the
+    command exits with code 1 (still one line, like every ``NampruneError``)."""
+
+    exit_code = 1
 
 
 def _first_line(exc: Exception, limit: int = 200) -> str:

@@ -152,9 +152,11 @@ def attach_nam(model: nn.Module, example_input: torch.Tensor, attention: str = "
     """Append ``NAM(C, (H, W))`` after the last layer of every residual branch (or after each
     layer named in ``after``), in place; returns ``model``.
 
-    ``attention``: ``nam`` (channel then spatial), ``nam-channel``, ``nam-spatial`` or
-    ``none`` (nothing attached). ``example_input`` is one batch the model takes (its size
-    fixes each spatial branch's feature-map size; the model must then be fed that size).
+    ``attention``: ``nam`` (channel then spatial), ``nam-channel``, ``nam-spatial``,
+    ``nam-scaled`` (both branches, their weights scaled to mean 1 so a gate can move away
+    from 0.5; see ``nam.modules``) or ``none`` (nothing attached). ``example_input`` is one
+    batch the model takes (its size fixes each spatial branch's feature-map size; the model
+    must then be fed that size).
     """
     mode = BRANCHES[check_attention(attention)]
     remember_input(model, example_input)

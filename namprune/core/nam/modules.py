@@ -162,11 +162,3 @@ def check_attention(name: str) -> str:
     if name not in ATTENTIONS:
         raise NampruneError(f"unknown attention {name!r}; choose one of {', '.join(ATTENTIONS)}")
     return name
-
-
-def channel_nams(model: nn.Module) -> list[ChannelNAM]:
-    return [m for m in model.modules() if isinstance(m, ChannelNAM)]
-
-
-def spatial_nams(model: nn.Module) -> list[SpatialNAM]:
-    return [m for m in model.modules() if isinstance(m, SpatialNAM)]

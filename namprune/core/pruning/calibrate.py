@@ -24,8 +24,8 @@ from ..errors import NampruneError
 from ..settings import DEFAULT_IMAGES
 
 
-
-def calibration_batches(loader: Iterable, images: int, device: torch.device) -> Iterator[torch.Tensor]:
+def calibration_batches(loader: Iterable, images: int,
+                        device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Up to ``images`` images from ``loader`` as ``(images, labels)`` batches on ``device``."""
     if hasattr(loader, "set_epoch"):
         loader.set_epoch(0)  # the same images every time: scores are reproducible

@@ -7,7 +7,7 @@ lowest-scored ones), time the copy in its inference form (NAM folded; for onnxru
 exported graph, for OpenVINO its IR) side by side with the unpruned model, and share the fraction of time
 saved over the channels removed. The allocation then
 spends saliency per millisecond, and the pruned result is timed again to correct the
-budget (``pruning._removal_for_budget``).
+budget (``prune._removal_for_budget``).
 
 A comparison whose rounds disagree too much is refused rather than steered by: on a busy
 machine a latency target would chase noise.

@@ -29,6 +29,7 @@ import torch
 import torch.nn as nn
 
 from ..console import note
+from ..deploy.onnx import ExportError
 from ..errors import NampruneError
 from ..identity import pruning_history, remember_input, set_pruning_history
 from ..settings import MACS_TOLERANCE, PruneConfig
@@ -171,8 +172,16 @@ def _plan(model: nn.Module, ranked: list, removed: list[int]) -> Plan:
 
 def prune(model: nn.Module, cfg: PruneConfig, calibration: Iterable | None = None,
           example_input: torch.Tensor | None = None, ignored: list = ()) -> PruneResult:
-    """Prune ``model`` in place by ``cfg.ratio``, or to keep ``cfg.target_macs`` of its MACs
-    (within ``MACS_TOLERANCE`` of them), then re-estimate BatchNorm statistics.
+    """Prune ``model`` in place by ``cfg.ratio``, to keep ``cfg.target_macs`` of its MACs
+    (within ``MACS_TOLERANCE`` of them), or to keep ``cfg.target_latency`` of its latency
+    measured on ``cfg.latency_runtime`` (within ``LATENCY_TOLERANCE``; ``result.latency``
+    records what was timed and whether the target was met), then re-estimate BatchNorm
+    statistics (unless ``cfg.recalibrate`` is off).
+
+    Widths stay multiples of ``cfg.round_to`` (halved while its steps are too coarse to meet
+    the target); with ``round_to="auto"`` a copy is pruned at each multiple of
+    ``ROUND_TO_CANDIDATES``, the copies are timed side by side, and the fastest multiple is
+    kept. ``result.rounding`` records either.
 
     ``calibration`` is an iterable of training ``(images, labels)`` batches (a DataLoader or
     namprune's loader): data-driven scores and the recalibration read ``cfg.calibration_images``
@@ -261,6 +270,8 @@ def _fastest_rounding(model: nn.Module, ranked: list, cfg: PruneConfig) -> tuple
         candidate = cfg.with_(round_to=multiple)
         try:
             removed, _ = _removal(model, ranked, candidate)
+        except ExportError:  # a failed export is no answer about this multiple
+            raise
         except NampruneError:  # this multiple's steps cannot meet the target
             continue
         copies[multiple] = _plan(model, ranked, removed).apply(copy.deepcopy(model))

@@ -70,13 +70,6 @@ def read_json(path: str | os.PathLike):
     return json.loads(Path(path).read_text())
 
 
-def read_jsonl(path: str | os.PathLike) -> list[dict]:
-    path = Path(path)
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def _json_default(obj):
     if hasattr(obj, "item"):  # numpy / torch scalars
         return obj.item()
