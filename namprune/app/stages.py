@@ -238,7 +238,8 @@ def _prune_and_measure(model: nn.Module, cfg: PruneConfig, data: DataBundle, dev
     after = {**cost(model), **_accuracy(model, data, device)}
     return {"before": before, "after": after, "uncalibrated": uncalibrated, "ratio": result.ratio,
             "channels_before": result.channels_before, "channels_after": result.channels_after, "layers": result.layers,
-            "latency": result.latency, "rounding": result.rounding}
+            "latency": result.latency, "rounding": result.rounding,
+            "applied": result.config.model_dump(include={"importance", "normalization", "cost_exponent"})}
 
 
 def _accuracy(model: nn.Module, data: DataBundle, device: torch.device) -> dict:
@@ -248,6 +249,7 @@ def _accuracy(model: nn.Module, data: DataBundle, device: torch.device) -> dict:
 
 def _report(ckpt, out, payload, cfg, measured, finetuned, finetune_epochs, started) -> PruneReport:
     before, after = measured["before"], measured["after"]
+    applied = cfg.with_(**measured.get("applied", {}))  # .get: a pruned.json written before it was recorded
     source = checkpoint.model_file(ckpt).resolve()
     return PruneReport(**{
         "source": str(source),
@@ -258,9 +260,10 @@ def _report(ckpt, out, payload, cfg, measured, finetuned, finetune_epochs, start
         # .get: a fine-tuning resumed from a pruned.json written before these keys existed
         "latency": measured.get("latency") and {**measured["latency"], "macs_before": before["macs"],
                                                 "macs_after": after["macs"]},
-        "importance": cfg.importance, "scope": cfg.scope, "normalization": resolve_normalization(cfg.importance, cfg.normalization),
+        "importance": applied.importance, "scope": cfg.scope,
+        "normalization": resolve_normalization(applied.importance, applied.normalization),
         "round_to": cfg.round_to, "rounding": measured.get("rounding"), "max_layer_ratio": cfg.max_layer_ratio,
-        "cost_exponent": cfg.cost_exponent,
+        "cost_exponent": applied.cost_exponent,
         "channels_before": measured["channels_before"], "channels_after": measured["channels_after"],
         "params_before": before["params"], "params_after": after["params"],
         "macs_before": before["macs"], "macs_after": after["macs"],

@@ -17,7 +17,7 @@ from ..core.store.records import PruneReport
 from .app import DataDir, Device, JsonOut, Overwrite, Quiet, Threads, app, int_or_text, interrupted
 
 Importance = Annotated[str, typer.Option("--importance", help=f"How channels are ranked: {', '.join(IMPORTANCES)}. "
-                                         "nam: what each channel carries through its BatchNorm and NAM gate into the "
+                                         "auto (default): nam for a model with NAM attention, l1 for one without; nam: what each channel carries through its BatchNorm and NAM gate into the "
                                          "layers that read it (measured on calibration images); nam-w: NAM's normalized "
                                          "weight w (the paper); slim: BatchNorm |gamma|; l1: filter norm; taylor: "
                                          "first-order loss change.")]
@@ -32,7 +32,7 @@ Distill = Annotated[float, typer.Option("--distill", help="Fine-tune with distil
 Scope = Annotated[str, typer.Option("--scope", help=f"{' or '.join(SCOPES)}: rank all channels together, or remove the same fraction of every layer.")]
 RoundTo = Annotated[Optional[str], typer.Option("--round-to", help="Keep channel counts that are multiples of N (default 8: widths onnxruntime's CPU kernels run fast; 1: any width); auto: the multiple of 1, 4, 8, 16 whose pruned model times fastest on --latency-runtime.")]
 MaxLayerRatio = Annotated[float, typer.Option("--max-layer-ratio", help="No layer loses more than this fraction of its channels.")]
-CostExponent = Annotated[float, typer.Option("--cost-exponent", help="With --target-macs or --target-latency, channels go in order of score^2 / cost^q, q in [0, 1]: 0 ranks by score alone, 1 is the greedy score-per-cost trade-off.")]
+CostExponent = Annotated[Optional[float], typer.Option("--cost-exponent", help="With --target-macs or --target-latency, channels go in order of score^2 / cost^q, q in [0, 1]: 0 ranks by score alone, 1 is the greedy score-per-cost trade-off (default: the importance's own, 0.5 for the NAM scores, 0 for l1).")]
 FinetuneEpochs = Annotated[int, typer.Option("--finetune-epochs", help="Epochs of fine-tuning after pruning (0: none).")]
 FinetuneLr = Annotated[Optional[float], typer.Option("--lr", help="Fine-tuning learning rate (default: a tenth of the training one).")]
 FinetuneBatch = Annotated[Optional[int], typer.Option("--batch-size", "-b", help="Fine-tuning batch size (default: the training one).")]
@@ -59,17 +59,17 @@ def rank(
     from ..app.stages import compatible_data
     from ..core.store import checkpoint
     from ..core.store.files import write_json
-    from ..core.pruning.saliency import NEAR_ZERO, NEEDS_DATA, rank_model
+    from ..core.pruning.saliency import NEAR_ZERO, needs_data, rank_model
     from ..core.training.state import resolve_device
     from .gates import print_gate_spread
 
     payload = checkpoint.read(ckpt)
     model = checkpoint.build(payload).eval()
     calibration = None
-    if importance in NEEDS_DATA:
+    if needs_data(importance, model):
         calibration = compatible_data(payload, data_dir, 128, resolve_device("cpu")).calibration
     ranking = rank_model(model, importance, normalization, calibration=calibration, images=calibration_images)
-    how = f"{importance} importance, normalization " + (f"auto: {ranking.normalization}" if normalization == "auto"
+    how = ("auto: " if importance == "auto" else "") + f"{ranking.importance} importance, normalization " + (f"auto: {ranking.normalization}" if normalization == "auto"
                                                        else ranking.normalization)
     table = Table(title=f"channel saliency of {checkpoint.model_file(ckpt)} ({how})")
     for column, justify in [("group (first layer)", "left"), ("layers", "right"), ("width", "right"), ("from", "left"),

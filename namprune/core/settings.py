@@ -11,7 +11,7 @@ A bad value raises ``NampruneError`` with one line naming the flag (``--ratio mu
 from __future__ import annotations
 
 import importlib.util
-from typing import Annotated, Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, NamedTuple, Optional, Union
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -25,12 +25,36 @@ OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("onecycle", "multistep", "cosine", "constant")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 SPARSITY_TARGETS = ("all", "bn", "nam")  # every BatchNorm scale / the residual-branch ones / NAM's only (the paper)
-IMPORTANCES = ("nam", "nam-w", "slim", "l1", "taylor", "random")
 NORMALIZATIONS = ("auto", "none", "mean", "sum", "max")
-# What `auto` normalization means per importance: measured on digits, three seeds
-# (benchmarks/normalization.py, BENCHMARKS.md "Ranking normalization").
-AUTO_NORMALIZATION = {"nam": "none", "nam-w": "none", "slim": "none", "l1": "sum", "taylor": "mean", "random": "none"}
-SELF_NORMALIZED = ("nam", "random")  # relative scores already: no normalization applies
+
+
+class ImportanceEntry(NamedTuple):
+    """What the rest of namprune needs to know about one channel score (its torch-pruning
+    importance is built in ``pruning/saliency.py`` under the same name)."""
+
+    needs_data: bool  # measured on calibration images
+    normalization: str  # what `--normalization auto` means for it; "self" for scores that are relative already
+    cost_exponent: float  # q of the MACs / latency allocation, score^2 / cost^q (pruning/prune.py)
+    source: str  # what records call the scores' origin
+
+
+# One entry per importance. Normalizations: BENCHMARKS.md "Ranking normalization" (digits, three
+# seeds); `l1` takes `mean` and q = 0, a plain global ranking like torch-pruning's own, because
+# after fine-tuning that ended higher than `sum` with q = 0.5 on plain CIFAR-10 models (two seeds,
+# BENCHMARKS.md "CIFAR-10: namprune against torch-pruning alone"). q = 0.5 for the rest:
+# BENCHMARKS.md "Allocation" (sparse-trained models).
+IMPORTANCE_REGISTRY = {
+    "nam": ImportanceEntry(True, "self", 0.5, "carried"),
+    "nam-w": ImportanceEntry(False, "none", 0.5, "nam-w"),
+    "slim": ImportanceEntry(False, "none", 0.5, "bn"),
+    "l1": ImportanceEntry(False, "mean", 0.0, "l1"),
+    "taylor": ImportanceEntry(True, "mean", 0.5, "taylor"),
+    "random": ImportanceEntry(False, "self", 0.5, "random"),
+}
+# `auto`: `nam` for a model that carries NAM attention, `l1` for one that does not (on plain
+# CIFAR-10 ResNet-20s, l1 ended 0.6 point higher after fine-tuning, two seeds).
+AUTO_IMPORTANCE = {"with NAM": "nam", "without NAM": "l1"}
+IMPORTANCES = ("auto", *IMPORTANCE_REGISTRY)
 SCOPES = ("global", "local")
 RUNTIMES = ("onnxruntime", "openvino", "torch")  # what a latency target or --round-to auto times on
 EXPORT_RUNTIMES = ("onnxruntime", "openvino")  # what `namprune export` writes for: an ONNX file or OpenVINO IR
@@ -53,13 +77,10 @@ DEFAULT_SHRINK_MACS, DEFAULT_SHRINK_START = 0.5, 0.5
 # floats, and a CIFAR ResNet-20 pruned to the ranking's own widths ran slower than unpruned
 # (1.05x / 1.16x its time at batch 1 / 32) where multiples of 8 ran in 0.75 / 0.77 of it.
 DEFAULT_ROUND_TO = 8
-# A MACs or latency target takes channels in order of score^2 / cost^DEFAULT_COST_EXPONENT
-# (BENCHMARKS.md, "Allocation"): 1 is the greedy trade-off, 0 a plain global ranking.
-DEFAULT_COST_EXPONENT = 0.5
 DEFAULT_TARGETS = "all"
 PAPER_STRENGTH, PAPER_TARGETS = 1e-4, "nam"  # the NAM paper's setting (for a 200-epoch schedule)
 DEFAULT_RATIO = 0.3  # fraction of channels removed when no amount is given
-DEFAULT_IMPORTANCE, DEFAULT_NORMALIZATION = "nam", "auto"
+DEFAULT_IMPORTANCE, DEFAULT_NORMALIZATION = "auto", "auto"
 DEFAULT_DISTILL = 0.0  # weight of distillation from the unpruned model while fine-tuning
 DEFAULT_IMAGES = 1024  # calibration images for scores and for BatchNorm recalibration
 GATE_IMAGES = 256  # for the gates' spread and INT8 ranges: stable ranges, a second of work on ResNet-56
@@ -246,14 +267,26 @@ def check_importance(name: str) -> str:
     return name
 
 
+def resolve_importance(importance: str, has_nam: bool) -> str:
+    """The importance ``auto`` stands for on a model with or without NAM; any other name as is."""
+    check_importance(importance)
+    return AUTO_IMPORTANCE["with NAM" if has_nam else "without NAM"] if importance == "auto" else importance
+
+
 def resolve_normalization(importance: str, normalization: str) -> str:
     """The normalization ``auto`` stands for with this importance; any other name as is."""
     if normalization not in NORMALIZATIONS:
         raise NampruneError(f"unknown normalization {normalization!r}; choose one of {', '.join(NORMALIZATIONS)}")
-    if importance in SELF_NORMALIZED and normalization not in ("auto", "none"):
+    if importance == "auto":
+        if normalization != "auto":
+            raise NampruneError("--normalization needs a named --importance (auto picks nam or l1 by the model)")
+        return "auto"
+    own = IMPORTANCE_REGISTRY[importance].normalization
+    if own == "self" and normalization not in ("auto", "none"):
+        tunable = ", ".join(name for name, entry in IMPORTANCE_REGISTRY.items() if entry.normalization != "self")
         raise NampruneError(f"the {importance} score takes no normalization (it is relative already); "
-                            "--normalization applies to nam-w, slim, l1 and taylor")
-    return AUTO_NORMALIZATION.get(importance, "none") if normalization == "auto" else normalization
+                            f"--normalization applies to {tunable}")
+    return ("none" if own == "self" else own) if normalization == "auto" else normalization
 
 
 class PruneConfig(Settings):
@@ -273,10 +306,17 @@ class PruneConfig(Settings):
     normalization: Literal[NORMALIZATIONS] = DEFAULT_NORMALIZATION
     round_to: Annotated[Union[int, str, None], AfterValidator(_multiple)] = DEFAULT_ROUND_TO  # a channel multiple (1: any width), or "auto": the fastest
     max_layer_ratio: float = Field(0.9, gt=0, lt=1)
-    cost_exponent: float = Field(DEFAULT_COST_EXPONENT, ge=0, le=1, title="--cost-exponent")
+    cost_exponent: Optional[float] = Field(None, ge=0, le=1, title="--cost-exponent")  # None: the importance's own
     seed: int = 0  # of the random importance
     calibration_images: CalibrationImages = DEFAULT_IMAGES  # for data-driven scores and BatchNorm recalibration
     recalibrate: bool = True
+
+    def resolved(self, has_nam: bool) -> "PruneConfig":
+        """This config for a model with or without NAM: ``auto`` importance and the importance's
+        own cost exponent made explicit (what the records show)."""
+        importance = resolve_importance(self.importance, has_nam)
+        exponent = IMPORTANCE_REGISTRY[importance].cost_exponent if self.cost_exponent is None else self.cost_exponent
+        return self.with_(importance=importance, cost_exponent=exponent)
 
     @model_validator(mode="before")
     @classmethod

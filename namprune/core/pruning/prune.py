@@ -32,12 +32,13 @@ from ..console import note
 from ..deploy.onnx import ExportError
 from ..errors import NampruneError
 from ..identity import pruning_history, remember_input, set_pruning_history
-from ..settings import MACS_TOLERANCE, PruneConfig
+from ..nam.attach import has_nam
+from ..settings import IMPORTANCE_REGISTRY, MACS_TOLERANCE, PruneConfig
 from .calibrate import recalibrate_batchnorm
 from .cost import channel_macs, count_macs
 from .graph import channel_groups, dependency_graph, grouped_indices, ignored_names
 from .latency_cost import LATENCY_TOLERANCE, LatencyComparison, LatencyMeter, group_costs
-from .saliency import NEEDS_DATA, GroupSaliency, make_importance, score_groups
+from .saliency import GroupSaliency, make_importance, score_groups
 
 ROUND_TO_CANDIDATES = (1, 4, 8, 16)
 
@@ -52,6 +53,7 @@ class PruneResult:
     recalibrated: int = 0  # BatchNorms whose statistics were re-estimated
     latency: dict | None = None  # with --target-latency: what was measured and how
     rounding: dict | None = None  # with --round-to auto: every multiple tried, its latency, the one chosen
+    config: PruneConfig | None = None  # the config as applied: importance, cost exponent and round_to resolved
 
 
 @dataclass
@@ -110,12 +112,14 @@ def allocate_macs(groups: list[GroupSaliency], costs: list[float], cfg: PruneCon
     """How many channels each group loses to save ``macs_to_remove`` (MACs, or a latency
     fraction: ``costs`` are in the same unit, first-order, per channel of each group).
 
-    Channels go in order of ``score^2 / cost^cfg.cost_exponent``. Scores are magnitudes whose squares add
-    up over removed channels; the exact greedy trade-off would be ``score^2 / cost``, but on
-    sparse-trained models it over-prunes the cheap layers and measured worse (BENCHMARKS.md,
-    "Allocation": 86.1 -> 91.1 % and 93.6 -> 95.8 % on digits, 72.2 -> 73.1 % on CIFAR-10,
-    right after pruning to half the MACs); on a model trained without the penalty it measured
-    better (65.7 against 50.4 %), so models meant for pruning are sparse-trained first."""
+    Channels go in order of ``score^2 / cost^q``, ``q = cfg.cost_exponent`` (``cfg`` resolved:
+    ``PruneConfig.resolved``). Scores are magnitudes whose squares add up over removed
+    channels; ``q = 1`` is the exact greedy trade-off, ``q = 0`` a ranking by score alone. Each
+    importance has its own default (``settings.IMPORTANCE_REGISTRY``): 0.5 for the NAM scores,
+    which on sparse-trained models kept more than the greedy ratio right after pruning
+    (BENCHMARKS.md, "Allocation"), and 0 for ``l1``, which after fine-tuning plain CIFAR-10
+    models ended higher that way (BENCHMARKS.md, "CIFAR-10: namprune against torch-pruning
+    alone")."""
     widths = [g.width for g in groups]
     floors = [_floor(w, cfg) for w in widths]
     if cfg.scope == "local":
@@ -208,14 +212,16 @@ def prune(model: nn.Module, cfg: PruneConfig, calibration: Iterable | None = Non
     total = sum(g.width for g in groups)
     return PruneResult(sum(removed) / total, total, total - sum(removed),
                        [{"name": n, "before": before[n], "after": after[n]} for n in before], groups, recalibrated,
-                       latency, rounding)
+                       latency, rounding, cfg)
 
 
 def plan_removal(model: nn.Module, cfg: PruneConfig, calibration: Iterable | None = None, ignored: list = ()):
     """What ``prune`` would remove, without removing it: the ``Plan``, the ranked groups, the
-    config with ``round_to`` resolved, and the latency and rounding records."""
+    config with ``importance``, ``cost_exponent`` and ``round_to`` resolved, and the latency and
+    rounding records."""
     graph = dependency_graph(model, ignored=ignored_names(model, ignored))
-    if cfg.importance in NEEDS_DATA and calibration is None:
+    cfg = cfg.resolved(has_nam(model))
+    if IMPORTANCE_REGISTRY[cfg.importance].needs_data and calibration is None:
         raise NampruneError(f"the {cfg.importance} importance measures the model on calibration images: pass "
                             "calibration= (training batches, e.g. your DataLoader), or choose another --importance")
     scorer = make_importance(cfg.importance, cfg.normalization, cfg.seed, model, calibration, cfg.calibration_images)

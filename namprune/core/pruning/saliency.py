@@ -39,13 +39,13 @@ import torch.nn as nn
 import torch_pruning as tp
 
 from ..errors import NampruneError
+from ..nam.attach import has_nam
 from ..nam.modules import ChannelNAM, SpatialNAM
-from ..settings import (DEFAULT_IMAGES, DEFAULT_IMPORTANCE, DEFAULT_NORMALIZATION, check_importance,
-                       resolve_normalization)
+from ..settings import (DEFAULT_IMAGES, DEFAULT_IMPORTANCE, DEFAULT_NORMALIZATION, IMPORTANCE_REGISTRY,
+                        resolve_importance, resolve_normalization)
 from .calibrate import accumulate_gradients, input_energy
 from .graph import dependency_graph, prunable_groups
 
-NEEDS_DATA = ("nam", "taylor")  # scores measured on calibration images
 # A channel whose score is below this fraction of the model's mean score counts as "near zero".
 NEAR_ZERO = 0.05
 
@@ -115,28 +115,43 @@ class SeededRandomImportance(tp.importance.Importance):
         return torch.rand(len(group[0].idxs), generator=self.generator)
 
 
+# How each importance of settings.IMPORTANCE_REGISTRY is built: (normalization, seed, model,
+# calibration, images) -> torch-pruning importance. The data-driven ones measure the model first.
+BUILDERS = {
+    "nam": lambda norm, seed, model, calib, images: CarriedSignalImportance(input_energy(model, calib, images)),
+    "nam-w": lambda norm, seed, model, calib, images: NAMWeightImportance(norm),
+    "slim": lambda norm, seed, model, calib, images: tp.importance.BNScaleImportance(normalizer=_normalizer(norm)),
+    "l1": lambda norm, seed, model, calib, images: tp.importance.MagnitudeImportance(
+        p=1, group_reduction="mean", normalizer=_normalizer(norm)),
+    "taylor": lambda norm, seed, model, calib, images: _taylor(norm, model, calib, images),
+    "random": lambda norm, seed, model, calib, images: SeededRandomImportance(seed),
+}
+
+
+def _taylor(normalization: str, model: nn.Module, calibration: Iterable, images: int) -> tp.importance.Importance:
+    accumulate_gradients(model, calibration, images)
+    return tp.importance.GroupTaylorImportance(normalizer=_normalizer(normalization))
+
+
+def needs_data(name: str, model: nn.Module) -> bool:
+    """Whether the importance ``name`` (``auto`` resolved for ``model``) reads calibration images."""
+    return IMPORTANCE_REGISTRY[resolve_importance(name, has_nam(model))].needs_data
+
+
 def make_importance(name: str = DEFAULT_IMPORTANCE, normalization: str = DEFAULT_NORMALIZATION, seed: int = 0,
                     model: nn.Module | None = None, calibration: Iterable | None = None,
                     images: int = DEFAULT_IMAGES) -> tp.importance.Importance:
-    """The torch-pruning importance called ``name``; ``nam`` and ``taylor`` measure ``model``
-    on ``images`` images of ``calibration`` first."""
-    check_importance(name)
+    """The torch-pruning importance called ``name`` (``auto``: ``nam`` for a model with NAM,
+    ``l1`` without); ``nam`` and ``taylor`` measure ``model`` on ``images`` images of
+    ``calibration`` first. The result's ``namprune_name`` is the name resolved."""
+    name = resolve_importance(name, model is not None and has_nam(model))
     normalization = resolve_normalization(name, normalization)
-    if name in NEEDS_DATA:
-        if model is None or calibration is None:
-            raise NampruneError(f"the {name} importance measures the model on calibration images: "
-                                "pass training data (--data-dir for datasets that are not embedded)")
-        if name == "nam":
-            return CarriedSignalImportance(input_energy(model, calibration, images))
-        accumulate_gradients(model, calibration, images)
-        return tp.importance.GroupTaylorImportance(normalizer=_normalizer(normalization))
-    if name == "nam-w":
-        return NAMWeightImportance(normalization)
-    if name == "slim":
-        return tp.importance.BNScaleImportance(normalizer=_normalizer(normalization))
-    if name == "l1":
-        return tp.importance.MagnitudeImportance(p=1, group_reduction="mean", normalizer=_normalizer(normalization))
-    return SeededRandomImportance(seed)
+    if IMPORTANCE_REGISTRY[name].needs_data and (model is None or calibration is None):
+        raise NampruneError(f"the {name} importance measures the model on calibration images: "
+                            "pass training data (--data-dir for datasets that are not embedded)")
+    importance = BUILDERS[name](normalization, seed, model, calibration, images)
+    importance.namprune_name = name
+    return importance
 
 
 @dataclass
@@ -161,8 +176,7 @@ def group_source(group, importance: tp.importance.Importance) -> str:
     """What a group's scores were computed from."""
     if isinstance(importance, NAMWeightImportance):
         return "nam-w" if any(isinstance(item.dep.target.module, ChannelNAM) for item in group) else "bn"
-    return {CarriedSignalImportance: "carried", tp.importance.BNScaleImportance: "bn",
-            tp.importance.GroupTaylorImportance: "taylor", SeededRandomImportance: "random"}.get(type(importance), "l1")
+    return IMPORTANCE_REGISTRY[importance.namprune_name].source
 
 
 OUT_HANDLERS = (tp.prune_conv_out_channels, tp.prune_linear_out_channels, tp.prune_depthwise_conv_out_channels)
@@ -254,9 +268,9 @@ def rank_model(model: nn.Module, importance: str = DEFAULT_IMPORTANCE, normaliza
     """Rank every channel group and every SpatialNAM's pixels of ``model``."""
     scorer = make_importance(importance, normalization, seed, model, calibration, images)
     scored = score_groups(model, dependency_graph(model), scorer)
-    return Ranking(importance, resolve_normalization(importance, normalization), [s for _, s in scored],
-                   pixel_saliency(model))
+    return Ranking(scorer.namprune_name, resolve_normalization(scorer.namprune_name, normalization),
+                   [s for _, s in scored], pixel_saliency(model))
 
 
-__all__ = ["CarriedSignalImportance", "GroupSaliency", "NAMWeightImportance",
-           "Ranking", "largest_safe_ratio", "make_importance", "pixel_saliency", "rank_model", "score_groups"]
+__all__ = ["BUILDERS", "CarriedSignalImportance", "GroupSaliency", "NAMWeightImportance",
+           "Ranking", "largest_safe_ratio", "make_importance", "needs_data", "pixel_saliency", "rank_model", "score_groups"]
