@@ -93,6 +93,7 @@ class Method(NamedTuple):
     distill: float = DEFAULT_DISTILL
     round_to: int = ROUND_TO
     options: dict = {}
+    finetune_lr: float | None = None  # None: --finetune-lr, as every other method
 
 
 METHODS = {
@@ -106,11 +107,14 @@ METHODS = {
     "namprune l1 global, tp-plain base": Method("tp-plain", "namprune", "l1", 0.0, options=dict(GLOBAL, normalization="mean")),
     "namprune l1 global, tp-plain base, distilled":
         Method("tp-plain", "namprune", "l1", 0.9, options=dict(GLOBAL, normalization="mean")),
+    "namprune l1 global, tp-plain base, fine-tuning lr 0.04":
+        Method("tp-plain", "namprune", "l1", 0.0, options=dict(GLOBAL, normalization="mean"), finetune_lr=0.04),
     "namprune nam global, tp-plain base": Method("tp-plain", "namprune", "nam", 0.0, options=GLOBAL),
     "tp Slimming (BNScalePruner)": Method("tp-slim", "tp", "slim", 0.0),
     "tp group norm (GroupNormPruner)": Method("tp-group", "tp", "group", 0.0),
     "tp Taylor": Method("tp-plain", "tp", "taylor", 0.0),
     "tp L1": Method("tp-plain", "tp", "l1", 0.0),
+    "tp L1, fine-tuning lr 0.04": Method("tp-plain", "tp", "l1", 0.0, finetune_lr=0.04),
 }
 
 
@@ -129,6 +133,8 @@ def main() -> None:
     parser.add_argument("--ranking-study", action="store_true",
                         help="also rank the namprune and tp-plain bases by every importance (no fine-tuning)")
     parser.add_argument("--no-update", action="store_true", help="do not rewrite BENCHMARKS.md")
+    parser.add_argument("--report-only", action="store_true",
+                        help="time and tabulate the rows already finished in --work (train and prune nothing)")
     args = parser.parse_args()
 
     started = time.time()
@@ -141,7 +147,12 @@ def main() -> None:
     results = []
     for seed in args.seeds:
         for method in args.methods:
-            train(METHODS[method].base, seed, data_dir, args)
+            if args.report_only:
+                if not (method_dir(method, seed, args) / "report.json").exists():
+                    print(f"not run yet: {method}, seed {seed}", flush=True)
+                    continue
+            else:
+                train(METHODS[method].base, seed, data_dir, args)
             results.append(prune_and_finetune(method, seed, data_dir, args))
     if args.no_report:
         return
@@ -223,10 +234,14 @@ def method_folder(method: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", method.lower()).strip("-")
 
 
+def method_dir(method: str, seed: int, args) -> Path:
+    return args.work / f"seed{seed}" / f"prune-{method_folder(method)}"
+
+
 def prune_and_finetune(method: str, seed: int, data_dir: Path, args) -> dict:
-    base, pruner, importance, distill, round_to, options = METHODS[method]
-    out = args.work / f"seed{seed}" / f"prune-{method_folder(method)}"
-    finetune = FinetuneSettings(epochs=args.finetune_epochs, lr=args.finetune_lr, distill=distill)
+    base, pruner, importance, distill, round_to, options, finetune_lr = METHODS[method]
+    out = method_dir(method, seed, args)
+    finetune = FinetuneSettings(epochs=args.finetune_epochs, lr=finetune_lr or args.finetune_lr, distill=distill)
     if not out.exists():
         print(f"pruning {method}, seed {seed}", flush=True)
         if pruner == "namprune":
@@ -241,7 +256,7 @@ def prune_and_finetune(method: str, seed: int, data_dir: Path, args) -> dict:
             finetune_pruned(pruned, out, finetune, data_dir=data_dir, progress=False, resume=True)
     report = read_json(out / "report.json")
     return {"method": method, "seed": seed, "base": base, "pruner": pruner, "importance": importance,
-            "distill": distill, "round_to": round_to, "options": options, "folder": str(out), "base_folder": str(base_dir(base, seed, args)),
+            "distill": distill, "round_to": round_to, "options": options, "finetune_lr": finetune.lr, "folder": str(out), "base_folder": str(base_dir(base, seed, args)),
             **{k: report[k] for k in ("top1_before", "top1_pruned_uncalibrated", "top1_pruned", "top1_finetuned",
                                       "params_before", "params_after", "macs_before", "macs_after", "ratio")}}
 
@@ -337,7 +352,11 @@ def _mean(rows: list[dict], key: str) -> str:
 
 def _describe(row: dict) -> str:
     how = f"namprune {row['importance']}" if row["pruner"] == "namprune" else f"torch-pruning {row['importance']}"
-    return how + (", distilled" if row["distill"] else "") + (f", round to {row['round_to']}" if row["round_to"] > 1 else "")
+    options = "".join(f", {key.replace('_', ' ')} {value:g}" if isinstance(value, float) else f", {value} normalization"
+                      for key, value in row.get("options", {}).items())
+    lr = f", fine-tuning lr {row['finetune_lr']:g}" if row.get("finetune_lr", 0.01) != 0.01 else ""
+    return (how + options + (", distilled" if row["distill"] else "") + lr
+            + (f", round to {row['round_to']}" if row["round_to"] > 1 else ""))
 
 
 def markdown(results: list[dict], study: list[dict], latency: dict, args, elapsed: float) -> str:
@@ -350,13 +369,15 @@ def markdown(results: list[dict], study: list[dict], latency: dict, args, elapse
         f"of the MACs, then fine-tuned {args.finetune_epochs} epochs (lr {args.finetune_lr}, cosine). namprune rows "
         "prune with namprune (ranking, cost-aware allocation, BatchNorm recalibration on 1024 training images); "
         "torch-pruning rows with its own pruner and global ranking, stepped to the target as its benchmark does. "
-        f"Seeds {seeds}: bold is the mean, the seeds follow in brackets. {elapsed / 3600:.1f} hours in all.",
+        f"Seeds {seeds}: bold is the mean, the seeds follow in brackets. "
+        + ("Rows finished earlier in --work, tabulated and timed with --report-only."
+           if args.report_only else f"{elapsed / 3600:.1f} hours in all."),
         "",
         "Command: `python benchmarks/cifar10_pruning.py`",
         "",
-        "| method | base | pruned by | top-1 unpruned | right after pruning | after recalibration | after fine-tuning "
+        "| method | base | pruned by | seeds | top-1 unpruned | right after pruning | after recalibration | after fine-tuning "
         "| params kept | MACs kept | b32 ms | speed-up b1 / b32 | measured / MACs speed-up b1 / b32 |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for method in dict.fromkeys(r["method"] for r in results):
         rows = [r for r in results if r["method"] == method]
@@ -368,7 +389,8 @@ def markdown(results: list[dict], study: list[dict], latency: dict, args, elapse
             macs_up = r0["macs_before"] / r0["macs_after"]
             timing = (f"| {ms['32']:.1f} | {up['1']:.2f}x / {up['32']:.2f}x | "
                       f"{up['1'] / macs_up:.2f} / {up['32'] / macs_up:.2f} |")
-        lines.append(f"| {method} | {r0['base']} | {_describe(r0)} | {_mean(rows, 'top1_before')} | "
+        lines.append(f"| {method} | {r0['base']} | {_describe(r0)} | {', '.join(str(r['seed']) for r in rows)} | "
+                     f"{_mean(rows, 'top1_before')} | "
                      f"{_mean(rows, 'top1_pruned_uncalibrated')} | {calibrated} | {_mean(rows, 'top1_finetuned')} | "
                      f"{statistics.mean(r['params_after'] / r['params_before'] for r in rows):.2f} | "
                      f"{statistics.mean(r['macs_after'] / r['macs_before'] for r in rows):.3f} " + timing)
