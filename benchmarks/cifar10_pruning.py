@@ -57,7 +57,7 @@ from namprune.core.identity import classifier_name, example_input, set_pruning_h
 from namprune.core.pruning.calibrate import recalibrate_batchnorm
 from namprune.core.pruning.cost import count_macs, count_params
 from namprune.core.pruning.prune import prune
-from namprune.core.settings import (DEFAULT_DISTILL, DEFAULT_IMPORTANCE, IMPORTANCES, FinetuneSettings, LatencySettings,
+from namprune.core.settings import (DEFAULT_DISTILL, DEFAULT_IMPORTANCE, IMPORTANCE_REGISTRY, FinetuneSettings, LatencySettings,
                                     PruneConfig)
 from namprune.core.store import checkpoint
 from namprune.core.store.files import read_json, run_dir, staging_dir, write_json, write_text
@@ -79,7 +79,7 @@ BASES = {
 }
 OTHER_DISTILL = 0.0 if DEFAULT_DISTILL else 0.9  # the fine-tuning namprune does not default to, for comparison
 ROUND_TO = 8
-GLOBAL = dict(cost_exponent=0.0)  # channels in order of score alone, as torch-pruning's global ranking takes them
+PLAIN_DEFAULT = dict(normalization="mean", cost_exponent=0.0)  # named, so the rows keep their meaning if defaults move
 
 
 class Method(NamedTuple):
@@ -100,16 +100,16 @@ METHODS = {
     "namprune": Method("namprune", "namprune", DEFAULT_IMPORTANCE),
     "namprune, " + ("plain fine-tuning" if DEFAULT_DISTILL else "distilled"):
         Method("namprune", "namprune", DEFAULT_IMPORTANCE, OTHER_DISTILL),
-    "namprune, no attention": Method("namprune-noattn", "namprune", DEFAULT_IMPORTANCE),
+    "namprune, no attention": Method("namprune-noattn", "namprune", "nam"),
     "namprune, unrounded widths": Method("namprune", "namprune", DEFAULT_IMPORTANCE, round_to=1),
-    "namprune ranking, tp-slim base": Method("tp-slim", "namprune", DEFAULT_IMPORTANCE),
-    "namprune ranking, tp-plain base": Method("tp-plain", "namprune", DEFAULT_IMPORTANCE),
-    "namprune l1 global, tp-plain base": Method("tp-plain", "namprune", "l1", 0.0, options=dict(GLOBAL, normalization="mean")),
-    "namprune l1 global, tp-plain base, distilled":
-        Method("tp-plain", "namprune", "l1", 0.9, options=dict(GLOBAL, normalization="mean")),
+    "namprune ranking, tp-slim base": Method("tp-slim", "namprune", "nam"),
+    "namprune ranking, tp-plain base": Method("tp-plain", "namprune", "nam"),
+    # What `namprune prune` does by default with a model trained without NAM (auto importance: l1,
+    # mean normalization, channels by score alone), as plain + torch-pruning's L1 example does.
+    "namprune l1 global, tp-plain base": Method("tp-plain", "namprune", "l1", 0.0, options=PLAIN_DEFAULT),
+    "namprune l1 global, tp-plain base, distilled": Method("tp-plain", "namprune", "l1", 0.9, options=PLAIN_DEFAULT),
     "namprune l1 global, tp-plain base, fine-tuning lr 0.04":
-        Method("tp-plain", "namprune", "l1", 0.0, options=dict(GLOBAL, normalization="mean"), finetune_lr=0.04),
-    "namprune nam global, tp-plain base": Method("tp-plain", "namprune", "nam", 0.0, options=GLOBAL),
+        Method("tp-plain", "namprune", "l1", 0.0, options=PLAIN_DEFAULT, finetune_lr=0.04),
     "tp Slimming (BNScalePruner)": Method("tp-slim", "tp", "slim", 0.0),
     "tp group norm (GroupNormPruner)": Method("tp-group", "tp", "group", 0.0),
     "tp Taylor": Method("tp-plain", "tp", "taylor", 0.0),
@@ -312,7 +312,7 @@ def rank_one_base(base: str, seed: int, data_dir: Path, args) -> list[dict]:
     payload = checkpoint.read(base_dir(base, seed, args))
     data = compatible_data(payload, data_dir, 128, "cpu")
     rows = []
-    for importance in IMPORTANCES:
+    for importance in IMPORTANCE_REGISTRY:
         model = checkpoint.build(payload).eval()
         cfg = PruneConfig(ratio=None, target_macs=args.target_macs, importance=importance, seed=seed, recalibrate=False)
         result = prune(model, cfg, data.calibration)
