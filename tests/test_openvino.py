@@ -103,17 +103,17 @@ def test_check_only_checks_an_ir_file_in_openvino(ir_export, tmp_path, capsys):
     assert code == 1 and "parity check failed" in err and "(openvino)" in err, err
 
 
-def readme_command() -> list[str]:
-    """The README's ``--runtime openvino`` example, as its words."""
-    line = next(line for line in (ROOT / "README.md").read_text().splitlines()
+def docs_command() -> list[str]:
+    """The ``--runtime openvino`` example of docs/cli.md, as its words."""
+    line = next(line for line in (ROOT / "docs" / "cli.md").read_text().splitlines()
                 if line.startswith("$ namprune export") and "--runtime openvino" in line)
     return line.split()[2:]
 
 
-def test_the_readme_example_prints_both_checks_int8_and_the_files(ir_export, tmp_path, capsys):
-    """The README's command as written, on the pruned digits run, the file in a scratch folder."""
+def test_the_docs_example_prints_both_checks_int8_and_the_files(ir_export, tmp_path, capsys):
+    """The docs' command as written, on the pruned digits run, the file in a scratch folder."""
     _, pruned, _, _ = ir_export
-    words = readme_command()
+    words = docs_command()
     assert words[:2] == ["export", "runs/demo/finetune"] and words[words.index("--out") + 1].endswith("/model.xml")
     words[1], words[words.index("--out") + 1] = str(pruned), str(tmp_path / "model.xml")
     code, out, err = run_cli(capsys, *words)

@@ -8,6 +8,8 @@ import torch
 
 from cli_helpers import ROOT
 
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]  # the README and the references it links to
+
 
 def _quickstart_commands() -> list[str]:
     text = (ROOT / "README.md").read_text()
@@ -29,25 +31,44 @@ def test_the_recipe_reference_lists_every_key_with_its_default():
 
     from namprune.app.recipes import Recipe
 
-    text = (ROOT / "README.md").read_text()
+    text = (ROOT / "docs" / "recipes.md").read_text()
     block = re.search(r"Recipe reference.*?```yaml\n(.*?)```", text, re.S).group(1)
     assert yaml.safe_load(block) == Recipe().model_dump(mode="json") | {"prune": {**Recipe().prune.model_dump(), "ratio": None}}
 
 
-def test_every_shipped_recipe_is_in_the_readme():
-    text = (ROOT / "README.md").read_text()
+def test_every_shipped_recipe_is_in_the_recipe_docs():
+    text = (ROOT / "docs" / "recipes.md").read_text()
     for recipe in (ROOT / "recipes").glob("*.yaml"):
         assert f"`{recipe.stem}`" in text, recipe.stem
 
 
-def test_every_python_block_of_the_readme_is_an_example_script_in_docs():
-    # the scripts are what the tests below run, so the README shows code that runs
-    text = (ROOT / "README.md").read_text()
-    blocks = re.findall(r"(?:<!-- example: (\S+) -->\n)?```python\n(.*?)```", text, re.S)
-    assert len(blocks) >= 2
-    for path, block in blocks:
-        assert path, f"a README Python block is not marked as a docs/examples script: {block[:80]!r}"
-        assert block == (ROOT / path).read_text(), path
+def test_every_python_block_of_the_docs_is_an_example_script_in_docs():
+    # the scripts are what the tests below run, so the README and docs/*.md show code that runs
+    shown = set()
+    for doc in DOCS:
+        blocks = re.findall(r"(?:<!-- example: (\S+) -->\n)?```python\n(.*?)```", doc.read_text(), re.S)
+        for path, block in blocks:
+            assert path, f"a Python block of {doc.name} is not marked as a docs/examples script: {block[:80]!r}"
+            assert block == (ROOT / path).read_text(), (doc.name, path)
+            shown.add(path)
+    assert {"docs/examples/python_api.py", "docs/examples/bring_your_own_model.py"} <= shown
+
+
+def test_every_relative_link_of_the_docs_points_to_a_file_that_exists():
+    for doc in DOCS:
+        text = re.sub(r"```.*?```", "", doc.read_text(), flags=re.S)  # links, not code
+        targets = re.findall(r"\]\(([^)\s]+)\)", text)
+        assert doc.name != "README.md" or len(targets) >= 10, targets
+        for target in targets:
+            if re.match(r"[a-z]+:", target):  # https:, mailto:
+                continue
+            path, _, anchor = target.partition("#")
+            resolved = (doc.parent / path).resolve() if path else doc
+            assert resolved.exists(), f"{doc.relative_to(ROOT)} links to {target}, which does not exist"
+            if anchor and resolved.suffix == ".md":  # a heading of that file, as GitHub spells its anchors
+                headings = re.findall(r"^#+ (.+)$", resolved.read_text(), re.M)
+                anchors = {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in headings}
+                assert anchor in anchors, f"{doc.relative_to(ROOT)} links to {target}: no such heading in {path or doc.name}"
 
 
 def _run_example(name: str, tmp_path, *args) -> str:
@@ -99,3 +120,42 @@ def test_the_pretraining_example_trains_and_saves_a_state_dict(tmp_path):
     assert out.splitlines()[-1] == "saved weights.pth"
     state = torch.load(tmp_path / "weights.pth", weights_only=True)
     assert state["fc.weight"].shape == (10, 512)
+
+
+def _shown_command_lines() -> list[tuple[str, str]]:
+    """Every `namprune ...` command of a bash block, or `$ namprune ...` of a console block, in the
+    README and docs/*.md (a line continued with a backslash joined to the next), with its file."""
+    lines = []
+    for doc in DOCS:
+        for kind, block in re.findall(r"```(bash|console)\n(.*?)```", doc.read_text(), re.S):
+            for line in block.replace("\\\n", " ").splitlines():
+                if kind == "console" and not line.startswith("$ "):
+                    continue  # the command's output
+                words = line.removeprefix("$ ").split()
+                if "namprune" in words:  # also after `pip install ... &&` and `torchrun ... -m`
+                    lines.append((doc.name, " ".join(words[words.index("namprune"):])))
+    return lines
+
+
+def test_every_command_line_the_docs_show_uses_flags_the_command_has():
+    """A renamed or removed flag cannot linger in a shown example: each `namprune CMD --flag`
+    names a command and one of its options (or a global one: --debug, --accept-changed-model)."""
+    import typer
+
+    from namprune.cli import commands  # noqa: F401  (registers the commands)
+    from namprune.cli.app import app
+
+    group = typer.main.get_command(app)
+    shown = _shown_command_lines()
+    assert len(shown) >= 20, shown
+    for doc, line in shown:
+        words = line.split()
+        if len(words) == 1:
+            continue
+        command = group.commands.get(words[1])
+        assert command, f"{doc}: `{line}` names no namprune command"
+        known = {o for p in command.params for o in (*p.opts, *p.secondary_opts)} | {"--debug", "--accept-changed-model"}
+        for word in words[2:]:
+            flag = word.split("=")[0]
+            if flag.startswith("-") and not re.fullmatch(r"-\d.*", flag):
+                assert flag in known, f"{doc}: `{line}`: {words[1]} has no {flag}"
