@@ -107,8 +107,8 @@ def test_sparse_model_is_ready_to_prune(sparse_digits):
 
 def test_nam_scores_are_shares_of_what_the_reading_layers_receive(sparse_digits):
     model, data, _ = sparse_digits
-    ranking = rank_model(model, calibration=data.calibration)  # nam, auto
-    assert ranking.normalization == "none"
+    ranking = rank_model(model, calibration=data.calibration)  # auto: nam, on a model with NAM attention
+    assert ranking.importance == "nam" and ranking.normalization == "none"
     readers = {"layers.0.0.conv1": 1, "conv1": 5, "layers.1.0.shortcut.0": 4, "layers.2.0.shortcut.0": 3}
     groups = {group.name: group for group in ranking.groups}
     assert set(readers) <= set(groups)
@@ -123,8 +123,9 @@ def test_nam_scores_are_shares_of_what_the_reading_layers_receive(sparse_digits)
         assert float(group.scores.sum()) == pytest.approx(1.0, abs=1e-4), group.name
     assert rank_model(model, "slim").normalization == "none"
     l1 = rank_model(model, "l1")
-    assert l1.normalization == "sum"
-    assert all(float(g.scores.sum()) == pytest.approx(1.0, abs=1e-4) for g in l1.groups)
+    assert l1.normalization == "mean"  # width-invariant: every group's scores average to one
+    assert all(float(g.scores.mean()) == pytest.approx(1.0, abs=1e-4) for g in l1.groups)
+    assert rank_model(model, "l1", "sum").normalization == "sum"
     with pytest.raises(namprune.NampruneError, match="unknown normalization 'median'"):
         rank_model(model, "nam", "median")
     with pytest.raises(namprune.NampruneError, match="takes no normalization"):
@@ -189,6 +190,17 @@ def test_cost_exponent_zero_takes_channels_by_score_alone():
     assert allocate_macs(groups, [1.0, 4.0], by_score, macs_to_remove=20) == [4, 4]  # 4 + 4 * 4 MACs
     by_cost = by_score.with_(cost_exponent=1.0)
     assert allocate_macs(groups, [1.0, 4.0], by_cost, macs_to_remove=20)[1] == 5  # only the costly layer loses
+
+
+@pytest.mark.parametrize("attention, importance, normalization, exponent", [
+    ("nam", "nam", "none", 0.5), ("none", "l1", "mean", 0.0)])
+def test_auto_importance_follows_the_model_and_the_report_says_which(attention, importance, normalization, exponent):
+    """No --importance: NAM's score for a model with NAM attention, a global L1 ranking for one without."""
+    model = models.create("resnet20", num_classes=10, attention=attention, input_size=16).eval()
+    result = prune(model, PruneConfig(ratio=None, target_macs=0.5), _calibration(16))
+    assert (result.config.importance, result.config.cost_exponent) == (importance, exponent)
+    assert {g.source for g in result.groups} == {"carried" if importance == "nam" else "l1"}
+    assert rank_model(model, calibration=_calibration(16)).normalization == normalization
 
 
 def test_unreachable_macs_target_is_refused():

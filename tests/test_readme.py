@@ -71,6 +71,26 @@ def test_every_relative_link_of_the_docs_points_to_a_file_that_exists():
                 assert anchor in anchors, f"{doc.relative_to(ROOT)} links to {target}: no such heading in {path or doc.name}"
 
 
+def test_every_python_name_the_docs_give_exists():
+    """`namprune.core.deploy.timing.measure_latency` and the like: the module imports and has the name."""
+    import importlib
+
+    names = {name for doc in DOCS for name in re.findall(r"`(namprune(?:\.\w+)+)", doc.read_text())}
+    assert len(names) >= 5, names
+    for name in sorted(names):
+        module, attribute = name, None
+        while True:
+            try:
+                found = importlib.import_module(module)
+                break
+            except ModuleNotFoundError:
+                module, _, rest = module.rpartition(".")
+                attribute = rest if attribute is None else f"{rest}.{attribute}"
+        for part in (attribute or "").split(".") if attribute else []:
+            assert hasattr(found, part), f"{name}: {found.__name__} has no {part}"
+            found = getattr(found, part)
+
+
 def _run_example(name: str, tmp_path, *args) -> str:
     """Run docs/examples/<name> as a user would (a fresh process, in a scratch folder), on the
     short settings the examples read from NAMPRUNE_EXAMPLE_QUICK; returns its stdout."""

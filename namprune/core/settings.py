@@ -277,10 +277,8 @@ def resolve_normalization(importance: str, normalization: str) -> str:
     """The normalization ``auto`` stands for with this importance; any other name as is."""
     if normalization not in NORMALIZATIONS:
         raise NampruneError(f"unknown normalization {normalization!r}; choose one of {', '.join(NORMALIZATIONS)}")
-    if importance == "auto":
-        if normalization != "auto":
-            raise NampruneError("--normalization needs a named --importance (auto picks nam or l1 by the model)")
-        return "auto"
+    if importance == "auto":  # checked again once the model says which importance auto is
+        return normalization
     own = IMPORTANCE_REGISTRY[importance].normalization
     if own == "self" and normalization not in ("auto", "none"):
         tunable = ", ".join(name for name, entry in IMPORTANCE_REGISTRY.items() if entry.normalization != "self")
