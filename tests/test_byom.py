@@ -151,8 +151,11 @@ def test_ignored_layers_keep_their_channels_and_unknown_names_are_refused():
 def test_a_model_without_a_known_input_size_asks_for_one():
     with pytest.raises(NampruneError, match="pass example_input="):
         namprune.prune(UserCNN(4), PruneConfig(ratio=0.3))
-    with pytest.raises(NampruneError, match="pass calibration="):
-        namprune.prune(UserCNN(4), PruneConfig(ratio=0.3), example_input=torch.randn(2, 3, 16, 16))
+    with pytest.raises(NampruneError, match="pass calibration="):  # the nam score is measured on images
+        namprune.prune(UserCNN(4), PruneConfig(ratio=0.3, importance="nam"), example_input=torch.randn(2, 3, 16, 16))
+    # the default for a model without NAM (auto: l1) reads weights only
+    result = namprune.prune(UserCNN(4), PruneConfig(ratio=0.3), example_input=torch.randn(2, 3, 16, 16))
+    assert result.config.importance == "l1" and result.ratio > 0.2
 
 
 def test_attach_nam_on_timm_blocks_sizes_every_spatial_branch():
