@@ -255,7 +255,8 @@ def prune_and_finetune(method: str, seed: int, data_dir: Path, args) -> dict:
                 tp_prune(base_dir(base, seed, args), importance, round_to, pruned, data_dir, args)
             finetune_pruned(pruned, out, finetune, data_dir=data_dir, progress=False, resume=True)
     report = read_json(out / "report.json")
-    return {"method": method, "seed": seed, "base": base, "pruner": pruner, "importance": importance,
+    applied = report["importance"] if pruner == "namprune" else importance  # "auto" as the model resolved it
+    return {"method": method, "seed": seed, "base": base, "pruner": pruner, "importance": applied,
             "distill": distill, "round_to": round_to, "options": options, "finetune_lr": finetune.lr, "folder": str(out), "base_folder": str(base_dir(base, seed, args)),
             **{k: report[k] for k in ("top1_before", "top1_pruned_uncalibrated", "top1_pruned", "top1_finetuned",
                                       "params_before", "params_after", "macs_before", "macs_after", "ratio")}}
