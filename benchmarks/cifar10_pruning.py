@@ -54,7 +54,6 @@ from namprune.core import models
 from namprune.core.data.datasets import load_data
 from namprune.core.deploy.timing import measure_latency, speedups
 from namprune.core.identity import classifier_name, example_input, set_pruning_history
-from namprune.core.pruning.calibrate import recalibrate_batchnorm
 from namprune.core.pruning.cost import count_macs, count_params
 from namprune.core.pruning.prune import prune
 from namprune.core.settings import (DEFAULT_DISTILL, DEFAULT_IMPORTANCE, IMPORTANCE_REGISTRY, FinetuneSettings, LatencySettings,
@@ -315,10 +314,9 @@ def rank_one_base(base: str, seed: int, data_dir: Path, args) -> list[dict]:
     rows = []
     for importance in IMPORTANCE_REGISTRY:
         model = checkpoint.build(payload).eval()
-        cfg = PruneConfig(ratio=None, target_macs=args.target_macs, importance=importance, seed=seed, recalibrate=False)
-        result = prune(model, cfg, data.calibration)
-        raw = evaluate(model, data.test)["top1"]
-        recalibrate_batchnorm(model, data.calibration, cfg.calibration_images)
+        cfg = PruneConfig(ratio=None, target_macs=args.target_macs, importance=importance, seed=seed)
+        result = prune(model, cfg, data.calibration, before_recalibration=lambda pruned: evaluate(pruned, data.test))
+        raw = result.uncalibrated["top1"]
         rows.append({"seed": seed, "base": base, "importance": importance, "top1_pruned_uncalibrated": raw,
                      "top1_pruned": evaluate(model, data.test)["top1"], "ratio": result.ratio})
         print(rows[-1], flush=True)

@@ -93,6 +93,12 @@ def test_recalibration_raises_accuracy_right_after_pruning(sparse_digits):
         assert result.recalibrated == (30 if recalibrate else 0)  # 21 BatchNorms and 9 channel NAMs
         accuracy[recalibrate] = evaluate(pruned, data.test)["top1"]
     assert accuracy[True] > accuracy[False] + 10, accuracy
+    # the model as it was between pruning and recalibration, measured inside one prune
+    pruned = copy.deepcopy(model)
+    result = prune(pruned, PruneConfig(ratio=None, target_macs=0.4, importance="random"), data.calibration,
+                   before_recalibration=lambda m: evaluate(m, data.test))
+    assert result.uncalibrated["top1"] == accuracy[False]
+    assert evaluate(pruned, data.test)["top1"] == accuracy[True]
 
 
 def test_sparse_model_is_ready_to_prune(sparse_digits):

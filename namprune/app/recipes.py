@@ -22,7 +22,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ..core.deploy.onnx import check_opset
-from ..core.errors import NampruneError
+from ..core.errors import NampruneError, first_line
 from ..core.models import check_name
 from ..core.settings import (ATTENTIONS, DATASETS, DEFAULT_ATTENTION, DEFAULT_DATASET, DEFAULT_MODEL, DEFAULT_SHRINK_MACS, DEFAULT_SHRINK_START, DEFAULT_STRENGTH,
                              DEFAULT_TARGETS, DEFAULT_WORKERS, SPARSITY_TARGETS, TRAIN, Count, ExportSettings,
@@ -178,7 +178,7 @@ def load_recipe(name_or_path: str | Path, overrides: list[str] = (), flags: dict
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).strip().splitlines()[0]
+        problem = getattr(exc, "problem", None) or first_line(exc)
         raise NampruneError(f"{label}: not valid YAML{where}: {problem}") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise NampruneError(f"{label}: cannot be read ({type(exc).__name__})") from None

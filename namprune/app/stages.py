@@ -18,7 +18,6 @@ from ..core.console import is_main_process, note
 from ..core.data.datasets import DataBundle, load_data
 from ..core.errors import NampruneError
 from ..core.nam.modules import check_attention
-from ..core.pruning.calibrate import recalibrate_batchnorm
 from ..core.pruning.cost import count_macs, count_params
 from ..core.pruning.prune import prune
 from ..core.settings import (DEFAULT_ATTENTION, DEFAULT_WORKERS, FINETUNE, FinetuneSettings, PruneConfig, TrainConfig,
@@ -231,12 +230,9 @@ def _save_pruned(stage: Path, model: nn.Module, data: DataBundle, config: dict, 
 def _prune_and_measure(model: nn.Module, cfg: PruneConfig, data: DataBundle, device: torch.device) -> dict:
     """Accuracy and cost before pruning, right after it, and after BatchNorm recalibration."""
     before = {**cost(model), **_accuracy(model, data, device)}
-    result = prune(model, cfg.with_(recalibrate=False), data.calibration)
-    uncalibrated = _accuracy(model, data, device)
-    if cfg.recalibrate:
-        recalibrate_batchnorm(model, data.calibration, cfg.calibration_images)
+    result = prune(model, cfg, data.calibration, before_recalibration=lambda pruned: _accuracy(pruned, data, device))
     after = {**cost(model), **_accuracy(model, data, device)}
-    return {"before": before, "after": after, "uncalibrated": uncalibrated, "ratio": result.ratio,
+    return {"before": before, "after": after, "uncalibrated": result.uncalibrated, "ratio": result.ratio,
             "channels_before": result.channels_before, "channels_after": result.channels_after, "layers": result.layers,
             "latency": result.latency, "rounding": result.rounding,
             "applied": result.config.model_dump(include={"importance", "normalization", "cost_exponent"})}

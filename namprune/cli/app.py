@@ -1,4 +1,4 @@
-"""The ``namprune`` command: the typer app, its shared options, and the error boundary.
+"""The ``namprune`` command: the typer app and the error boundary (shared options: ``options.py``).
 
 Commands only parse flags, call the library, and print. Errors a user can cause are
 ``NampruneError``s; ``main`` prints them as one line on stderr with exit code 2 (``--debug``
@@ -12,7 +12,6 @@ import os
 import sys
 import traceback
 from pathlib import Path
-from typing import Annotated, Optional
 
 import typer
 
@@ -21,7 +20,7 @@ try:  # typer >= 0.29 carries its own copy of click
 except ImportError:  # older typer runs on click itself
     from click.exceptions import NoSuchOption, UsageError
 
-from ..core.errors import Interrupted, NampruneError
+from ..core.errors import Interrupted, NampruneError, first_line
 from ..core.store.files import finished_epochs, staging_dir
 from ..core.store.records import TRAIN_STATE
 
@@ -36,17 +35,6 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-# Options shared by several commands, declared once.
-DataDir = Annotated[Optional[Path], typer.Option(
-    "--data-dir", help="Folder holding the dataset (torchvision layout, or DIR/train + DIR/val|test image folders).")]
-Device = Annotated[str, typer.Option("--device", help="auto (CUDA if present, else CPU), cpu, cuda or cuda:N.")]
-Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace existing output, a folder or a file (only once the new run succeeds).")]
-JsonOut = Annotated[Optional[Path], typer.Option("--json", help="Also write the result as JSON to this file.")]
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
-Threads = Annotated[Optional[int], typer.Option("--threads", help="CPU threads torch trains and fine-tunes with "
-                   "(default: OMP_NUM_THREADS if set, else the cores this process may use, its CPU affinity lowered to "
-                   "its cgroup quota). On a machine other jobs keep busy, fewer threads train faster: try 1.")]
-Workers = Annotated[int, typer.Option("--workers", min=0, help="DataLoader worker processes (image folders that stream from disk).")]
 
 
 def int_or_text(text: str | None) -> int | str | None:
@@ -127,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # a bug, not a user error: say so briefly, traceback with --debug
         if debug:
             traceback.print_exc()
-        return fail(f"internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
+        return fail(f"internal error: {type(exc).__name__}: {first_line(exc)} "
                     "(run again with --debug for the traceback)", 1)
     finally:
         distributed = sys.modules.get("namprune.core.training.distributed")  # imported by whatever joined a process group

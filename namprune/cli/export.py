@@ -16,8 +16,8 @@ from ..core.settings import (EXPORT, EXPORT_RUNTIMES, GATE_AGREEMENT, GATE_LOGIT
                              PARITY_TOLERANCE, ExportSettings, LatencySettings)
 from ..core.store.paths import check_checkpoint
 from ..core.store.records import ExportRecord
-from .app import DataDir, Overwrite, app, int_or_text
-from .report import MinTime, Rounds, TimingThreads
+from .app import app, int_or_text
+from .options import DataDir, MinTime, Overwrite, Rounds, TimingThreads
 
 
 @app.command("export")

@@ -9,36 +9,15 @@ import typer
 from rich.table import Table
 
 from ..core.console import console
-from ..core.settings import (DEFAULT_RATIO, DEFAULT_THREADS, FINETUNE, IMPORTANCES, LATENCY_TOLERANCE, MACS_TOLERANCE,
-                             NORMALIZATIONS, OPENVINO_INSTALL, PRUNE, RUNTIMES, SCOPES, TRAIN, FinetuneSettings,
-                             PruneConfig, TrainConfig)
+from ..core.settings import (DEFAULT_RATIO, DEFAULT_THREADS, FINETUNE, LATENCY_TOLERANCE, MACS_TOLERANCE, PRUNE, TRAIN,
+                             FinetuneSettings, PruneConfig, TrainConfig)
 from ..core.store.paths import check_checkpoint
 from ..core.store.records import PruneReport
-from .app import DataDir, Device, JsonOut, Overwrite, Quiet, Threads, app, int_or_text, interrupted
+from .app import app, int_or_text, interrupted
+from .options import (CalibrationImages, CostExponent, DataDir, Device, Distill, FinetuneBatch, FinetuneEpochs, FinetuneLr,
+                      FinetuneSparsity, Importance, JsonOut, LatencyRuntime, MaxLayerRatio, Normalization, Overwrite, Quiet,
+                      Recalibrate, RoundTo, Scope, Seed, Threads)
 
-Importance = Annotated[str, typer.Option("--importance", help=f"How channels are ranked: {', '.join(IMPORTANCES)}. "
-                                         "auto (default): nam for a model with NAM attention, l1 for one without; nam: what each channel carries through its BatchNorm and NAM gate into the "
-                                         "layers that read it (measured on calibration images); nam-w: NAM's normalized "
-                                         "weight w (the paper); slim: BatchNorm |gamma|; l1: filter norm; taylor: "
-                                         "first-order loss change.")]
-Normalization = Annotated[str, typer.Option("--normalization", help="How scores of layers of different width are compared: "
-                                            f"{', '.join(NORMALIZATIONS)} (auto: the one measured best for the importance).")]
-CalibrationImages = Annotated[int, typer.Option("--calibration-images", help="Training images the data-driven scores "
-                                                "(nam, taylor) and the BatchNorm recalibration read.")]
-Recalibrate = Annotated[bool, typer.Option("--recalibrate/--no-recalibrate", help="Re-estimate BatchNorm statistics on "
-                                           "calibration images right after pruning.")]
-Distill = Annotated[float, typer.Option("--distill", help="Fine-tune with distillation from the unpruned "
-                                        "model: the weight of its soft targets in the loss (0: plain fine-tuning).")]
-Scope = Annotated[str, typer.Option("--scope", help=f"{' or '.join(SCOPES)}: rank all channels together, or remove the same fraction of every layer.")]
-RoundTo = Annotated[Optional[str], typer.Option("--round-to", help="Keep channel counts that are multiples of N (default 8: widths onnxruntime's CPU kernels run fast; 1: any width); auto: the multiple of 1, 4, 8, 16 whose pruned model times fastest on --latency-runtime.")]
-MaxLayerRatio = Annotated[float, typer.Option("--max-layer-ratio", help="No layer loses more than this fraction of its channels.")]
-CostExponent = Annotated[Optional[float], typer.Option("--cost-exponent", help="With --target-macs or --target-latency, channels go in order of score^2 / cost^q, q in [0, 1]: 0 ranks by score alone, 1 is the greedy score-per-cost trade-off (default: the importance's own, 0.5 for the NAM scores, 0 for l1).")]
-FinetuneEpochs = Annotated[int, typer.Option("--finetune-epochs", help="Epochs of fine-tuning after pruning (0: none).")]
-FinetuneLr = Annotated[Optional[float], typer.Option("--lr", help="Fine-tuning learning rate (default: a tenth of the training one).")]
-FinetuneBatch = Annotated[Optional[int], typer.Option("--batch-size", "-b", help="Fine-tuning batch size (default: the training one).")]
-Seed = Annotated[int, typer.Option("--seed", help="Seed of the random importance.")]
-LatencyRuntime = Annotated[str, typer.Option("--latency-runtime", help=f"What --target-latency and --round-to auto time on, on the CPU: {', '.join(RUNTIMES)} (eager); openvino is an optional extra ({OPENVINO_INSTALL}).")]
-FinetuneSparsity = Annotated[float, typer.Option("--finetune-sparsity", help="Keep the sparsity penalty on while fine-tuning (default off).")]
 
 
 @app.command()

@@ -9,17 +9,14 @@ import typer
 
 from ..core.console import console, note
 from ..core.errors import NampruneError
-from ..core.settings import DEFAULT_THREADS, FINETUNE, LATENCY, MAX_SPREAD, PRUNE, FinetuneSettings, LatencySettings, PruneConfig
+from ..core.settings import FINETUNE, LATENCY, PRUNE, FinetuneSettings, LatencySettings, PruneConfig
 from ..core.store.paths import check_checkpoint
-from .app import DataDir, Device, JsonOut, Overwrite, Quiet, app, int_or_text
-from .prune import (CalibrationImages, CostExponent, Distill, FinetuneBatch, FinetuneEpochs, FinetuneLr, Importance, LatencyRuntime,
-                    MaxLayerRatio, Normalization, Recalibrate, RoundTo, Scope, Seed)
+from .app import app, int_or_text
+from .options import (CalibrationImages, CostExponent, DataDir, Device, Distill, FinetuneBatch, FinetuneEpochs, FinetuneLr,
+                      Importance, JsonOut, LatencyBatch, LatencyRuntime, MaxLayerRatio, MinTime, Normalization, Overwrite,
+                      Quiet, Recalibrate, RoundTo, Rounds, Scope, Seed, TimingThreads)
 
 SWEEP_FINETUNE_EPOCHS = 1  # a sweep compares points after fine-tuning: one epoch each unless told
-LatencyBatch = Annotated[int, typer.Option("--batch", help="The larger batch latency is also measured at (batch 1 always is).")]
-TimingThreads = Annotated[Optional[int], typer.Option("--threads", help=f"CPU threads while timing, torch and onnxruntime alike (default {DEFAULT_THREADS}: steady on a shared machine; recorded with every figure). More threads than idle cores make the figures wait for the other jobs.")]
-MinTime = Annotated[float, typer.Option("--min-time", help="Seconds of timing per block (torch.utils.benchmark's blocked_autorange).")]
-Rounds = Annotated[int, typer.Option("--rounds", help=f"Timing blocks per run and batch, interleaved across runs; the median of the rounds is reported, and rounds that differ by more than {MAX_SPREAD:.0%} mark the figure '!' (not to be trusted).")]
 
 
 def latency_settings(batch: int, threads: int | None, device: str, min_time: float, rounds: int) -> LatencySettings:

@@ -10,7 +10,8 @@ import typer
 from ..core.console import console
 from ..core.errors import Interrupted
 from ..core.store.files import staging_dir
-from .app import DataDir, Device, Overwrite, Quiet, Threads, app
+from .app import app
+from .options import DataDir, Device, Overwrite, Quiet, Threads
 
 Set = Annotated[Optional[list[str]], typer.Option("--set", help="Override a recipe value: --set prune.ratio=0.5 (repeatable; the value is read as YAML).", metavar="KEY=VALUE")]
 

@@ -14,7 +14,8 @@ from ..core.settings import (AMP_MODES, ATTENTIONS, DATASETS, DEFAULT_ATTENTION,
                              DEFAULT_WORKERS, OPTIMIZERS, SCHEDULES, TRAIN, TrainConfig)
 from ..core.store.files import check_out_dir, train_resume_command
 from ..core.store.paths import check_checkpoint, check_dataset, check_resumable, check_weights_file, image_folder_splits
-from .app import DataDir, Device, JsonOut, Overwrite, Quiet, Threads, Workers, app, interrupted
+from .app import app, interrupted
+from .options import DataDir, Device, JsonOut, Overwrite, Quiet, Threads, Workers
 
 
 def check_paths(dataset: str, data_dir: Optional[Path], weights: Optional[Path]) -> None:

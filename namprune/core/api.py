@@ -16,7 +16,7 @@ import torch.nn as nn
 
 from .deploy.onnx import (_torchscript_export, check_opset, check_parity, input_shape, onnx_params, opset_of, output_paths,
                    session, to_onnx)
-from .errors import NampruneError
+from .errors import NampruneError, first_line
 from .identity import example_input, nam_placement, remember_input, spec
 from .models import CUSTOM
 from .nam.attach import attach_nam, has_nam
@@ -94,10 +94,8 @@ def load(path: str | Path, model: nn.Module | None = None, device: str | torch.d
 
 
 def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    detail = next((line for line in lines[1:] if "size mismatch" in line or "Missing key" in line), None)
-    return (detail or (lines[0] if lines else type(exc).__name__))[:300]
+    """torch's load_state_dict error in one line: the line that names the mismatch."""
+    return first_line(exc, 300, prefer=("size mismatch", "Missing key"))
 
 
 def export_onnx(model: nn.Module, path: str | Path, example_input: torch.Tensor | None = None, fold: bool = True,

@@ -8,6 +8,15 @@ family as a ``ValueError``.
 """
 
 
+def first_line(exc: BaseException, limit: int = 200, prefer: tuple[str, ...] = ()) -> str:
+    """An exception in one short line, for a one-line error (exporters, onnxruntime, torch and
+    YAML raise pages): its first line holding one of ``prefer``, else its first line, else its
+    type's name."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    preferred = next((line for line in lines if any(word in line for word in prefer)), None)
+    return (preferred or (lines[0] if lines else type(exc).__name__))[:limit]
+
+
 class NampruneError(ValueError):
     """A problem with the user's input, reported in one line without a traceback."""
 

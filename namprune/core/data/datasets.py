@@ -22,7 +22,7 @@ import torchvision
 from PIL import Image
 from torchvision.transforms import v2
 
-from ..errors import NampruneError
+from ..errors import NampruneError, first_line
 from ..settings import DEFAULT_WORKERS
 from ..store.paths import check_dataset, image_folder_splits
 from .batches import Augment, StreamLoader, TensorLoader
@@ -104,7 +104,7 @@ def _torchvision_split(cls, root: Path, train: bool, label: str):
     try:
         return cls(str(root), train=train, download=True)
     except Exception as exc:  # any network failure: report it in one line
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        reason = first_line(exc)
         raise NampruneError(
             f"{label} was not found in {root} and could not be downloaded ({reason}); "
             f"put the files there or pass --data-dir pointing to a copy"
@@ -148,7 +148,7 @@ def _image_folder(path: Path, mode: str | None = None) -> torchvision.datasets.I
     try:
         folder = torchvision.datasets.ImageFolder(str(path))
     except (FileNotFoundError, RuntimeError) as exc:
-        raise NampruneError(f"{path}: {str(exc).splitlines()[0]}") from None
+        raise NampruneError(f"{path}: {first_line(exc)}") from None
     folder.mode = mode or _image_mode(folder.samples[0][0])
     folder.loader = partial(_open_image, mode=folder.mode)
     return folder
@@ -159,7 +159,7 @@ def _image_mode(path: str) -> str:
         with Image.open(path) as image:
             return "L" if image.mode in GREY_MODES else "RGB"
     except Exception as exc:
-        raise NampruneError(f"cannot read image {path}: {str(exc).splitlines()[0]}") from None
+        raise NampruneError(f"cannot read image {path}: {first_line(exc)}") from None
 
 
 def _open_image(path: str, mode: str) -> Image.Image:
@@ -172,7 +172,7 @@ def _decode(folder: torchvision.datasets.ImageFolder, path: str) -> torch.Tensor
     try:
         return v2.functional.pil_to_tensor(folder.loader(path))
     except Exception as exc:
-        raise NampruneError(f"cannot read image {path}: {str(exc).splitlines()[0]}") from None
+        raise NampruneError(f"cannot read image {path}: {first_line(exc)}") from None
 
 
 def _decode_folder(folder: torchvision.datasets.ImageFolder, classes: list[str]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 
 from ..console import note
-from ..errors import NampruneError
+from ..errors import NampruneError, first_line
 from ..identity import example_input
 from ..settings import PARITY_TOLERANCE
 
@@ -42,12 +42,6 @@ class ExportError(NampruneError):
     command exits with code 1 (still one line, like every ``NampruneError``)."""
 
     exit_code = 1
-
-
-def _first_line(exc: Exception, limit: int = 200) -> str:
-    """An exception in one short line (exporters and onnxruntime raise pages)."""
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:limit]
 
 
 # --------------------------------------------------------------------------- arguments
@@ -93,11 +87,11 @@ def to_onnx(model: nn.Module, batch: int | None, opset: int | None = None,
     try:
         return _dynamo_export(model, example, batch is None, opset, optimize), "dynamo"
     except Exception as exc:  # any exporter failure: the TorchScript exporter gets its chance
-        note(f"the dynamo exporter failed ({_first_line(exc)}); exporting with the TorchScript exporter instead")
+        note(f"the dynamo exporter failed ({first_line(exc)}); exporting with the TorchScript exporter instead")
     try:
         return _torchscript_export(model, example, batch is None, opset, optimize), "torchscript"
     except Exception as exc:
-        raise ExportError(f"both ONNX exporters failed; the TorchScript exporter said: {_first_line(exc)}") from exc
+        raise ExportError(f"both ONNX exporters failed; the TorchScript exporter said: {first_line(exc)}") from exc
 
 
 def _dynamo_export(model, example, dynamic: bool, opset: int | None, optimize: bool) -> onnx.ModelProto:
@@ -183,7 +177,7 @@ def session(model: bytes | str | Path, threads: int | None = None) -> ort.Infere
         return ort.InferenceSession(source, session_options(threads), providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own exception types for unreadable files
         raise ExportError(f"onnxruntime cannot load {'the exported model' if isinstance(model, bytes) else model}: "
-                          f"{_first_line(exc)}") from None
+                          f"{first_line(exc)}") from None
 
 
 # A "session" below is an onnxruntime session or an OpenVINO ``openvino.IRSession``: the
@@ -214,7 +208,7 @@ def run_checked(sess, x: torch.Tensor) -> np.ndarray:
         return run_onnx(sess, x)
     except Exception as exc:  # the runtimes' own exception types
         raise ExportError(f"{runtime_of(sess)} could not run the file on a {tuple(x.shape)} input: "
-                          f"{_first_line(exc)}") from None
+                          f"{first_line(exc)}") from None
 
 
 # --------------------------------------------------------------------------- parity

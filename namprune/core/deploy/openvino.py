@@ -25,6 +25,7 @@ import numpy as np
 import openvino as ov
 import torch
 
+from ..errors import first_line
 from .timing import Runner
 
 RUNTIME = "openvino"
@@ -159,9 +160,9 @@ def versions() -> dict:
 
 
 def _error(what: str, exc: Exception):
-    from .onnx import ExportError, _first_line
+    from .onnx import ExportError
 
-    return ExportError(f"OpenVINO could not {what}: {_first_line(exc)}")
+    return ExportError(f"OpenVINO could not {what}: {first_line(exc)}")
 
 
 __all__ = ["INT8_SETTINGS", "IRSession", "OpenVinoRunner", "compile_properties", "from_onnx", "ir_bytes",

@@ -30,7 +30,7 @@ import torch.nn as nn
 import torchvision
 
 from ..console import note
-from ..errors import NampruneError
+from ..errors import NampruneError, first_line
 from ..identity import classifier_name
 
 TIMM_MISSING = 'timm models need timm, which is not installed: pip install "namprune[timm]"'
@@ -172,7 +172,7 @@ def _load_file(path: Path, sha256: str):
             spec.loader.exec_module(module)
         except Exception as exc:
             del sys.modules[name]
-            raise NampruneError(f"{path} failed to run: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+            raise NampruneError(f"{path} failed to run: {type(exc).__name__}: {first_line(exc)}") from None
         _loaded_files[key] = module
     return _loaded_files[key]
 
@@ -200,7 +200,7 @@ def create_from_file(path: Path, function: str, num_classes: int, in_channels: i
     except NampruneError:
         raise
     except Exception as exc:
-        raise NampruneError(f"{path}:{function} failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+        raise NampruneError(f"{path}:{function} failed: {type(exc).__name__}: {first_line(exc)}") from None
     if not isinstance(model, nn.Module):
         raise NampruneError(f"{path}:{function} returned a {type(model).__name__}, not a torch.nn.Module")
     return model, {"file": str(path), "sha256": digest}
@@ -216,7 +216,7 @@ def _failure(model: nn.Module, in_channels: int, size: int) -> str | None:
             model(torch.zeros(1, in_channels, size, size))
         return None
     except RuntimeError as exc:
-        return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return first_line(exc)
 
 
 def check_input(model: nn.Module, name: str, in_channels: int, input_size: int, num_classes: int,

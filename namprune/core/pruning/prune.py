@@ -23,7 +23,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 import torch.nn as nn
@@ -54,6 +54,7 @@ class PruneResult:
     latency: dict | None = None  # with --target-latency: what was measured and how
     rounding: dict | None = None  # with --round-to auto: every multiple tried, its latency, the one chosen
     config: PruneConfig | None = None  # the config as applied: importance, cost exponent and round_to resolved
+    uncalibrated: dict | None = None  # what ``before_recalibration`` returned
 
 
 @dataclass
@@ -175,7 +176,8 @@ def _plan(model: nn.Module, ranked: list, removed: list[int]) -> Plan:
 
 
 def prune(model: nn.Module, cfg: PruneConfig, calibration: Iterable | None = None,
-          example_input: torch.Tensor | None = None, ignored: list = ()) -> PruneResult:
+          example_input: torch.Tensor | None = None, ignored: list = (),
+          before_recalibration: Callable[[nn.Module], dict] | None = None) -> PruneResult:
     """Prune ``model`` in place by ``cfg.ratio``, to keep ``cfg.target_macs`` of its MACs
     (within ``MACS_TOLERANCE`` of them), or to keep ``cfg.target_latency`` of its latency
     measured on ``cfg.latency_runtime`` (within ``LATENCY_TOLERANCE``; ``result.latency``
@@ -195,6 +197,9 @@ def prune(model: nn.Module, cfg: PruneConfig, calibration: Iterable | None = Non
     ``model`` is any traceable ``nn.Module``; ``example_input`` (one batch it takes) is needed
     once for a model namprune did not build. The classifier (the last ``nn.Linear``) keeps
     its outputs, and so do the ``ignored`` layers (names or modules).
+
+    ``before_recalibration`` is called with the pruned model before its BatchNorm statistics
+    are re-estimated (to measure it then: ``result.uncalibrated`` holds what it returns).
     """
     if example_input is not None:
         remember_input(model, example_input)
@@ -206,13 +211,14 @@ def prune(model: nn.Module, cfg: PruneConfig, calibration: Iterable | None = Non
     plan.apply(model)
     groups = [s for _, s in ranked]
     removed = [len(idxs) for idxs in plan.removed]
+    uncalibrated = before_recalibration(model) if before_recalibration else None
     recalibrated = recalibrate_batchnorm(model, calibration, cfg.calibration_images) \
         if cfg.recalibrate and calibration is not None else 0
     after = layer_widths(model)
     total = sum(g.width for g in groups)
     return PruneResult(sum(removed) / total, total, total - sum(removed),
                        [{"name": n, "before": before[n], "after": after[n]} for n in before], groups, recalibrated,
-                       latency, rounding, cfg)
+                       latency, rounding, cfg, uncalibrated)
 
 
 def plan_removal(model: nn.Module, cfg: PruneConfig, calibration: Iterable | None = None, ignored: list = ()):

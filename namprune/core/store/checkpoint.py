@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 
 from ... import __version__
-from ..errors import NampruneError
+from ..errors import NampruneError, first_line
 from ..identity import pruning_history, spec as spec_of
 from ..models import from_spec
 from ..nam.fold import refuse_folded
@@ -156,7 +156,7 @@ def build(payload: dict) -> nn.Module:
     except NampruneError:
         raise
     except Exception as exc:  # a history or weights that do not match the architecture
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        reason = first_line(exc)
         raise NampruneError(f"the checkpoint's pruning history or weights do not fit its architecture: {reason}") from None
     return model
 
