@@ -1,3 +1,4 @@
+import json
 import tempfile
 from pathlib import Path
 
@@ -5,7 +6,7 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from cli_helpers import ROOT
+from cli_helpers import ROOT, run_cli
 from namprune import NampruneError, PruneConfig, TrainConfig
 from namprune.app.recipes import Recipe, load_recipe, packaged_recipes
 
@@ -118,3 +119,17 @@ def test_random_bytes_as_a_recipe(data):
             load_recipe(path)
         except NampruneError as exc:
             assert "\n" not in str(exc)
+
+
+def test_the_plain_recipe_runs_and_prunes_a_model_without_nam_by_global_l1(tmp_path, capsys):
+    """`namprune run cifar10-resnet20-plain`, on fake images of CIFAR's shape and one epoch per
+    stage: no attention is attached, and the auto importance gives the global L1 ranking."""
+    code, _, err = run_cli(capsys, "run", "cifar10-resnet20-plain", "--out", tmp_path / "out", "-q",
+                           "--set", "data.dataset=fake", "--set", "train.epochs=1", "--set", "finetune.epochs=1",
+                           "--set", "export.enabled=false")
+    assert code == 0, err
+    report = json.loads((tmp_path / "out" / "prune" / "report.json").read_text())
+    assert report["attention"] == "none"
+    assert (report["importance"], report["normalization"], report["cost_exponent"]) == ("l1", "mean", 0.0)
+    assert report["macs_kept"] == pytest.approx(0.5, abs=0.02)
+    assert (tmp_path / "out" / "finetune" / "model.pt").is_file()

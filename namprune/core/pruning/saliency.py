@@ -4,7 +4,8 @@ saliency of every SpatialNAM, and how ready a model is to be pruned.
 A *group* is a set of channels torch-pruning must remove together (a convolution's filters
 plus the BatchNorm, NAM and input slices that depend on them; a whole residual stream).
 
-The default score, ``nam``, asks what each channel carries into the network, in one unit
+The default, ``auto``, is ``nam`` for a model with NAM attention and ``l1`` for one without.
+``nam`` asks what each channel carries into the network, in one unit
 for groups of any width. For every layer ``L`` that reads channel ``c`` (a convolution or
 the classifier), measured on calibration images in eval mode::
 
@@ -20,7 +21,7 @@ layer is no longer cheaper to cut merely for being wide. The other scores:
 * ``nam-w``: NAM's normalized weight ``w = |gamma| / sum |gamma|`` of the group's NAM
   BatchNorms (the paper's ranking; plain-BatchNorm ``|gamma|`` where a group has none).
 * ``slim``: ``|gamma|`` of every BatchNorm of the group (Network Slimming).
-* ``l1``: L1 norm of the filters (Li et al., 2017).
+* ``l1``: L1 norm of the filters (Li et al., 2017), mean-normalized per group by default.
 * ``taylor``: torch-pruning's first-order Taylor estimate ``|w * dL/dw|`` from the gradients
   of calibration images (Molchanov et al., 2019).
 * ``random``: seeded random scores, the floor every ranking must beat.
