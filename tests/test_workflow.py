@@ -108,7 +108,7 @@ def test_an_interrupted_run_continues_where_it_stopped(tmp_path, capsys):
 def test_a_failed_export_in_a_run_is_one_line_and_exit_code_1(finished, tmp_path, capsys, monkeypatch):
     """An export whose check fails is not the user's mistake (exit code 1), and not a bug:
     `namprune run` says what failed in one line, as `namprune export` does."""
-    from namprune.app import exporting
+    from namprune.core import api
     from namprune.core.deploy.onnx import ExportError
 
     root, out, _ = finished
@@ -118,7 +118,7 @@ def test_a_failed_export_in_a_run_is_one_line_and_exit_code_1(finished, tmp_path
     def failing_check(*args, **kwargs):
         raise ExportError("parity check failed on 16 random images (onnxruntime): max relative difference 0.5")
 
-    monkeypatch.setattr(exporting, "check_parity", failing_check)
+    monkeypatch.setattr(api, "check_parity", failing_check)  # the check every export runs
     code, _, err = run_cli(capsys, "run", root / "tiny.yaml", "--out", tmp_path / "out", "-q")
     lines = [line for line in err.splitlines() if line.strip()]
     assert code == 1 and lines[-1].startswith("error: parity check failed"), err

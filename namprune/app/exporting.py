@@ -11,6 +11,7 @@ unfolded model: on how many test images the two agree, and both test top-1. ``--
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -19,9 +20,10 @@ import onnxruntime as ort
 import torch
 import torch.nn as nn
 
+from ..core.api import export_onnx
 from ..core.deploy.measure import count_params
 from ..core.deploy.onnx import (RANDOM_SAMPLES, ExportError, batches, check_opset, check_parity, compare, fixed_batch,
-                         input_shape, onnx_params, opset_of, output_paths, run_checked, session, to_onnx)
+                         input_shape, output_paths, run_checked, session, to_onnx)
 from ..core.deploy.quantize import int8_path, int8_record, quantize_int8
 from ..core.deploy.timing import measure_latency, open_session, settings_record, speedups
 from ..core.errors import NampruneError
@@ -101,12 +103,13 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, settings: ExportSetting
     images = test_images(data)
     exported, gates = fold_for_export(model, calib, s.gate_tolerance, images, s.remove_gates) if s.fold else (model, None)
     images = images if s.check else None
-
-    proto, exporter = to_onnx(exported, fixed, s.opset, s.optimize)
-    onnx_bytes = proto.SerializeToString()
     threads = latency.num_threads if latency else None
-    sess = session(onnx_bytes, threads)
-    parity = check_parity(exported, sess, images) if s.check else None
+    with tempfile.TemporaryDirectory(prefix="namprune-export-") as staging:
+        # the library's export writes and checks the file; this job adds to it and writes it all at the end
+        base = export_onnx(exported, Path(staging) / "model.onnx", fold=False, check=s.check, opset=s.opset,
+                           batch=s.batch, test_images=images, optimize=s.optimize)
+        onnx_bytes = (Path(staging) / "model.onnx").read_bytes()
+    sess, parity = session(onnx_bytes, threads), base.parity
     if gates:  # the check above held the file to what was exported; this, to the checkpoint (exact when none removed)
         gates |= removal_effect(model, sess, images, data)
         parity = parity and {**parity, "vs_unfolded": gates.pop("vs_unfolded")}
@@ -126,18 +129,16 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, settings: ExportSetting
     timings = measure_latency(timed, latency) if latency else None
     if int8_report and timings:
         int8_report |= _int8_speedups(timings, s.runtime)
-    record = ExportRecord(**{
+    record = base.model_copy(update={
         "source": str(checkpoint.model_file(ckpt)), "runtime": s.runtime,
         "onnx": str(onnx_path) if s.runtime == "onnxruntime" else None,
         "ir": str(onnx_path) if s.runtime == "openvino" else None, "onnx_parity": onnx_parity,
         "model": payload["arch"]["name"], "attention": payload["arch"]["attention"],
         "pruning_steps": len(payload.get("pruning_history") or []),
-        "exporter": exporter, "opset": opset_of(proto), "batch": fixed or "dynamic",
         "input_shape": [fixed or "batch", *input_shape(model, 1)[1:]],
-        "folded": s.fold, "optimized": s.optimize, "nam_gates": gates,
+        "folded": s.fold, "nam_gates": gates,
         "file_bytes": sum(len(files[p]) for p in [onnx_path, *written_beside(onnx_path, s.with_(int8=False))]),
-        "params": count_params(model), "onnx_params": onnx_params(proto),
-        "parity": parity, "int8": int8_report,
+        "params": count_params(model), "parity": parity, "int8": int8_report,
         "latency": {"settings": settings_record(latency), "records": timings} if timings else None,
         "versions": {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": ort.__version__, **versions},
     })

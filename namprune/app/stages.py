@@ -18,16 +18,16 @@ from ..core.console import is_main_process, note
 from ..core.data.datasets import DataBundle, load_data
 from ..core.errors import NampruneError
 from ..core.nam.modules import check_attention
-from ..core.pruning.cost import count_macs, count_params
+from ..core.deploy.measure import measure_accuracy, measure_cost
 from ..core.pruning.prune import prune
 from ..core.settings import (DEFAULT_ATTENTION, DEFAULT_WORKERS, FINETUNE, FinetuneSettings, PruneConfig, TrainConfig,
                              resolve_normalization)
 from ..core.store import checkpoint
-from ..core.store.files import check_out_dir, read_json, run_dir, staging_dir, train_resume_command, write_json
+from ..core.store.files import check_out_dir, run_dir, staging_dir, train_resume_command, write_json
 from ..core.store.paths import check_resumable
 from ..core.store.records import REPORT, TRAIN_STATE, PruneReport, TrainSummary
 from ..core.training import distributed
-from ..core.training.loop import evaluate, fit
+from ..core.training.loop import fit
 from ..core.training.state import load_train_state, resolve_device, seed_everything
 
 
@@ -128,11 +128,7 @@ def planned_macs(ckpt: str | Path) -> float | None:
     return planned
 
 
-def cost(model: nn.Module) -> dict:
-    return {"params": count_params(model), "macs": count_macs(model)}
-
-
-PRUNED = "pruned.json"  # measurements before and right after pruning, kept while fine-tuning runs
+PRUNED = "pruned.json"  # the report up to pruning (a PruneReport), kept while fine-tuning runs
 
 
 def prune_checkpoint(ckpt: str | Path, cfg: PruneConfig, out: str | Path, finetune: FinetuneSettings = FINETUNE,
@@ -157,20 +153,21 @@ def prune_checkpoint(ckpt: str | Path, cfg: PruneConfig, out: str | Path, finetu
                            rank=distributed.rank(), world_size=distributed.world_size())
 
     if resuming:  # the pruned model and its measurements were saved before fine-tuning began
-        model, measured = checkpoint.build(saved).to(device_), read_json(staging_dir(out) / PRUNED)
+        model, report = checkpoint.build(saved).to(device_), PruneReport.read(staging_dir(out) / PRUNED)
     else:
         model = checkpoint.build(payload).to(device_)
         # under torchrun every rank prunes its own copy: identical weights give identical choices,
         # and fit wraps the pruned model in a new DDP (which checks that the shapes agree)
-        measured = _prune_and_measure(model, cfg, data, device_)
+        report = _prune_and_measure(model, cfg, data, device_, ckpt, out, payload)
     with run_dir(out, overwrite=overwrite, resume=resuming) as stage:
         if is_main_process():
-            write_json(stage / PRUNED, measured)
-        finetuned = None
+            write_json(stage / PRUNED, report.to_json())
         if ft is not None:
             finetuned = _finetune(model, data, ft, stage, progress,
                                   saved["train_state"] if resuming else None, teacher=_teacher(payload, ft))
-        report = _report(ckpt, out, payload, cfg, measured, finetuned, finetune.epochs, started)
+            report = report.model_copy(update=finetuned)
+        report = report.model_copy(update={"finetune_epochs": finetune.epochs,
+                                           "time_s": round(time.perf_counter() - started, 2)})
         _save_pruned(stage, model, data, {**payload.get("config", {}), "prune": cfg.to_dict(),
                                           "finetune": ft.to_dict() if ft is not None else None}, report)
     return report
@@ -198,8 +195,7 @@ def finetune_pruned(pruned: str | Path, out: str | Path, finetune: FinetuneSetti
         teacher = _teacher(checkpoint.read(prior.source), ft) if ft.distill else None  # read only when used
         finetuned = _finetune(model, data, ft, stage, progress, saved["train_state"] if saved else None, teacher)
         report = prior.model_copy(update={
-            "source_relative": os.path.relpath(prior.source, out.resolve()), "top1_finetuned": finetuned["top1"],
-            "top5_finetuned": finetuned["top5"], "finetune_epochs": ft.epochs, "finetune_distill": finetuned["distill"],
+            **finetuned, "source_relative": os.path.relpath(prior.source, out.resolve()), "finetune_epochs": ft.epochs,
             "time_s": round((prior.time_s or 0) + time.perf_counter() - started, 2)})
         _save_pruned(stage, model, data, {**payload.get("config", {}), "finetune": ft.to_dict()}, report)
     return report
@@ -212,8 +208,10 @@ def _teacher(payload: dict, ft: TrainConfig) -> nn.Module | None:
 
 def _finetune(model: nn.Module, data: DataBundle, ft: TrainConfig, stage: Path, progress: bool, resume: dict | None,
               teacher: nn.Module | None = None) -> dict:
+    """Fine-tune ``model``; returns the report's fields that say how it went."""
     fit(model, data, ft, stage, progress=progress, stage="finetune", resume=resume, teacher=teacher)
-    return {**_accuracy(model, data, resolve_device(ft.device)), "distill": ft.distill}
+    accuracy = measure_accuracy(model, data, resolve_device(ft.device))
+    return {"top1_finetuned": accuracy["top1"], "top5_finetuned": accuracy["top5"], "finetune_distill": ft.distill}
 
 
 def _save_pruned(stage: Path, model: nn.Module, data: DataBundle, config: dict, report: PruneReport) -> None:
@@ -227,51 +225,30 @@ def _save_pruned(stage: Path, model: nn.Module, data: DataBundle, config: dict, 
         (stage / leftover).unlink(missing_ok=True)
 
 
-def _prune_and_measure(model: nn.Module, cfg: PruneConfig, data: DataBundle, device: torch.device) -> dict:
-    """Accuracy and cost before pruning, right after it, and after BatchNorm recalibration."""
-    before = {**cost(model), **_accuracy(model, data, device)}
-    result = prune(model, cfg, data.calibration, before_recalibration=lambda pruned: _accuracy(pruned, data, device))
-    after = {**cost(model), **_accuracy(model, data, device)}
-    return {"before": before, "after": after, "uncalibrated": result.uncalibrated, "ratio": result.ratio,
-            "channels_before": result.channels_before, "channels_after": result.channels_after, "layers": result.layers,
-            "latency": result.latency, "rounding": result.rounding,
-            "applied": result.config.model_dump(include={"importance", "normalization", "cost_exponent"})}
-
-
-def _accuracy(model: nn.Module, data: DataBundle, device: torch.device) -> dict:
-    result = evaluate(model, data.test, device)
-    return {"top1": result["top1"], "top5": result["top5"]}
-
-
-def _report(ckpt, out, payload, cfg, measured, finetuned, finetune_epochs, started) -> PruneReport:
-    before, after = measured["before"], measured["after"]
-    applied = cfg.with_(**measured.get("applied", {}))  # .get: a pruned.json written before it was recorded
-    source = checkpoint.model_file(ckpt).resolve()
+def _prune_and_measure(model: nn.Module, cfg: PruneConfig, data: DataBundle, device: torch.device, ckpt, out,
+                       payload: dict) -> PruneReport:
+    """Prune ``model`` in place; the report of accuracy and cost before pruning, right after it,
+    and after BatchNorm recalibration (fine-tuning adds to it)."""
+    before = {**measure_cost(model), **measure_accuracy(model, data, device)}
+    result = prune(model, cfg, data.calibration, before_recalibration=lambda pruned: measure_accuracy(pruned, data, device))
+    after = {**measure_cost(model), **measure_accuracy(model, data, device)}
+    applied, source = result.config, checkpoint.model_file(ckpt).resolve()
     return PruneReport(**{
-        "source": str(source),
-        "source_relative": os.path.relpath(source, Path(out).resolve()),
+        "source": str(source), "source_relative": os.path.relpath(source, Path(out).resolve()),
         "model": payload["arch"]["name"], "attention": payload["arch"]["attention"], "dataset": payload["data"]["name"],
-        "ratio": round(measured["ratio"], 4), "requested_ratio": cfg.ratio, "target_macs": cfg.target_macs,
+        "ratio": round(result.ratio, 4), "requested_ratio": cfg.ratio, "target_macs": cfg.target_macs,
         "target_latency": cfg.target_latency,
-        # .get: a fine-tuning resumed from a pruned.json written before these keys existed
-        "latency": measured.get("latency") and {**measured["latency"], "macs_before": before["macs"],
-                                                "macs_after": after["macs"]},
+        "latency": result.latency and {**result.latency, "macs_before": before["macs"], "macs_after": after["macs"]},
         "importance": applied.importance, "scope": cfg.scope,
         "normalization": resolve_normalization(applied.importance, applied.normalization),
-        "round_to": cfg.round_to, "rounding": measured.get("rounding"), "max_layer_ratio": cfg.max_layer_ratio,
+        "round_to": cfg.round_to, "rounding": result.rounding, "max_layer_ratio": cfg.max_layer_ratio,
         "cost_exponent": applied.cost_exponent,
-        "channels_before": measured["channels_before"], "channels_after": measured["channels_after"],
+        "channels_before": result.channels_before, "channels_after": result.channels_after,
         "params_before": before["params"], "params_after": after["params"],
         "macs_before": before["macs"], "macs_after": after["macs"],
         "macs_kept": round(after["macs"] / before["macs"], 4), "macs_speedup": round(before["macs"] / after["macs"], 3),
         "top1_before": before["top1"], "top5_before": before["top5"],
         "top1_pruned": after["top1"], "top5_pruned": after["top5"],
         "recalibrated": cfg.recalibrate, "calibration_images": cfg.calibration_images,
-        "top1_pruned_uncalibrated": measured["uncalibrated"]["top1"],
-        "top1_finetuned": finetuned["top1"] if finetuned else None,
-        "top5_finetuned": finetuned["top5"] if finetuned else None,
-        "finetune_epochs": finetune_epochs,
-        "finetune_distill": finetuned["distill"] if finetuned else None,
-        "layers": measured["layers"],
-        "time_s": round(time.perf_counter() - started, 2),
+        "top1_pruned_uncalibrated": result.uncalibrated["top1"], "layers": result.layers,
     })

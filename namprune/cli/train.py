@@ -158,7 +158,7 @@ def info(
     check_checkpoint(ckpt)  # before torch loads
     from ..core.store import checkpoint
     from ..core import models
-    from ..core.pruning.cost import count_macs, count_params
+    from ..core.deploy.measure import count_macs, count_params
     from ..core.store.files import write_json
     from .gates import print_gate_spread
 

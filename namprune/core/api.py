@@ -14,14 +14,10 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from .deploy.onnx import (_torchscript_export, check_opset, check_parity, input_shape, onnx_params, opset_of, output_paths,
-                   session, to_onnx)
-from .errors import NampruneError, first_line
+from .deploy.onnx import check_opset, check_parity, input_shape, onnx_params, opset_of, output_paths, session, to_onnx
 from .identity import example_input, nam_placement, remember_input, spec
 from .models import CUSTOM
-from .nam.attach import attach_nam, has_nam
 from .nam.fold import fold_nam, refuse_folded
-from .pruning.graph import replay_history
 from .settings import ExportSettings
 from .store import checkpoint
 from .store.files import write_atomic, write_json
@@ -64,50 +60,20 @@ def load(path: str | Path, model: nn.Module | None = None, device: str | torch.d
     """A saved model in eval mode. Without ``model``, one namprune built (a checkpoint folder
     or its ``model.pt``); with ``model``, a fresh instance of the saved model's class, rebuilt
     in place: NAM attached where it was, the pruning history replayed, the weights loaded."""
-    if model is None:
-        return checkpoint.load(path, device)
-    payload = checkpoint.read(path)
-    file = checkpoint.model_file(path)
-    arch = payload["arch"]
-    shape = arch.get("input_shape") or [arch["in_channels"], arch["input_size"], arch["input_size"]]
-    x = torch.zeros(1, *shape, device=next(model.parameters()).device)
-    misfit = f"{file} does not fit the given {type(model).__name__}"
-    if arch["attention"] != "none" and not has_nam(model):
-        try:
-            attach_nam(model, x, arch["attention"], after=arch.get("nam_after") or None)
-        except NampruneError as exc:
-            raise NampruneError(f"{misfit}: its NAM cannot be attached where it was: {exc}") from None
-    remember_input(model, x)
-    history = payload.get("pruning_history") or []
-    try:
-        if history:
-            replay_history(model, history)
-    except NampruneError as exc:
-        raise NampruneError(f"{misfit}: {exc}") from None
-    except Exception as exc:  # torch-pruning's own errors: layers of another kind, shapes that do not chain
-        raise NampruneError(f"{misfit}: its pruning history cannot be replayed ({_first_line(exc)})") from None
-    try:
-        model.load_state_dict(payload["state_dict"])
-    except RuntimeError as exc:
-        raise NampruneError(f"{misfit}: its weights differ ({_first_line(exc)})") from None
-    return model.to(device).eval()
-
-
-def _first_line(exc: Exception) -> str:
-    """torch's load_state_dict error in one line: the line that names the mismatch."""
-    return first_line(exc, 300, prefer=("size mismatch", "Missing key"))
+    return checkpoint.load(path, model, device)
 
 
 def export_onnx(model: nn.Module, path: str | Path, example_input: torch.Tensor | None = None, fold: bool = True,
                 check: bool = True, opset: int | None = None, batch: str | int = "dynamic",
                 test_images: torch.Tensor | None = None, overwrite: bool = False,
-                exporter: str = "dynamo") -> ExportRecord:
+                exporter: str = "dynamo", optimize: bool = True) -> ExportRecord:
     """Export ``model`` to the ONNX file ``path`` (NAM folded) after checking it in onnxruntime
     against torch on random inputs (and ``test_images``, when given); writes the record
     ``<name>.export.json`` beside it and returns it. A failed check writes nothing.
 
     ``exporter``: ``dynamo`` (torch's current exporter, the TorchScript one taking over if
-    it fails) or ``torchscript`` (much faster to run, for models it handles)."""
+    it fails) or ``torchscript`` (much faster to run, for models it handles). ``optimize``:
+    the exporter's graph optimizations (constant folding, debug names stripped)."""
     if example_input is not None:
         remember_input(model, example_input)
     fixed = ExportSettings(batch=batch).fixed_batch
@@ -115,19 +81,13 @@ def export_onnx(model: nn.Module, path: str | Path, example_input: torch.Tensor 
     onnx_path, json_path = output_paths(path, overwrite)
     model = unwrap(model).eval()
     exported = fold_nam(model) if fold else model
-    if exporter == "torchscript":
-        example = torch.randn(input_shape(exported, fixed or 2), generator=torch.Generator().manual_seed(0))
-        proto = _torchscript_export(exported, example, fixed is None, opset, True)
-    elif exporter == "dynamo":
-        proto, exporter = to_onnx(exported, fixed, opset)
-    else:
-        raise NampruneError(f"unknown exporter {exporter!r}; choose dynamo or torchscript")
+    proto, exporter = to_onnx(exported, fixed, opset, optimize, exporter)
     data = proto.SerializeToString()
     parity = check_parity(model, session(data), test_images) if check else None
     record = ExportRecord(onnx=str(onnx_path), exporter=exporter, opset=opset_of(proto), batch=fixed or "dynamic",
-                          input_shape=[fixed or "batch", *input_shape(model, 1)[1:]], folded=fold, file_bytes=len(data),
-                          params=sum(p.numel() for p in model.parameters()), onnx_params=onnx_params(proto),
-                          parity=parity)
+                          input_shape=[fixed or "batch", *input_shape(model, 1)[1:]], folded=fold, optimized=optimize,
+                          file_bytes=len(data), params=sum(p.numel() for p in model.parameters()),
+                          onnx_params=onnx_params(proto), parity=parity)
     write_atomic(onnx_path, lambda tmp: tmp.write_bytes(data))
     write_json(json_path, record.to_json())
     return record

@@ -75,23 +75,31 @@ def input_shape(model: nn.Module, batch: int) -> tuple[int, ...]:
     return tuple(example_input(model, batch).shape)
 
 
-def to_onnx(model: nn.Module, batch: int | None, opset: int | None = None,
-            optimize: bool = True) -> tuple[onnx.ModelProto, str]:
-    """Export ``model`` (eval mode) with the dynamo exporter, else the TorchScript one.
+EXPORTERS = ("dynamo", "torchscript")  # to_onnx's choices: the first falls back on the second
+
+
+def to_onnx(model: nn.Module, batch: int | None, opset: int | None = None, optimize: bool = True,
+            exporter: str = "dynamo") -> tuple[onnx.ModelProto, str]:
+    """Export ``model`` (eval mode) with the dynamo exporter, else the TorchScript one
+    (``exporter="torchscript"``: that one alone, much faster to run, for models it handles).
 
     Returns the model and the name of the exporter that made it. ``batch=None`` gives a
     dynamic batch dimension.
     """
+    if exporter not in EXPORTERS:
+        raise NampruneError(f"unknown exporter {exporter!r}; choose {' or '.join(EXPORTERS)}")
     # A dynamic dimension is traced with batch 2: torch.export specializes a size of 1.
     example = torch.randn(input_shape(model, batch or 2), generator=torch.Generator().manual_seed(0))
-    try:
-        return _dynamo_export(model, example, batch is None, opset, optimize), "dynamo"
-    except Exception as exc:  # any exporter failure: the TorchScript exporter gets its chance
-        note(f"the dynamo exporter failed ({first_line(exc)}); exporting with the TorchScript exporter instead")
+    if exporter == "dynamo":
+        try:
+            return _dynamo_export(model, example, batch is None, opset, optimize), "dynamo"
+        except Exception as exc:  # any exporter failure: the TorchScript exporter gets its chance
+            note(f"the dynamo exporter failed ({first_line(exc)}); exporting with the TorchScript exporter instead")
     try:
         return _torchscript_export(model, example, batch is None, opset, optimize), "torchscript"
     except Exception as exc:
-        raise ExportError(f"both ONNX exporters failed; the TorchScript exporter said: {first_line(exc)}") from exc
+        raise ExportError(f"{'both ONNX exporters' if exporter == 'dynamo' else 'the TorchScript exporter'} failed; "
+                          f"the TorchScript exporter said: {first_line(exc)}") from exc
 
 
 def _dynamo_export(model, example, dynamic: bool, opset: int | None, optimize: bool) -> onnx.ModelProto:

@@ -19,8 +19,9 @@ import torch.nn as nn
 
 from ... import __version__
 from ..errors import NampruneError, first_line
-from ..identity import pruning_history, spec as spec_of
+from ..identity import pruning_history, remember_input, spec as spec_of
 from ..models import from_spec
+from ..nam.attach import attach_nam, has_nam
 from ..nam.fold import refuse_folded
 from ..pruning.graph import replay_history
 from ..training.distributed import unwrap
@@ -142,26 +143,53 @@ def _schema_problem(payload: dict) -> str | None:
 
 
 def build(payload: dict) -> nn.Module:
-    """Rebuild the architecture, replay its pruning history and load the weights."""
-
+    """The model a checkpoint holds, built from its architecture spec (``restore``)."""
     try:
         model = from_spec(payload["arch"])
     except TypeError as exc:
         raise NampruneError(f"the checkpoint's architecture cannot be built: {exc}") from None
+    return restore(model, payload, "the checkpoint's pruning history or weights do not fit its architecture")
+
+
+def restore(model: nn.Module, payload: dict, misfit: str) -> nn.Module:
+    """``model`` (unpruned, any class) made the checkpoint's model in place: NAM attached where
+    it was, its input remembered, the pruning history replayed, the weights loaded. Every way a
+    checkpoint and a model can disagree is a ``NampruneError`` that starts with ``misfit``."""
+    arch = payload["arch"]
+    shape = arch.get("input_shape") or [arch["in_channels"], arch["input_size"], arch["input_size"]]
+    x = torch.zeros(1, *shape, device=next(model.parameters()).device)
+    if arch["attention"] != "none" and not has_nam(model):
+        try:
+            attach_nam(model, x, arch["attention"], after=arch.get("nam_after") or None)
+        except NampruneError as exc:
+            raise NampruneError(f"{misfit}: its NAM cannot be attached where it was: {exc}") from None
+    remember_input(model, x)
     history = payload.get("pruning_history") or []
     try:
         if history:
             replay_history(model, history)
+    except NampruneError as exc:
+        raise NampruneError(f"{misfit}: {exc}") from None
+    except Exception as exc:  # torch-pruning's own errors: layers of another kind, shapes that do not chain
+        raise NampruneError(f"{misfit}: its pruning history cannot be replayed ({_first_line(exc)})") from None
+    try:
         model.load_state_dict(payload["state_dict"])
-    except NampruneError:
-        raise
-    except Exception as exc:  # a history or weights that do not match the architecture
-        reason = first_line(exc)
-        raise NampruneError(f"the checkpoint's pruning history or weights do not fit its architecture: {reason}") from None
+    except RuntimeError as exc:
+        raise NampruneError(f"{misfit}: its weights differ ({_first_line(exc)})") from None
     return model
 
 
-def load(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
-    """``namprune.load``: a ready ``nn.Module`` in eval mode from ``DIR`` or ``DIR/model.pt``."""
-    model = build(read(path))
+def _first_line(exc: Exception) -> str:
+    """torch's load_state_dict error in one line: the line that names the mismatch."""
+    return first_line(exc, 300, prefer=("size mismatch", "Missing key"))
+
+
+def load(path: str | Path, model: nn.Module | None = None, device: str | torch.device = "cpu") -> nn.Module:
+    """``namprune.load``: the saved model in eval mode, from ``DIR`` or ``DIR/model.pt``; built
+    from its spec, or with ``model`` (a fresh instance of the saved model's class) rebuilt in place."""
+    payload = read(path)
+    if model is None:
+        model = build(payload)
+    else:
+        model = restore(model, payload, f"{model_file(path)} does not fit the given {type(model).__name__}")
     return model.to(device).eval()
