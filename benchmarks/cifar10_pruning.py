@@ -99,6 +99,7 @@ METHODS = {
     "namprune": Method("namprune", "namprune", DEFAULT_IMPORTANCE),
     "namprune, " + ("plain fine-tuning" if DEFAULT_DISTILL else "distilled"):
         Method("namprune", "namprune", DEFAULT_IMPORTANCE, OTHER_DISTILL),
+    "namprune, fine-tuning lr 0.04": Method("namprune", "namprune", DEFAULT_IMPORTANCE, finetune_lr=0.04),
     "namprune, no attention": Method("namprune-noattn", "namprune", "nam"),
     "namprune, unrounded widths": Method("namprune", "namprune", DEFAULT_IMPORTANCE, round_to=1),
     "namprune ranking, tp-slim base": Method("tp-slim", "namprune", "nam"),

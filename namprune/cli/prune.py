@@ -40,7 +40,7 @@ def rank(
     from ..core.store.files import write_json
     from ..core.pruning.saliency import NEAR_ZERO, needs_data, rank_model
     from ..core.training.state import resolve_device
-    from .gates import print_gate_spread
+    from ..app.gate_spread import print_gate_spread
 
     payload = checkpoint.read(ckpt)
     model = checkpoint.build(payload).eval()

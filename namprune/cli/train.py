@@ -160,7 +160,7 @@ def info(
     from ..core import models
     from ..core.deploy.measure import count_macs, count_params
     from ..core.store.files import write_json
-    from .gates import print_gate_spread
+    from ..app.gate_spread import print_gate_spread
 
     payload = checkpoint.read(ckpt)
     net = checkpoint.build(payload)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rich.table import Table
 
-from ..app.datasource import calibration_images, checkpoint_data
+from .datasource import calibration_images, checkpoint_data
 from ..core.console import console, note
 from ..core.nam.gates import has_gates, measure_gates
 from ..core.settings import GATE_TOLERANCE
