@@ -20,8 +20,8 @@ from ..core.errors import NampruneError
 from ..core.nam.modules import check_attention
 from ..core.deploy.measure import measure_accuracy, measure_cost
 from ..core.pruning.prune import prune
-from ..core.settings import (DEFAULT_ATTENTION, DEFAULT_WORKERS, FINETUNE, FinetuneSettings, PruneConfig, TrainConfig,
-                             resolve_normalization)
+from ..core.settings import (DEFAULT_ATTENTION, DEFAULT_WORKERS, FINETUNE, FINETUNE_LR_FACTOR, FinetuneSettings, PruneConfig,
+                             TrainConfig, resolve_normalization)
 from ..core.store import checkpoint
 from ..core.store.files import check_out_dir, run_dir, staging_dir, train_resume_command, write_json
 from ..core.store.paths import check_resumable
@@ -83,14 +83,14 @@ def trained_with(train_config: dict) -> TrainConfig:
 
 def finetune_config(train_config: dict, finetune: FinetuneSettings, device: str = "auto",
                     threads: int | None = None) -> TrainConfig | None:
-    """Fine-tuning as training: the settings the model was trained with, at a tenth of its
-    learning rate (unless ``finetune.lr`` is given), a cosine schedule, the penalty and the
+    """Fine-tuning as training: the settings the model was trained with, at ``FINETUNE_LR_FACTOR``
+    of its learning rate (unless ``finetune.lr`` is given), a cosine schedule, the penalty and the
     distillation weight ``finetune`` asks for, on this machine's ``threads``. None for
     ``finetune.epochs`` 0: no fine-tuning."""
     if finetune.epochs == 0:
         return None
     base = trained_with(train_config)
-    return base.with_(epochs=finetune.epochs, lr=finetune.lr or base.lr * 0.1, schedule="cosine",
+    return base.with_(epochs=finetune.epochs, lr=finetune.lr or base.lr * FINETUNE_LR_FACTOR, schedule="cosine",
                       warmup_epochs=0, milestones=None, sparsity=finetune.sparsity, shrink_macs=0.0, device=device,
                       batch_size=finetune.batch_size or base.batch_size, distill=finetune.distill, threads=threads)
 

@@ -9,7 +9,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..core.settings import DEFAULT_THREADS, IMPORTANCES, MAX_SPREAD, NORMALIZATIONS, OPENVINO_INSTALL, RUNTIMES, SCOPES
+from ..core.settings import (DEFAULT_THREADS, FINETUNE_LR_FACTOR, IMPORTANCES, MAX_SPREAD, NORMALIZATIONS, OPENVINO_INSTALL,
+                             RUNTIMES, SCOPES)
 
 DataDir = Annotated[Optional[Path], typer.Option(
     "--data-dir", help="Folder holding the dataset (torchvision layout, or DIR/train + DIR/val|test image folders).")]
@@ -39,7 +40,7 @@ RoundTo = Annotated[Optional[str], typer.Option("--round-to", help="Keep channel
 MaxLayerRatio = Annotated[float, typer.Option("--max-layer-ratio", help="No layer loses more than this fraction of its channels.")]
 CostExponent = Annotated[Optional[float], typer.Option("--cost-exponent", help="With --target-macs or --target-latency, channels go in order of score^2 / cost^q, q in [0, 1]: 0 ranks by score alone, 1 is the greedy score-per-cost trade-off (default: the importance's own, 0.5 for the NAM scores, 0 for l1).")]
 FinetuneEpochs = Annotated[int, typer.Option("--finetune-epochs", help="Epochs of fine-tuning after pruning (0: none).")]
-FinetuneLr = Annotated[Optional[float], typer.Option("--lr", help="Fine-tuning learning rate (default: a tenth of the training one).")]
+FinetuneLr = Annotated[Optional[float], typer.Option("--lr", help=f"Fine-tuning learning rate (default: {FINETUNE_LR_FACTOR:g} x the training one).")]
 FinetuneBatch = Annotated[Optional[int], typer.Option("--batch-size", "-b", help="Fine-tuning batch size (default: the training one).")]
 Seed = Annotated[int, typer.Option("--seed", help="Seed of the random importance.")]
 LatencyRuntime = Annotated[str, typer.Option("--latency-runtime", help=f"What --target-latency and --round-to auto time on, on the CPU: {', '.join(RUNTIMES)} (eager); openvino is an optional extra ({OPENVINO_INSTALL}).")]
