@@ -11,7 +11,6 @@ unfolded model: on how many test images the two agree, and both test top-1. ``--
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +19,7 @@ import onnxruntime as ort
 import torch
 import torch.nn as nn
 
-from ..core.api import export_onnx
+from ..core.api import checked_onnx
 from ..core.deploy.measure import count_params
 from ..core.deploy.onnx import (RANDOM_SAMPLES, ExportError, batches, check_opset, check_parity, compare, fixed_batch,
                          input_shape, output_paths, run_checked, session, to_onnx)
@@ -85,7 +84,7 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, settings: ExportSetting
     False keeps every gate); ``settings.int8`` also
     writes ``<out stem>.int8.onnx``.
     """
-    s, fixed = settings, settings.fixed_batch
+    s = settings
     check_opset(s.opset)
     onnx_path, json_path = output_paths(out, overwrite)
     if s.runtime == "openvino" and onnx_path.suffix != ".xml":
@@ -104,12 +103,10 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, settings: ExportSetting
     exported, gates = fold_for_export(model, calib, s.gate_tolerance, images, s.remove_gates) if s.fold else (model, None)
     images = images if s.check else None
     threads = latency.num_threads if latency else None
-    with tempfile.TemporaryDirectory(prefix="namprune-export-") as staging:
-        # the library's export writes and checks the file; this job adds to it and writes it all at the end
-        base = export_onnx(exported, Path(staging) / "model.onnx", fold=False, check=s.check, opset=s.opset,
-                           batch=s.batch, test_images=images, optimize=s.optimize)
-        onnx_bytes = (Path(staging) / "model.onnx").read_bytes()
-    sess, parity = session(onnx_bytes, threads), base.parity
+    # the library's export (namprune.export_onnx's engine); this job adds to its record and writes it all at the end
+    base, onnx_bytes, sess = checked_onnx(exported, onnx_path, fold=False, check=s.check, opset=s.opset, batch=s.batch,
+                                          test_images=images, optimize=s.optimize, threads=threads)
+    parity = base.parity
     if gates:  # the check above held the file to what was exported; this, to the checkpoint (exact when none removed)
         gates |= removal_effect(model, sess, images, data)
         parity = parity and {**parity, "vs_unfolded": gates.pop("vs_unfolded")}
@@ -135,7 +132,6 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, settings: ExportSetting
         "ir": str(onnx_path) if s.runtime == "openvino" else None, "onnx_parity": onnx_parity,
         "model": payload["arch"]["name"], "attention": payload["arch"]["attention"],
         "pruning_steps": len(payload.get("pruning_history") or []),
-        "input_shape": [fixed or "batch", *input_shape(model, 1)[1:]],
         "folded": s.fold, "nam_gates": gates,
         "file_bytes": sum(len(files[p]) for p in [onnx_path, *written_beside(onnx_path, s.with_(int8=False))]),
         "params": count_params(model), "parity": parity, "int8": int8_report,

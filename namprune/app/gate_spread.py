@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from rich.table import Table
 
-from .datasource import calibration_images, checkpoint_data
 from ..core.console import console, note
 from ..core.nam.gates import has_gates, measure_gates
 from ..core.settings import GATE_TOLERANCE
+from .datasource import calibration_images, checkpoint_data
 
 
 def print_gate_spread(model, payload: dict, data_dir=None, tolerance: float = GATE_TOLERANCE) -> list[dict] | None:

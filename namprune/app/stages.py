@@ -162,11 +162,9 @@ def prune_checkpoint(ckpt: str | Path, cfg: PruneConfig, out: str | Path, finetu
     with run_dir(out, overwrite=overwrite, resume=resuming) as stage:
         if is_main_process():
             write_json(stage / PRUNED, report.to_json())
-        if ft is not None:
-            finetuned = _finetune(model, data, ft, stage, progress,
-                                  saved["train_state"] if resuming else None, teacher=_teacher(payload, ft))
-            report = report.model_copy(update=finetuned)
-        report = report.model_copy(update={"finetune_epochs": finetune.epochs,
+        finetuned = {} if ft is None else _finetune(model, data, ft, stage, progress,
+                                                    saved["train_state"] if resuming else None, _teacher(payload, ft))
+        report = report.model_copy(update={**finetuned, "finetune_epochs": finetune.epochs,
                                            "time_s": round(time.perf_counter() - started, 2)})
         _save_pruned(stage, model, data, {**payload.get("config", {}), "prune": cfg.to_dict(),
                                           "finetune": ft.to_dict() if ft is not None else None}, report)

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from .deploy.measure import count_params
 from .deploy.onnx import check_opset, check_parity, input_shape, onnx_params, opset_of, output_paths, session, to_onnx
 from .identity import example_input, nam_placement, remember_input, spec
 from .models import CUSTOM
@@ -76,21 +77,33 @@ def export_onnx(model: nn.Module, path: str | Path, example_input: torch.Tensor 
     the exporter's graph optimizations (constant folding, debug names stripped)."""
     if example_input is not None:
         remember_input(model, example_input)
+    onnx_path, json_path = output_paths(path, overwrite)
+    record, data, _ = checked_onnx(model, onnx_path, fold, check, opset, batch, test_images, exporter, optimize)
+    write_atomic(onnx_path, lambda tmp: tmp.write_bytes(data))
+    write_json(json_path, record.to_json())
+    return record
+
+
+def checked_onnx(model: nn.Module, onnx_path: Path, fold: bool = True, check: bool = True, opset: int | None = None,
+                 batch: str | int = "dynamic", test_images: torch.Tensor | None = None, exporter: str = "dynamo",
+                 optimize: bool = True, threads: int | None = None):
+    """The one ONNX export behind ``export_onnx`` and ``namprune export``: ``model`` exported
+    (NAM folded when ``fold``) and checked in onnxruntime, writing nothing. Returns the record
+    (naming ``onnx_path``), the file's bytes and the onnxruntime session (``threads``) that
+    checked them."""
     fixed = ExportSettings(batch=batch).fixed_batch
     check_opset(opset)
-    onnx_path, json_path = output_paths(path, overwrite)
     model = unwrap(model).eval()
     exported = fold_nam(model) if fold else model
     proto, exporter = to_onnx(exported, fixed, opset, optimize, exporter)
     data = proto.SerializeToString()
-    parity = check_parity(model, session(data), test_images) if check else None
+    sess = session(data, threads)
+    parity = check_parity(model, sess, test_images) if check else None
     record = ExportRecord(onnx=str(onnx_path), exporter=exporter, opset=opset_of(proto), batch=fixed or "dynamic",
                           input_shape=[fixed or "batch", *input_shape(model, 1)[1:]], folded=fold, optimized=optimize,
-                          file_bytes=len(data), params=sum(p.numel() for p in model.parameters()),
-                          onnx_params=onnx_params(proto), parity=parity)
-    write_atomic(onnx_path, lambda tmp: tmp.write_bytes(data))
-    write_json(json_path, record.to_json())
-    return record
+                          file_bytes=len(data), params=count_params(model), onnx_params=onnx_params(proto),
+                          parity=parity)
+    return record, data, sess
 
 
 __all__ = ["export_onnx", "load", "save"]
