@@ -17,6 +17,8 @@ rows only (two processes can share the work, one base each).
 Bases (per seed), all trained by namprune's training loop with the settings above:
   namprune    `namprune train` with its defaults (NAM attention, planned shrinking)
   namprune-noattn  the same without attention, weight decay on every parameter as tp-plain
+  namprune-shrink  no attention, weight decay on every parameter, planned shrinking planned by
+              the l1 ranking (what a model without NAM is pruned by)
   tp-plain    no attention, no penalty, weight decay on every parameter (torch-pruning's
               example trains its CIFAR models this way)
   tp-slim     tp-plain plus torch-pruning's BNScalePruner.regularize (L1 1e-4 on every
@@ -70,8 +72,11 @@ TP_TRAINING = dict(sparsity=0.0, shrink_macs=0.0, bn_weight_decay=True)  # torch
 
 # base -> (attention, TrainConfig changes from namprune's defaults, torch-pruning regularizer or None)
 BASES = {
-    "namprune": ("nam", {}, None),
+    "namprune": ("nam", dict(sparsity=0.0, shrink_macs=0.5, shrink_start=0.5, bn_weight_decay=False), None),
     "namprune-noattn": ("none", dict(bn_weight_decay=True), None),
+    # no attention, weight decay on every parameter, planned shrinking planned by the ranking a
+    # model without NAM gets (l1): each setting named, so the base keeps its meaning if defaults move
+    "namprune-shrink": ("none", dict(sparsity=0.0, shrink_macs=0.5, shrink_start=0.5, bn_weight_decay=True), None),
     "tp-plain": ("none", TP_TRAINING, None),
     "tp-slim": ("none", TP_TRAINING, ("slim", 1e-4)),
     "tp-group": ("none", TP_TRAINING, ("group", 5e-4)),
@@ -101,6 +106,8 @@ METHODS = {
         Method("namprune", "namprune", DEFAULT_IMPORTANCE, OTHER_DISTILL),
     "namprune, fine-tuning lr 0.04": Method("namprune", "namprune", DEFAULT_IMPORTANCE, finetune_lr=0.04),
     "namprune, no attention": Method("namprune-noattn", "namprune", "nam"),
+    "namprune, no attention, l1 shrinking, fine-tuning lr 0.04":
+        Method("namprune-shrink", "namprune", "l1", options=PLAIN_DEFAULT, finetune_lr=0.04),
     "namprune, unrounded widths": Method("namprune", "namprune", DEFAULT_IMPORTANCE, round_to=1),
     "namprune ranking, tp-slim base": Method("tp-slim", "namprune", "nam"),
     "namprune ranking, tp-plain base": Method("tp-plain", "namprune", "nam"),
