@@ -22,7 +22,7 @@ USER_MODEL = f"{ROOT / 'tests' / 'test_byom.py'}:small_cnn"
 CLI_MODELS = {
     "timm-efficientnet_b0": ("timm:efficientnet_b0", []),
     "tv-regnet_x_400mf": ("tv:regnet_x_400mf", []),
-    "user-cnn": (USER_MODEL, ["--nam-after", "block.bn3,down.4"]),
+    "user-cnn": (USER_MODEL, ["--attention", "nam", "--nam-after", "block.bn3,down.4"]),
 }
 FAST = ["--epochs", "1", "--batch-size", "64", "--lr", "0.01", "-q"]
 
@@ -46,7 +46,7 @@ def test_train_prune_export_from_the_command_line(arch, tmp_path, capsys):
 
 
 def test_timm_resnet18_trains_on_digits(tmp_path, capsys):
-    code, out, err = run_cli(capsys, "train", "--model", "timm:resnet18", "--dataset", "digits", "--epochs", "1",
+    code, out, err = run_cli(capsys, "train", "--model", "timm:resnet18", "--attention", "nam", "--dataset", "digits", "--epochs", "1",
                              "--batch-size", "64", "-q", "--out", tmp_path / "run")
     assert code == 0, err
     assert "trained timm:resnet18 (nam) on digits" in out
@@ -187,12 +187,12 @@ def test_a_model_without_known_blocks_names_the_flag_and_the_candidates(tmp_path
                       "        nn.Sequential(nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.BatchNorm2d(16), nn.ReLU(),\n"
                       "                      nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU()),\n"
                       "        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, num_classes))\n")
-    code, _, err = run_cli(capsys, "train", "--model", f"{source}:net", *FAST, "--out", tmp_path / "run")
+    code, _, err = run_cli(capsys, "train", "--model", f"{source}:net", "--attention", "nam", *FAST, "--out", tmp_path / "run")
     assert_one_line_error(code, err, "no residual block it knows", "--nam-after",
                           "0.1 (8 channels, 16x16), 1.4 (16 channels, 8x8)")
     assert "after=[" not in err and not (tmp_path / "run").exists()
     # a candidate it names is what --nam-after takes
-    code, _, err = run_cli(capsys, "train", "--model", f"{source}:net", "--nam-after", "0.1,1.4", *FAST,
+    code, _, err = run_cli(capsys, "train", "--model", f"{source}:net", "--attention", "nam", "--nam-after", "0.1,1.4", *FAST,
                            "--out", tmp_path / "run")
     assert code == 0, err
     assert sum(isinstance(m, namprune.NAM) for m in namprune.load(tmp_path / "run").modules()) == 2

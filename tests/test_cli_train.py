@@ -35,7 +35,7 @@ def test_eval_and_info(trained, capsys, tmp_path):
     assert result["top1"] == pytest.approx(summary["final"]["test_top1"], abs=1e-6)
     code, out, _ = run_cli(capsys, "info", trained, "--json", tmp_path / "i.json")
     info = json.loads((tmp_path / "i.json").read_text())
-    assert code == 0 and info["model"] == "resnet20" and info["attention"] == "nam" and info["params"] > 200_000
+    assert code == 0 and info["model"] == "resnet20" and info["attention"] == "none" and info["params"] > 200_000
     # the checkpoint carries the metrics of the epoch it holds, the last one
     assert (info["metrics"]["epoch"], info["metrics"]["top1"]) == (summary["final"]["epoch"], summary["final"]["test_top1"])
     assert info["macs"] > 1_000_000 and "resnet20" in out

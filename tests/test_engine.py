@@ -59,14 +59,15 @@ def test_the_learning_rate_moves_every_step(tmp_path):
     assert rows[0]["lr"] == pytest.approx(0.1) and rows[1]["lr"] == pytest.approx(0.05, rel=0.05)
 
 
-def test_scale_factors_get_no_weight_decay_by_default():
+def test_scale_factors_take_weight_decay_unless_bn_weight_decay_is_off():
     model = models.create("resnet20", num_classes=10, attention="nam", input_size=16, in_channels=1)
-    decayed = {id(p) for g in build_optimizer(model, TrainConfig()).param_groups if g["weight_decay"] > 0 for p in g["params"]}
+    everything = build_optimizer(model, TrainConfig()).param_groups
+    assert all(g["weight_decay"] == 5e-4 for g in everything)
+    exempting = build_optimizer(model, TrainConfig(bn_weight_decay=False)).param_groups
+    decayed = {id(p) for g in exempting if g["weight_decay"] > 0 for p in g["params"]}
     norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     assert norms and not any(id(m.weight) in decayed or id(m.bias) in decayed for m in norms)
     assert id(model.conv1.weight) in decayed
-    everything = build_optimizer(model, TrainConfig(bn_weight_decay=True)).param_groups
-    assert all(g["weight_decay"] == 5e-4 for g in everything)
 
 
 def test_distillation_pulls_the_student_toward_the_teacher():

@@ -171,7 +171,8 @@ def sparse_2_epochs(tmp_path_factory):
     """The issue's model: ResNet-20 sparse-trained for 2 epochs on digits, its logits close together,
     where replacing every gate within the spread tolerance changed 4 % of the predictions."""
     run = tmp_path_factory.mktemp("sparse") / "train"
-    proc = run_subprocess("train", "--epochs", "2", "--sparsity", "1e-4", "--out", run)
+    proc = run_subprocess("train", "--epochs", "2", "--attention", "nam", "--sparsity", "1e-4", "--no-bn-weight-decay",
+                          "--out", run)
     assert proc.returncode == 0, proc.stderr
     return run / "model.pt"
 

@@ -170,7 +170,7 @@ def print_prune_report(report: PruneReport) -> None:
     console.print(widths)
     if report.latency:
         console.print(latency_line(report.latency))
-    if report.rounding:
+    if report.rounding and "ms" in report.rounding:  # --round-to auto timed the multiples (a finer step alone is a note)
         r = report.rounding
         times = ", ".join(f"{m}: {ms:.3f} ms" for m, ms in r["ms"].items())
         console.print(f"--round-to auto chose {r['chosen']} ({r['runtime']}, batch {r['batch']}: {times})"

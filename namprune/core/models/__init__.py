@@ -53,6 +53,9 @@ def create(name: str, num_classes: int = 10, attention: str = "none", input_size
     ones, or after the ``nam_after`` layers). ``sha256`` pins a model file (see ``foreign``)."""
     check_attention(attention)
     check_name(name)
+    if nam_after and attention == "none":
+        raise NampruneError("nam_after (--nam-after) says where NAM goes, but attention is 'none': "
+                            "give attention 'nam' too (--attention nam)")
     if num_classes < 2:
         raise NampruneError(f"num_classes must be at least 2, got {num_classes}")
     spec = dict(name=name, num_classes=int(num_classes), attention=attention,

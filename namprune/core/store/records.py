@@ -82,7 +82,7 @@ class PruneReport(Record):
     scope: Optional[str] = None
     normalization: Optional[str] = None
     round_to: Union[int, str, None] = None
-    rounding: Optional[dict] = None  # with round_to auto: every multiple timed and the one chosen
+    rounding: Optional[dict] = None  # round_to auto: every multiple timed and the one chosen; a finer step: asked and chosen
     max_layer_ratio: Optional[float] = None
     cost_exponent: Optional[float] = None
     channels_before: Optional[int] = None

@@ -1,7 +1,8 @@
 """The optimizer and the learning-rate schedule a ``TrainConfig`` asks for.
 
-The BatchNorm and NAM scale factors (and shifts) are kept out of weight decay unless
-``bn_weight_decay``: the sparsity penalty alone should decide which of them shrink.
+The BatchNorm and NAM scale factors (and shifts) take weight decay like every other
+parameter unless ``bn_weight_decay`` is off: then a sparsity penalty alone decides which of
+them shrink (the NAM recipes train so).
 """
 
 from __future__ import annotations
@@ -49,13 +50,13 @@ def _cosine_between(start: float, end: float, progress: float) -> float:
 
 def scale_parameters(model: nn.Module) -> list[nn.Parameter]:
     """The parameters of every BatchNorm (NAM's included): the scale factors the sparsity
-    penalty acts on and their shifts, which weight decay leaves alone unless asked."""
+    penalty acts on and their shifts, which weight decay leaves alone when ``bn_weight_decay`` is off."""
     return [p for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) for p in m.parameters(recurse=False)]
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    # Weight decay on gamma would fight the L1 penalty (5e-4 * gamma outweighs a 1e-4 pull
-    # once |gamma| > 0.2), so scale factors get none by default.
+    # Weight decay on gamma fights an L1 penalty (5e-4 * gamma outweighs a 1e-4 pull once
+    # |gamma| > 0.2): a run that wants the penalty alone to decide turns bn_weight_decay off.
     params = [p for p in model.parameters() if p.requires_grad]
     exempt = set() if cfg.bn_weight_decay else {id(p) for p in scale_parameters(model)}
     groups = [{"params": [p for p in params if id(p) not in exempt], "weight_decay": cfg.weight_decay},
