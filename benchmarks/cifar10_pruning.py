@@ -15,10 +15,12 @@ the script runs again, so a stopped run continues where it was; ``--no-report`` 
 rows only (two processes can share the work, one base each).
 
 Bases (per seed), all trained by namprune's training loop with the settings above:
-  namprune    `namprune train` with its defaults (NAM attention, planned shrinking)
+  namprune    NAM attention, planned shrinking, no weight decay on the scale factors
+              (`namprune train`'s defaults until issue 20)
   namprune-noattn  the same without attention, weight decay on every parameter as tp-plain
-  namprune-shrink  no attention, weight decay on every parameter, planned shrinking planned by
-              the l1 ranking (what a model without NAM is pruned by)
+              (shrinking planned by the NAM score, as it was then)
+  namprune-shrink  `namprune train`'s defaults now: no attention, weight decay on every
+              parameter, planned shrinking planned by the l1 ranking a model without NAM gets
   tp-plain    no attention, no penalty, weight decay on every parameter (torch-pruning's
               example trains its CIFAR models this way)
   tp-slim     tp-plain plus torch-pruning's BNScalePruner.regularize (L1 1e-4 on every
@@ -106,7 +108,9 @@ METHODS = {
         Method("namprune", "namprune", DEFAULT_IMPORTANCE, OTHER_DISTILL),
     "namprune, fine-tuning lr 0.04": Method("namprune", "namprune", DEFAULT_IMPORTANCE, finetune_lr=0.04),
     "namprune, no attention": Method("namprune-noattn", "namprune", "nam"),
-    "namprune, no attention, l1 shrinking, fine-tuning lr 0.04":
+    # namprune's defaults since issue 20: no attention, planned shrinking, auto importance (l1 for
+    # a model without NAM), fine-tuning at 0.4 x the training learning rate
+    "namprune defaults (no attention, l1 shrinking), fine-tuning lr 0.04":
         Method("namprune-shrink", "namprune", "l1", options=PLAIN_DEFAULT, finetune_lr=0.04),
     "namprune, unrounded widths": Method("namprune", "namprune", DEFAULT_IMPORTANCE, round_to=1),
     "namprune ranking, tp-slim base": Method("tp-slim", "namprune", "nam"),
