@@ -75,7 +75,7 @@ def print_report(report: ExportRecord) -> None:
     table.add_column(style="bold")
     table.add_column()
     rows = {"exporter": f"{report.exporter}, opset {report.opset}, batch {report.batch}",
-            "NAM": nam_row(report),
+            **({} if report.attention == "none" else {"NAM": nam_row(report)}),  # nothing to fold without NAM
             "file": f"{report.file_bytes:,} bytes ({report.file_bytes / 2**20:.2f} MiB)",
             "params": f"{report.params:,} in torch, {report.onnx_params:,} stored in the file"}
     for key, value in rows.items():
