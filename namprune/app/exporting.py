@@ -110,7 +110,8 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, settings: ExportSetting
     if gates:  # the check above held the file to what was exported; this, to the checkpoint (exact when none removed)
         gates |= removal_effect(model, sess, images, data)
         parity = parity and {**parity, "vs_unfolded": gates.pop("vs_unfolded")}
-    timed = {"onnxruntime": sess, "torch_eager": model, **({"torch_eager_folded": exported} if s.fold else {})}
+    # the folded model is timed only where folding changed something: a model with NAM
+    timed = {"onnxruntime": sess, "torch_eager": model, **({"torch_eager_folded": exported} if s.fold and has_gates(model) else {})}
     onnx_parity, versions = None, {}
     if s.runtime == "openvino":  # the IR of the ONNX file just checked, held to the same check
         from ..core.deploy.openvino import versions as openvino_versions

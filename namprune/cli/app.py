@@ -26,8 +26,8 @@ from ..core.store.records import TRAIN_STATE
 
 app = typer.Typer(
     name="namprune",
-    help="Train CNNs with NAM attention and a sparsity penalty, prune the channels the NAM weights "
-         "rank lowest, fine-tune, measure and export. Add --debug anywhere to see tracebacks, and "
+    help="Train CNNs that shrink the channels a prune will remove (NAM attention optional), prune "
+         "them structurally, fine-tune, measure and export. Add --debug anywhere to see tracebacks, and "
          "--accept-changed-model to rebuild a checkpoint's model from its model file although the file changed.",
     no_args_is_help=True,
     add_completion=False,

@@ -80,7 +80,7 @@ def train(
     resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue the interrupted run whose --out was DIR from its last complete epoch, with the settings saved in it (only --data-dir, --device, --threads, --workers and --quiet still apply).", metavar="DIR")] = None,
     quiet: Quiet = False,
 ) -> None:
-    """Train a model with NAM attention, shrinking the channels a prune will remove; checkpoint every epoch."""
+    """Train a model, shrinking the channels a prune will remove (--attention nam adds NAM); checkpoint every epoch."""
     # Everything that can be checked without torch is checked before it loads (seconds).
     target = resume if resume is not None else out
     if resume is not None:
