@@ -3,6 +3,7 @@ output folder and a MACs target must give a pruned model that still works before
 fine-tuning (benchmarks/digits_defaults.py measures the same on three seeds)."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -51,6 +52,15 @@ def test_rank_of_a_trained_model_shows_the_shrunk_channels_near_zero(default_run
     assert ranking["near_zero"] >= 0.8 * removed, (ranking["near_zero"], removed)
     widths = [layer["after"] for layer in report["layers"] if layer["after"] != layer["before"]]
     assert widths and all(w % 8 == 0 for w in widths), widths  # the default widths: multiples of 8
+
+
+def test_rank_with_the_default_score_says_where_shrinking_shows(default_run, capsys):
+    code, out, err = run_cli(capsys, "rank", default_run, "--top", "0")
+    assert code == 0, err
+    text = " ".join(out.split())
+    found = re.search(r"planned shrinking \(for 0.5 of the MACs\) pulled ([\d.]+)% of the BatchNorm scale factors near "
+                      r"zero; the l1 score", text)
+    assert found and float(found.group(1)) >= 10, text[-400:]
 
 
 def test_prune_with_no_amount_takes_the_one_training_shrank_for(default_run, tmp_path, capsys):

@@ -76,6 +76,13 @@ def rank(
     console.print(f"{ranking.near_zero():.1%} of {ranking.channels} channels are near zero "
                   f"(under {NEAR_ZERO:.0%} of the model's mean score); the largest global ratio that empties no layer "
                   f"is {ranking.largest_safe_ratio():.2f}")
+    shrunk_for = (payload.get("config") or {}).get("shrink_macs")
+    if shrunk_for and not payload.get("pruning_history") and ranking.importance != "slim":
+        # shrinking zeroes the BatchNorm scales of the channels to go, not their filters: say where it shows
+        scales = rank_model(model, "slim")
+        console.print(f"planned shrinking (for {shrunk_for} of the MACs) pulled {scales.near_zero():.1%} of the BatchNorm "
+                      f"scale factors near zero; the {ranking.importance} score ranks those channels low without zeroing "
+                      "them, --importance slim ranks by the scale factors")
     gates = print_gate_spread(model, payload, data_dir)
     if json_out:
         write_json(json_out, {**ranking.to_dict(), "nam_gates": gates})
