@@ -196,6 +196,11 @@ def test_a_model_without_known_blocks_names_the_flag_and_the_candidates(tmp_path
                            "--out", tmp_path / "run")
     assert code == 0, err
     assert sum(isinstance(m, namprune.NAM) for m in namprune.load(tmp_path / "run").modules()) == 2
+    # --nam-after without NAM attention would attach nothing: one line that names the flag to add
+    code, _, err = run_cli(capsys, "train", "--model", f"{source}:net", "--nam-after", "0.1,1.4", *FAST,
+                           "--out", tmp_path / "plain")
+    assert_one_line_error(code, err, "--nam-after", "--attention nam")
+    assert not (tmp_path / "plain").exists()
 
 
 def test_a_channel_shuffle_is_refused_by_prune_in_one_line(tmp_path, capsys):

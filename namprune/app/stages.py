@@ -116,12 +116,18 @@ def compatible_data(payload: dict, data_dir, batch_size: int, device, seed: int 
     return data
 
 
-def planned_macs(ckpt: str | Path) -> float | None:
-    """The fraction of the MACs an unpruned checkpoint was shrunk for while training
-    (``TrainConfig.shrink_macs``): the amount ``namprune prune`` takes when none is given."""
-    payload = checkpoint.read(ckpt)
+def shrunk_for(payload: dict) -> float | None:
+    """The fraction of the MACs a checkpoint was shrunk for while training
+    (``TrainConfig.shrink_macs``); None when it was not, or has been pruned since."""
     planned = (payload.get("config") or {}).get("shrink_macs")
-    if not planned or payload.get("pruning_history"):
+    return None if not planned or payload.get("pruning_history") else planned
+
+
+def planned_macs(ckpt: str | Path) -> float | None:
+    """``shrunk_for`` of a checkpoint file, said in a note: the amount ``namprune prune`` takes
+    when none is given."""
+    planned = shrunk_for(checkpoint.read(ckpt))
+    if planned is None:
         return None
     note(f"pruning to keep {planned} of the MACs, what {checkpoint.model_file(ckpt)} was shrunk for in training "
          "(--target-macs or --ratio to choose another amount)")

@@ -35,7 +35,7 @@ def rank(
     """Rank channels and pixels by their learned NAM weights; show how ready the model is to prune."""
     check_checkpoint(ckpt)  # before torch loads
     from ..app.plots import plot_ranking
-    from ..app.stages import compatible_data
+    from ..app.stages import compatible_data, shrunk_for
     from ..core.store import checkpoint
     from ..core.store.files import write_json
     from ..core.pruning.saliency import NEAR_ZERO, needs_data, rank_model
@@ -76,11 +76,11 @@ def rank(
     console.print(f"{ranking.near_zero():.1%} of {ranking.channels} channels are near zero "
                   f"(under {NEAR_ZERO:.0%} of the model's mean score); the largest global ratio that empties no layer "
                   f"is {ranking.largest_safe_ratio():.2f}")
-    shrunk_for = (payload.get("config") or {}).get("shrink_macs")
-    if shrunk_for and not payload.get("pruning_history") and ranking.importance != "slim":
+    planned = shrunk_for(payload)
+    if planned and ranking.importance != "slim":
         # shrinking zeroes the BatchNorm scales of the channels to go, not their filters: say where it shows
         scales = rank_model(model, "slim")
-        console.print(f"planned shrinking (for {shrunk_for} of the MACs) pulled {scales.near_zero():.1%} of the BatchNorm "
+        console.print(f"planned shrinking (for {planned} of the MACs) pulled {scales.near_zero():.1%} of the BatchNorm "
                       f"scale factors near zero; the {ranking.importance} score ranks those channels low without zeroing "
                       "them, --importance slim ranks by the scale factors")
     gates = print_gate_spread(model, payload, data_dir)
@@ -177,7 +177,7 @@ def print_prune_report(report: PruneReport) -> None:
     console.print(widths)
     if report.latency:
         console.print(latency_line(report.latency))
-    if report.rounding and "ms" in report.rounding:  # --round-to auto timed the multiples (a finer step alone is a note)
+    if report.round_to == "auto" and report.rounding:  # the multiples it timed (a finer step alone is a note)
         r = report.rounding
         times = ", ".join(f"{m}: {ms:.3f} ms" for m, ms in r["ms"].items())
         console.print(f"--round-to auto chose {r['chosen']} ({r['runtime']}, batch {r['batch']}: {times})"

@@ -67,7 +67,7 @@ OPENVINO_INSTALL = 'pip install "namprune[openvino]"'
 # No attention by default: NAM attention cost the unpruned model accuracy and the pruned one
 # speed on every base measured, and bought nothing after fine-tuning (digits, three seeds:
 # 97.5 % with NAM, 99.0 % without after 2 fine-tuning epochs; CIFAR-10 ResNet-20: 81.63 against
-# 81.92 %, 1.34x against 1.44x faster at batch 32). `--attention nam` is the paper's module.
+# 81.92 %, 1.33x against 1.41x faster at batch 32). `--attention nam` is the paper's module.
 # BENCHMARKS.md, "The zero-flag check on digits" and "CIFAR-10: namprune against torch-pruning alone".
 DEFAULT_MODEL, DEFAULT_DATASET, DEFAULT_ATTENTION = "resnet20", "digits", "none"
 DEFAULT_WORKERS = 2  # DataLoader processes for image folders streamed from disk
