@@ -159,7 +159,7 @@ def test_a_recipe_run_resumes_past_an_edited_model_file_with_its_key(tmp_path, c
     recipe.write_text(f"model: {{name: '{source}:small_cnn', attention: none}}\n"
                       "data: {dataset: fake, image_size: 16, batch_size: 64}\n"
                       "train: {epochs: 1, lr: 0.01}\nprune: {ratio: 0.3, importance: l1}\n"
-                      "finetune: {epochs: 0}\nexport: {enabled: false}\n")
+                      "finetune: {epochs: 0}\nexport: {enabled: false}\nlatency: {rounds: 1, min_run_time: 0.01}\n")
     code, _, err = run_cli(capsys, "run", recipe, "--out", tmp_path / "out", "-q")
     assert code == 0, err
     # as if interrupted after training: the run folder with only its recipe and the train stage

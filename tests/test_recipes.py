@@ -58,6 +58,8 @@ def _write(tmp_path, document) -> Path:
     ({"data": {"dataset": "svhn"}}, "data.dataset:"),
     ({"train": {"epochs": 5, "warmup_epochs": 5}}, "train: warmup epochs (5) must be smaller than epochs (5)"),
     ({"export": {"batch": 0}}, "export.batch: must be 'dynamic' or a positive batch size (got 0)"),
+    ({"latency": {"rounds": 0}}, "latency.rounds: Input should be greater than or equal to 1"),
+    ({"latency": {"batches": [1, "big"]}}, "latency.batches.1: Input should be a valid integer (got 'big')"),
     ("train: [1, 2", "not valid YAML"),
     ("- just\n- a list\n", "a recipe is a mapping"),
 ])
@@ -126,7 +128,7 @@ def test_the_plain_recipe_runs_and_prunes_a_model_without_nam_by_global_l1(tmp_p
     stage: no attention is attached, and the auto importance gives the global L1 ranking."""
     code, _, err = run_cli(capsys, "run", "cifar10-resnet20-plain", "--out", tmp_path / "out", "-q",
                            "--set", "data.dataset=fake", "--set", "train.epochs=1", "--set", "finetune.epochs=1",
-                           "--set", "export.enabled=false")
+                           "--set", "export.enabled=false", "--set", "latency.rounds=1", "--set", "latency.min_run_time=0.01")
     assert code == 0, err
     report = json.loads((tmp_path / "out" / "prune" / "report.json").read_text())
     assert report["attention"] == "none"

@@ -17,7 +17,7 @@ from cli_helpers import ROOT, assert_one_line_error, run_cli
 from namprune.core.store import checkpoint
 
 SINGLE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-TRAIN = ["train", "--epochs", "4", "-b", "32", "--schedule", "cosine", "-q"]
+TRAIN = ["train", "--epochs", "3", "-b", "64", "--schedule", "cosine", "-q"]
 
 
 def _cli(*args) -> list[str]:
@@ -73,7 +73,7 @@ def test_killed_training_resumes_to_identical_weights(reference, tmp_path, kille
 
 
 def test_killed_fine_tuning_resumes_to_identical_weights(reference, tmp_path):
-    prune = ["prune", reference, "--ratio", "0.3", "--finetune-epochs", "3", "-q"]
+    prune = ["prune", reference, "--ratio", "0.3", "--finetune-epochs", "2", "-q"]
     _run(*prune, "--out", tmp_path / "ref")
     out = tmp_path / "run"
     _kill_after([*prune, "--out", out], out.with_name("run.partial") / "metrics.jsonl", 1)

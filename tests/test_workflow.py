@@ -21,8 +21,9 @@ TINY = {
     "sparsity": {"strength": 0.01, "targets": "bn"},
     "prune": {"ratio": 0.4},
     "finetune": {"epochs": 1},
+    "latency": {"rounds": 1, "min_run_time": 0.01},  # the report and export stages time every model
 }
-FAST_LATENCY = []  # the report stage times every model; the defaults are short enough for tests
+FAST_LATENCY = ["--set", "latency.rounds=1", "--set", "latency.min_run_time=0.01"]
 
 
 def _recipe(tmp_path, **changes):
@@ -52,6 +53,10 @@ def test_run_completes_every_stage(finished):
     assert (out / "rank" / "ranking.png").exists() and (out / "report" / "pareto.png").exists()
     assert "finetune" in proc.stdout and "ONNX model" in proc.stdout
     assert not out.with_name("out.partial").exists()
+    # the recipe's latency section is how both timing stages timed
+    assert {k: report["settings"][k] for k in TINY["latency"]} == TINY["latency"]
+    exported = json.loads((out / "export" / "model.export.json").read_text())["latency"]["settings"]
+    assert {k: exported[k] for k in TINY["latency"]} == TINY["latency"]
 
 
 def test_no_record_names_the_staging_folder_that_is_gone(finished):
@@ -147,7 +152,7 @@ def test_bad_recipes_fail_before_any_work(tmp_path, capsys, change, fragment):
 def test_demo_completes_in_a_shortened_setting(tmp_path, capsys):
     out = tmp_path / "demo"
     code, stdout, err = run_cli(capsys, "demo", "--out", out, "-q", "--set", "train.epochs=2", "--set", "finetune.epochs=1",
-                                "--set", "export.enabled=false")  # the export stage is tested on the finished run
+                                "--set", "export.enabled=false", *FAST_LATENCY)  # the export stage is tested on the finished run
     assert code == 0, err
     for label in ("trade-off", "pruned model:", "pictures:"):
         assert label in stdout

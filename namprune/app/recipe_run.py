@@ -27,7 +27,7 @@ from ..core.console import note
 from ..core.errors import NampruneError
 from ..core.models.foreign import accepting_changed_files
 from ..core.pruning.saliency import rank_model
-from ..core.settings import LATENCY, FinetuneSettings, LatencySettings
+from ..core.settings import FinetuneSettings
 from ..core.store import checkpoint
 from ..core.store.files import commit_dir, run_dir, staging_dir, write_json, write_text
 from ..core.store.records import TRAIN_STATE
@@ -47,7 +47,6 @@ class Job:
     root: Path  # OUT.partial while the run is under way
     device: str = "auto"
     progress: bool = True
-    latency: LatencySettings = LATENCY
 
     def folder(self, stage: str) -> Path:
         return self.root / stage
@@ -62,8 +61,7 @@ class Job:
         return self.folder("finetune" if self.recipe.finetune.epochs else "prune")
 
 
-def run_recipe(recipe: Recipe, out: str | Path, device: str = "auto", overwrite: bool = False, progress: bool = True,
-               latency: LatencySettings = LATENCY) -> Path:
+def run_recipe(recipe: Recipe, out: str | Path, device: str = "auto", overwrite: bool = False, progress: bool = True) -> Path:
     """Run every stage of ``recipe`` not yet done in ``out``; returns ``out``."""
     out = Path(out)
     text = yaml.safe_dump(recipe.model_dump(), sort_keys=False)
@@ -80,7 +78,7 @@ def run_recipe(recipe: Recipe, out: str | Path, device: str = "auto", overwrite:
     fresh = not root.exists()
     root.mkdir(parents=True, exist_ok=True)
     write_text(root / "recipe.yaml", text)
-    job = Job(recipe, root, device, progress, latency)
+    job = Job(recipe, root, device, progress)
     try:
         with accepting_changed_files(recipe.model.accept_changed_model):
             for stage, step in STEPS.items():
@@ -160,7 +158,7 @@ def _finetune(job: Job) -> None:
 
 def _report(job: Job) -> None:
     runs = [load_run(job.folder(stage)) for stage in ("train", "prune", "finetune") if job.folder(stage).exists()]
-    result = compare(runs, runs[0], job.latency)
+    result = compare(runs, runs[0], job.recipe.latency)
     with run_dir(job.folder("report"), overwrite=True) as stage:
         save_comparison(result, stage / "report.json", stage / "report.md", stage / "report.csv", stage / "pareto.png",
                         stage / "widths.png", pruned_layers([load_run(job.final_model)]),
@@ -170,7 +168,7 @@ def _report(job: Job) -> None:
 def _export(job: Job) -> None:
     with run_dir(job.folder("export"), overwrite=True) as stage:
         name = "model.xml" if job.recipe.export.runtime == "openvino" else "model.onnx"  # IR: what --out takes
-        export_checkpoint(job.final_model, stage / name, job.recipe.export, data_dir=job.data_dir)
+        export_checkpoint(job.final_model, stage / name, job.recipe.export, job.recipe.latency, data_dir=job.data_dir)
 
 
 STEPS: dict[str, Callable[[Job], None]] = {"train": _train, "rank": _rank, "prune": _prune, "finetune": _finetune,

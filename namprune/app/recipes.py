@@ -26,7 +26,7 @@ from ..core.errors import NampruneError, first_line
 from ..core.models import check_name
 from ..core.settings import (ATTENTIONS, DATASETS, DEFAULT_ATTENTION, DEFAULT_DATASET, DEFAULT_MODEL, DEFAULT_SHRINK_MACS, DEFAULT_SHRINK_START, DEFAULT_STRENGTH,
                              DEFAULT_TARGETS, DEFAULT_WORKERS, SPARSITY_TARGETS, TRAIN, Count, ExportSettings,
-                             FinetuneSettings, NonNegative, PruneConfig, TrainConfig, TrainSchedule)
+                             FinetuneSettings, LatencySettings, NonNegative, PruneConfig, TrainConfig, TrainSchedule)
 
 class RecipeLoader(yaml.SafeLoader):
     """PyYAML's safe loader, reading exponent floats without a dot (``1e-4``) as numbers."""
@@ -124,6 +124,19 @@ class ExportSection(ExportSettings):
             raise ValueError(str(exc).removeprefix("--opset ")) from None
 
 
+class LatencySection(LatencySettings):
+    """How the report and export stages time the models (`namprune report`'s --batch, --threads,
+    --min-time and --rounds)."""
+
+    model_config = STRICT
+    __init__ = BaseModel.__init__  # validated inside a recipe: errors name the key, not the flag
+
+    @field_validator("batches", mode="before")
+    @classmethod
+    def _listed(cls, batches):
+        return tuple(batches) if isinstance(batches, list) else batches  # YAML has lists, not tuples
+
+
 class Recipe(Section):
     """A whole namprune job."""
 
@@ -136,6 +149,7 @@ class Recipe(Section):
     prune: PruneSection = PruneSection()
     finetune: FinetuneSection = FinetuneSection()
     export: ExportSection = ExportSection()
+    latency: LatencySection = LatencySection()
 
     def train_config(self, device: str = "auto") -> TrainConfig:
         shrink = self.sparsity.shrink_macs
