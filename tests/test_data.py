@@ -160,3 +160,20 @@ def test_corrupt_image_is_named(tmp_path):
 def test_unknown_dataset():
     with pytest.raises(NampruneError, match="unknown dataset 'svhn'"):
         load_data("svhn")
+
+
+def test_batchnorm_is_re_estimated_on_augmented_batches_that_every_process_shares():
+    # what `prune` re-estimates BatchNorm on (DataBundle.recalibration): the training images in
+    # the calibration order, augmented as in training, whole on every torchrun process
+    ranks = [load_data("digits", batch_size=64, rank=rank, world_size=2) for rank in (0, 1)]
+    for data in ranks:
+        data.recalibration.set_epoch(0)
+        data.calibration.set_epoch(0)
+    (x0, y0), (x1, y1) = (next(iter(data.recalibration)) for data in ranks)
+    clean, labels = next(iter(ranks[0].calibration))
+    assert torch.equal(x0, x1) and torch.equal(y0, y1)  # not sharded: every process re-estimates alike
+    assert torch.equal(y0, labels) and not torch.equal(x0, clean)  # the same images, augmented
+    assert len(ranks[0].recalibration) == len(ranks[0].calibration) > len(ranks[0].train)
+    unaugmented = load_data("digits", batch_size=64, augment=False)
+    unaugmented.recalibration.set_epoch(0)
+    assert torch.equal(next(iter(unaugmented.recalibration))[0], clean)  # no augmentation asked, none used

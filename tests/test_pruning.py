@@ -9,6 +9,7 @@ import namprune
 from namprune import TrainConfig, evaluate, fit, load_data, models
 from namprune.app.stages import finetune_pruned
 from namprune.core.deploy.measure import count_macs, count_params
+from namprune.core.pruning.calibrate import recalibrate_batchnorm
 from namprune.core.pruning.prune import layer_widths, prune
 from namprune.core.pruning.saliency import rank_model
 from namprune.core.settings import FinetuneSettings, PruneConfig
@@ -99,6 +100,22 @@ def test_recalibration_raises_accuracy_right_after_pruning(sparse_digits):
                    before_recalibration=lambda m: evaluate(m, data.test))
     assert result.uncalibrated["top1"] == accuracy[False]
     assert evaluate(pruned, data.test)["top1"] == accuracy[True]
+
+
+def test_batchnorm_is_re_estimated_on_the_recalibration_batches_when_given():
+    model = models.create("resnet20", num_classes=10, attention="none", input_size=16, in_channels=1)
+    scored, other = random_batches(16, seed=1), random_batches(16, seed=2)
+    cfg = PruneConfig(ratio=0.3, importance="l1")
+    by_default, separately = copy.deepcopy(model), copy.deepcopy(model)
+    prune(by_default, cfg, scored)
+    prune(separately, cfg, scored, recalibration=other)
+    assert layer_widths(by_default) == layer_widths(separately)  # the same channels went
+    expected = copy.deepcopy(separately)
+    recalibrate_batchnorm(expected, other)
+    means = [[m.running_mean for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+             for net in (separately, expected, by_default)]
+    assert all(torch.equal(a, b) for a, b in zip(means[0], means[1]))  # re-estimated on `other`
+    assert not any(torch.allclose(a, b) for a, b in zip(means[0], means[2]))  # not on the scored batches
 
 
 def test_sparse_model_is_ready_to_prune(sparse_digits):

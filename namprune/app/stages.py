@@ -234,7 +234,8 @@ def _prune_and_measure(model: nn.Module, cfg: PruneConfig, data: DataBundle, dev
     """Prune ``model`` in place; the report of accuracy and cost before pruning, right after it,
     and after BatchNorm recalibration (fine-tuning adds to it)."""
     before = {**measure_cost(model), **measure_accuracy(model, data, device)}
-    result = prune(model, cfg, data.calibration, before_recalibration=lambda pruned: measure_accuracy(pruned, data, device))
+    result = prune(model, cfg, data.calibration, recalibration=data.recalibration,
+                   before_recalibration=lambda pruned: measure_accuracy(pruned, data, device))
     after = {**measure_cost(model), **measure_accuracy(model, data, device)}
     applied, source = result.config, checkpoint.model_file(ckpt).resolve()
     return PruneReport(**{

@@ -58,12 +58,20 @@ class DataBundle:
     test: "TensorLoader | StreamLoader"
     info: DataInfo
     # training images as the model sees them at inference (no augmentation), in the same order
-    # on every torchrun process: what pruning scores and BatchNorm recalibration read
+    # on every torchrun process: what the data-driven pruning scores read
     calibration: "TensorLoader | StreamLoader | None" = None
+    # training images augmented as in training, the same on every torchrun process: what
+    # BatchNorm is re-estimated on after pruning. On a CIFAR-10 ResNet-20 they kept 1.0-1.4
+    # points more right after pruning than unaugmented ones, and the unpruned model's top-1
+    # where unaugmented ones cost it 2.4-2.8 (BENCHMARKS.md, "Which images BatchNorm is
+    # re-estimated on"). None: the calibration images.
+    recalibration: "TensorLoader | StreamLoader | None" = None
 
     def __post_init__(self):
         if self.calibration is None:
             self.calibration = self.train
+        if self.recalibration is None:
+            self.recalibration = self.calibration
 
 
 # --------------------------------------------------------------------------- in-memory path
@@ -241,13 +249,11 @@ def load_data(name: str, data_dir: str | Path | None = None, image_size: int | N
     common = dict(mean=mean, std=std, device=device, seed=seed)
     train = TensorLoader(train_images, source.train_labels, batch_size, augment=source.augment if augment else None,
                          shuffle=True, drop_last=True, rank=rank, world_size=world_size, **common)
-    # shares the images already on the device; unaugmented, as the model sees them at inference.
-    # BatchNorm re-estimated on them after pruning kept 1.0-1.4 points less of a CIFAR-10
-    # ResNet-20 than on augmented training batches (fine-tuning erases the difference; digits
-    # showed none): BENCHMARKS.md, "Which images BatchNorm is re-estimated on"
+    # both share the images already on the device, and neither is split across torchrun processes
     calibration = TensorLoader(train.images, train.labels, batch_size, shuffle=True, **common)
+    recalibration = TensorLoader(train.images, train.labels, batch_size, augment=train.augment, shuffle=True, **common)
     test = TensorLoader(test_images, source.test_labels, eval_batch_size or 2 * batch_size, **common)
-    return DataBundle(train, test, info, calibration)
+    return DataBundle(train, test, info, calibration, recalibration)
 
 
 def _is_small_folder(data_dir) -> bool:
@@ -292,4 +298,6 @@ def _stream_folder(data_dir, size, batch_size, device, workers, seed, rank, worl
     unaugmented.transform = test_set.transform
     calibration = StreamLoader(unaugmented, train.batch_size, True, False, **common)
     test = StreamLoader(test_set, eval_batch_size or 2 * batch_size, False, False, **common)
+    # BatchNorm is re-estimated on the unaugmented images here: augmented batches were measured
+    # with crops of a padded image, not with RandomResizedCrop's 8-100 % of one
     return DataBundle(train, test, info, calibration)

@@ -177,7 +177,8 @@ def _plan(model: nn.Module, ranked: list, removed: list[int]) -> Plan:
 
 def prune(model: nn.Module, cfg: PruneConfig, calibration: Iterable | None = None,
           example_input: torch.Tensor | None = None, ignored: list = (),
-          before_recalibration: Callable[[nn.Module], dict] | None = None) -> PruneResult:
+          before_recalibration: Callable[[nn.Module], dict] | None = None,
+          recalibration: Iterable | None = None) -> PruneResult:
     """Prune ``model`` in place by ``cfg.ratio``, to keep ``cfg.target_macs`` of its MACs
     (within ``MACS_TOLERANCE`` of them), or to keep ``cfg.target_latency`` of its latency
     measured on ``cfg.latency_runtime`` (within ``LATENCY_TOLERANCE``; ``result.latency``
@@ -192,7 +193,9 @@ def prune(model: nn.Module, cfg: PruneConfig, calibration: Iterable | None = Non
     ``calibration`` is an iterable of training ``(images, labels)`` batches (a DataLoader or
     namprune's loader): data-driven scores and the recalibration read ``cfg.calibration_images``
     images of it. Without it, only scores that need no data can be used and nothing is
-    recalibrated.
+    recalibrated. ``recalibration``, when given, is what BatchNorm is re-estimated on instead:
+    namprune's commands pass training batches augmented as in training (``DataBundle.recalibration``),
+    which describe a network trained on them better than unaugmented images do.
 
     ``model`` is any traceable ``nn.Module``; ``example_input`` (one batch it takes) is needed
     once for a model namprune did not build. The classifier (the last ``nn.Linear``) keeps
@@ -212,8 +215,9 @@ def prune(model: nn.Module, cfg: PruneConfig, calibration: Iterable | None = Non
     groups = [s for _, s in ranked]
     removed = [len(idxs) for idxs in plan.removed]
     uncalibrated = before_recalibration(model) if before_recalibration else None
-    recalibrated = recalibrate_batchnorm(model, calibration, cfg.calibration_images) \
-        if cfg.recalibrate and calibration is not None else 0
+    recalibration = calibration if recalibration is None else recalibration
+    recalibrated = recalibrate_batchnorm(model, recalibration, cfg.calibration_images) \
+        if cfg.recalibrate and recalibration is not None else 0
     after = layer_widths(model)
     total = sum(g.width for g in groups)
     return PruneResult(sum(removed) / total, total, total - sum(removed),
