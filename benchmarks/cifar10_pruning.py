@@ -126,6 +126,9 @@ METHODS = {
     "tp Taylor": Method("tp-plain", "tp", "taylor", 0.0),
     "tp L1": Method("tp-plain", "tp", "l1", 0.0),
     "tp L1, fine-tuning lr 0.04": Method("tp-plain", "tp", "l1", 0.0, finetune_lr=0.04),
+    # torch-pruning's allocation (it keeps the last stage's residual stream) on the base that
+    # namprune's planned shrinking trained for namprune's own allocation
+    "tp L1 on namprune's shrinking base, fine-tuning lr 0.04": Method("namprune-shrink", "tp", "l1", 0.0, finetune_lr=0.04),
 }
 
 
