@@ -6,7 +6,7 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from cli_helpers import ROOT, run_cli
+from cli_helpers import ROOT, assert_one_line_error, run_cli
 from namprune import NampruneError, PruneConfig, TrainConfig
 from namprune.app.recipes import Recipe, load_recipe, packaged_recipes
 
@@ -69,6 +69,12 @@ def test_bad_recipes_name_the_file_and_the_key(tmp_path, document, fragment):
         load_recipe(path)
     message = str(caught.value)
     assert message.startswith(f"{path}: ") and fragment in message and "\n" not in message
+
+
+def test_a_bad_latency_setting_stops_the_run_before_any_work(tmp_path, capsys):
+    code, _, err = run_cli(capsys, "run", "digits-resnet20", "--out", tmp_path / "out", "--set", "latency.rounds=0")
+    assert_one_line_error(code, err, "--set latency.rounds=0", "greater than or equal to 1")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
 
 
 def test_overrides_with_set(tmp_path):
