@@ -79,6 +79,9 @@ BASES = {
     # no attention, weight decay on every parameter, planned shrinking planned by the ranking a
     # model without NAM gets (l1): each setting named, so the base keeps its meaning if defaults move
     "namprune-shrink": ("none", dict(sparsity=0.0, shrink_macs=0.5, shrink_start=0.5, bn_weight_decay=True), None),
+    # the same, shrinking planned with the allocation in blocks (--scope blocks)
+    "namprune-shrink-blocks": ("none", dict(sparsity=0.0, shrink_macs=0.5, shrink_start=0.5, bn_weight_decay=True,
+                                            shrink_scope="blocks"), None),
     "tp-plain": ("none", TP_TRAINING, None),
     "tp-slim": ("none", TP_TRAINING, ("slim", 1e-4)),
     "tp-group": ("none", TP_TRAINING, ("group", 5e-4)),
@@ -112,6 +115,11 @@ METHODS = {
     # a model without NAM), fine-tuning at 0.4 x the training learning rate
     "namprune defaults (no attention, l1 shrinking), fine-tuning lr 0.04":
         Method("namprune-shrink", "namprune", "l1", options=PLAIN_DEFAULT, finetune_lr=0.04),
+    # the same with the allocation in blocks, for shrinking and pruning alike
+    "namprune blocks (shrinking and pruning in blocks), fine-tuning lr 0.04":
+        Method("namprune-shrink-blocks", "namprune", "l1", options={**PLAIN_DEFAULT, "scope": "blocks"}, finetune_lr=0.04),
+    "namprune blocks, tp-plain base, fine-tuning lr 0.04":
+        Method("tp-plain", "namprune", "l1", options={**PLAIN_DEFAULT, "scope": "blocks"}, finetune_lr=0.04),
     "namprune, unrounded widths": Method("namprune", "namprune", DEFAULT_IMPORTANCE, round_to=1),
     "namprune ranking, tp-slim base": Method("tp-slim", "namprune", "nam"),
     "namprune ranking, tp-plain base": Method("tp-plain", "namprune", "nam"),

@@ -55,7 +55,7 @@ IMPORTANCE_REGISTRY = {
 # CIFAR-10 ResNet-20s, l1 ended 0.6 point higher after fine-tuning, two seeds).
 AUTO_IMPORTANCE = {"with NAM": "nam", "without NAM": "l1"}
 IMPORTANCES = ("auto", *IMPORTANCE_REGISTRY)
-SCOPES = ("global", "local")
+SCOPES = ("global", "local", "blocks")
 RUNTIMES = ("onnxruntime", "openvino", "torch")  # what a latency target or --round-to auto times on
 EXPORT_RUNTIMES = ("onnxruntime", "openvino")  # what `namprune export` writes for: an ONNX file or OpenVINO IR
 # OpenVINO and NNCF (its INT8) are an optional extra: ~190 MB that most users do not need.
@@ -82,6 +82,7 @@ DEFAULT_SHRINK_MACS, DEFAULT_SHRINK_START = 0.5, 0.5
 # floats, and a CIFAR ResNet-20 pruned to the ranking's own widths ran slower than unpruned
 # (1.05x / 1.16x its time at batch 1 / 32) where multiples of 8 ran in 0.75 / 0.77 of it.
 DEFAULT_ROUND_TO = 8
+DEFAULT_SCOPE = "global"
 DEFAULT_TARGETS = "all"
 PAPER_STRENGTH, PAPER_TARGETS = 1e-4, "nam"  # the NAM paper's setting (for a 200-epoch schedule)
 DEFAULT_RATIO = 0.3  # fraction of channels removed when no amount is given
@@ -247,6 +248,7 @@ class TrainConfig(TrainSchedule):
     # prune to keep shrink_macs of the MACs would remove towards zero, and only those (0: off)
     shrink_macs: float = Field(DEFAULT_SHRINK_MACS, ge=0, lt=1, title="--shrink-macs")
     shrink_start: float = Field(DEFAULT_SHRINK_START, ge=0, lt=1, title="--shrink-start")
+    shrink_scope: Literal[SCOPES] = DEFAULT_SCOPE  # the allocation shrinking plans with: prune's --scope
     distill: float = Field(0.0, ge=0, le=1, title="--distill (distillation weight)")  # with a teacher: weight of its soft targets
     distill_temperature: float = Field(4.0, gt=0)
     device: str = "auto"
@@ -313,7 +315,7 @@ class PruneConfig(Settings):
     latency_runtime: Literal[RUNTIMES] = "onnxruntime"  # what target_latency and round_to auto time on
     latency_batch: int = Field(1, ge=1)
     latency_threads: LatencyThreads = None  # what target_latency times with (None: DEFAULT_THREADS)
-    scope: Literal[SCOPES] = "global"
+    scope: Literal[SCOPES] = DEFAULT_SCOPE
     importance: Literal[IMPORTANCES] = DEFAULT_IMPORTANCE
     normalization: Literal[NORMALIZATIONS] = DEFAULT_NORMALIZATION
     round_to: Annotated[Union[int, str, None], AfterValidator(_multiple)] = DEFAULT_ROUND_TO  # a channel multiple (1: any width), or "auto": the fastest

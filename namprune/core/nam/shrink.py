@@ -27,7 +27,7 @@ from ..errors import NampruneError
 from ..identity import knows_input, remember_input
 from ..pruning.graph import dependency_graph
 from ..pruning.prune import plan_removal
-from ..settings import PruneConfig, TrainConfig
+from ..settings import DEFAULT_SCOPE, PruneConfig, TrainConfig
 from .modules import ChannelNAM
 
 SHRINK_TRAVEL = 2.0  # trained scale factors are 0.1-1 and shifts within +-0.5: room to reach zero
@@ -37,7 +37,8 @@ class PlannedShrink:
     """``penalty()`` -> ``strength * sum |gamma| + |beta|`` over the BatchNorm channels that
     a prune to ``target_macs`` would remove now."""
 
-    def __init__(self, model: nn.Module, target_macs: float, strength: float, calibration: Iterable | None):
+    def __init__(self, model: nn.Module, target_macs: float, strength: float, calibration: Iterable | None,
+                 scope: str = DEFAULT_SCOPE):
         self.strength = float(strength)
         self.targets: list[tuple[nn.Module, torch.Tensor]] = []
         if model is None:  # off()
@@ -47,7 +48,7 @@ class PlannedShrink:
         was_training = model.training
         model.eval()
         try:
-            plan, _, _, _, _ = plan_removal(model, PruneConfig(target_macs=target_macs, recalibrate=False), calibration)
+            plan, _, _, _, _ = plan_removal(model, PruneConfig(target_macs=target_macs, scope=scope, recalibrate=False), calibration)
         finally:
             model.train(was_training)
         self.targets = _batchnorm_channels(model, plan)

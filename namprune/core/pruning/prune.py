@@ -105,6 +105,8 @@ def allocate_ratio(groups: list[GroupSaliency], cfg: PruneConfig, ratio: float) 
     floors = [_floor(w, cfg) for w in widths]
     if cfg.scope == "local":
         return _rounded([min(round(ratio * w), w - f) for w, f in zip(widths, floors)], widths, floors, cfg)
+    if cfg.scope == "blocks":
+        return _take_in_blocks(groups, floors, [1.0] * len(groups), cfg, round(ratio * sum(widths)))
     return _rounded(_take_in_order(groups, floors, torch.cat([g.scores for g in groups]), round(ratio * sum(widths))),
                     widths, floors, cfg)
 
@@ -128,6 +130,8 @@ def allocate_macs(groups: list[GroupSaliency], costs: list[float], cfg: PruneCon
         # the MACs of a layer fall with the product of its input and output widths
         ratio = 1 - math.sqrt(1 - fraction)
         return _rounded([min(round(ratio * w), w - f) for w, f in zip(widths, floors)], widths, floors, cfg)
+    if cfg.scope == "blocks":
+        return _take_in_blocks(groups, floors, costs, cfg, macs_to_remove)
     keys = torch.cat([g.scores.pow(2) / max(c, 1e-12) ** cfg.cost_exponent for g, c in zip(groups, costs)])
     channel_cost = torch.cat([torch.full((g.width,), float(c)) for g, c in zip(groups, costs)])
     order = _global_order(groups, keys)
@@ -147,6 +151,41 @@ def _take_in_order(groups: list[GroupSaliency], floors: list[int], keys: torch.T
         if removed[i] < widths[i] - floors[i]:
             removed[i] += 1
             taken += 1
+    return removed
+
+
+def _take_in_blocks(groups: list[GroupSaliency], floors: list[int], costs: list[float], cfg: PruneConfig,
+                    to_remove: float) -> list[int]:
+    """Remove a multiple of ``cfg.round_to`` channels at a time until their ``costs`` add up to
+    ``to_remove``: always from the group whose weakest remaining channel is weakest relative to
+    the mean of that group's remaining channels (squared, over ``cost^q`` as in
+    ``allocate_macs``), its widths stepping down one multiple each time.
+
+    Unlike one global cut, this re-weighs a group after each step on the channels it still
+    has, so a group whose channels all carry signal (a residual stream read by every block)
+    keeps its width while groups with a weak tail give it up; it is the allocation
+    torch-pruning's stepped global pruning arrives at (BENCHMARKS.md, "Allocation in blocks").
+    """
+    multiple = cfg.round_to if isinstance(cfg.round_to, int) and cfg.round_to > 1 else 1
+    remaining = [torch.sort(g.scores).values for g in groups]
+    removed, saved = [0] * len(groups), 0.0
+
+    def next_block(i: int) -> tuple[float, int] | None:
+        kept = groups[i].width - removed[i]
+        step = kept - (kept - 1) // multiple * multiple  # down to the next multiple below
+        if kept - step < floors[i]:
+            return None
+        left = remaining[i][removed[i]:]
+        weakest = float(left[0] / left.mean().clamp_min(1e-12))
+        return weakest ** 2 / max(costs[i], 1e-12) ** (cfg.cost_exponent or 0.0), step
+
+    while saved < to_remove:
+        options = [(block[0], i, block[1]) for i in range(len(groups)) if (block := next_block(i))]
+        if not options:
+            break
+        _, i, step = min(options)
+        removed[i] += step
+        saved += step * costs[i]
     return removed
 
 

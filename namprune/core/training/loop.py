@@ -233,7 +233,7 @@ def _planned_shrink(model: nn.Module, data: DataBundle, cfg: TrainConfig, epoch:
         return None
     strength = shrink_strength(cfg, steps_per_epoch, shrink_start_epoch(cfg), lr_factor)
     try:
-        return PlannedShrink(model, cfg.shrink_macs, strength, data.calibration)
+        return PlannedShrink(model, cfg.shrink_macs, strength, data.calibration, cfg.shrink_scope)
     except NampruneError as exc:
         note(f"[yellow]note:[/] planned shrinking is off for this run: {exc} (--shrink-macs 0 says so up front)")
         return PlannedShrink.off()
