@@ -339,17 +339,24 @@ def _fastest_rounding(model: nn.Module, ranked: list, cfg: PruneConfig) -> tuple
 
 def _removal_for_budget(model: nn.Module, ranked: list, cfg: PruneConfig, costs: list[float], measure,
                         goal: float, base: float, tolerance: float, attempts: int = 6,
-                        bisections: int = 12) -> tuple[list[int], float, float]:
+                        bisections: int = 12, at_most: bool = False) -> tuple[list[int], float, float]:
     """Channels to remove per group so that a pruned copy measures ``goal`` (MACs or ms).
 
     ``costs`` are first-order: what one channel of each group saves at the present widths.
     They overstate what removing channels of two coupled layers saves, so the budget handed
     to the allocation is corrected by what ``measure`` gives for a pruned copy, a secant step
     at a time, then by bisection between the closest budgets on either side of the goal.
-    Returns the closest removal, its measure, and that of removing everything the
-    floors allow (to tell an unreachable target from a coarse one).
+    Returns the closest removal (``at_most``: the closest at or under ``goal`` when one is
+    within ``tolerance``), its measure, and that of removing everything the floors allow (to
+    tell an unreachable target from a coarse one).
     """
     groups = [s for _, s in ranked]
+
+    def miss(value: float) -> float:
+        """How far ``value`` is from the goal; with ``at_most``, a value over the goal ranks
+        behind every one within the tolerance under it."""
+        over = value > goal * (1 + 1e-9)
+        return abs(value - goal) + (tolerance if at_most and over else 0.0)
 
     def kept(budget: float) -> tuple[list[int], float]:
         removed = allocate_macs(groups, costs, cfg, budget)
@@ -357,17 +364,19 @@ def _removal_for_budget(model: nn.Module, ranked: list, cfg: PruneConfig, costs:
 
     everything = sum(c * g.width for c, g in zip(costs, groups))  # first order counts a conv in two groups
     budget = base - goal
-    tried = []
+    tried, step = [], 0.0
     for _ in range(attempts):
         removed, value = kept(budget)
-        tried.append((abs(value - goal), budget, removed, value))
-        if abs(value - goal) <= tolerance / 4:
+        tried.append((miss(value), budget, removed, value))
+        if miss(value) <= tolerance / 4:
             break
         if len(tried) > 1 and tried[-1][3] != tried[-2][3]:  # secant through the last two attempts
             (_, b0, _, v0), (_, b1, _, v1) = tried[-2], tried[-1]
             budget = b1 + (goal - v1) * (b1 - b0) / (v1 - v0)
-        else:
-            budget += value - goal
+            step = 0.0
+        else:  # the first attempt, or a flat step of the budget -> value curve: go twice as far each time
+            step = 2 * step if step else value - goal
+            budget += step
         budget = min(max(budget, 0.0), everything)
     for _ in range(bisections):  # the secant can jump over a step of the budget -> value curve
         if min(t[0] for t in tried) <= tolerance / 4:
@@ -378,9 +387,9 @@ def _removal_for_budget(model: nn.Module, ranked: list, cfg: PruneConfig, costs:
             break
         budget = (low + high) / 2
         removed, value = kept(budget)
-        tried.append((abs(value - goal), budget, removed, value))
-    error, _, removed, value = min(tried, key=lambda t: t[0])
-    least = kept(everything)[1] if error > tolerance else value
+        tried.append((miss(value), budget, removed, value))
+    _, _, removed, value = min(tried, key=lambda t: t[0])
+    least = kept(everything)[1] if abs(value - goal) > tolerance else value
     return removed, value, least
 
 
@@ -389,7 +398,7 @@ def _removal_for_macs(model: nn.Module, ranked: list, cfg: PruneConfig) -> list[
     base = count_macs(model)
     goal, tolerance = cfg.target_macs * base, MACS_TOLERANCE * base
     removed, macs, least = _removal_for_budget(model, ranked, cfg, channel_macs(model, [g for g, _ in ranked]),
-                                               count_macs, goal, base, tolerance)
+                                               count_macs, goal, base, tolerance, at_most=True)
     if abs(macs - goal) > tolerance:
         if least > goal + tolerance:
             raise NampruneError(f"--target-macs {cfg.target_macs} cannot be reached: pruning as far as "
