@@ -215,6 +215,37 @@ def test_cost_exponent_zero_takes_channels_by_score_alone():
     assert allocate_macs(groups, [1.0, 4.0], by_cost, macs_to_remove=20)[1] == 5  # only the costly layer loses
 
 
+def test_blocks_take_a_multiple_at_a_time_from_the_group_with_the_weakest_remaining_channel():
+    """A group whose channels all carry about the same signal keeps its width while a group
+    with a weak tail loses it a multiple at a time; widths stay multiples, floors hold."""
+    from namprune.core.pruning.prune import allocate_macs
+    from namprune.core.pruning.saliency import GroupSaliency
+
+    even = GroupSaliency("stream", [], torch.linspace(0.8, 1.2, 32), "test")
+    tailed = GroupSaliency("block", [], torch.cat([torch.linspace(0.01, 0.2, 8), torch.linspace(0.95, 1.25, 24)]), "test")
+    cfg = PruneConfig(ratio=None, target_macs=0.5, scope="blocks", round_to=8, cost_exponent=0.0, max_layer_ratio=0.75)
+    assert allocate_macs([even, tailed], [1.0, 1.0], cfg, macs_to_remove=8) == [0, 8]
+    # its tail gone, the block's weakest is 0.95 of a mean of 1.1, above the stream's 0.8 of 1.0
+    assert allocate_macs([even, tailed], [1.0, 1.0], cfg, macs_to_remove=16) == [8, 8]
+    removed = allocate_macs([even, tailed], [1.0, 1.0], cfg, macs_to_remove=1000)
+    assert removed == [24, 24]  # both at their floor, a quarter of 32, and no further
+    odd = GroupSaliency("odd", [], torch.linspace(0.1, 1.0, 20), "test")
+    assert allocate_macs([odd], [1.0], cfg, macs_to_remove=1) == [4]  # 20 -> 16, the next multiple down
+
+
+def test_a_macs_target_keeps_at_most_its_fraction_when_the_steps_allow():
+    """The plan lands at or under the target, within the tolerance, in blocks and globally."""
+    for scope, seed in [("blocks", 0), ("blocks", 1), ("global", 0), ("global", 1)]:
+        torch.manual_seed(seed)
+        model = models.create("resnet20", num_classes=10, attention="none", input_size=32)
+        _scramble_scales(model, seed)
+        base = count_macs(model)
+        result = prune(model, PruneConfig(ratio=None, target_macs=0.5, scope=scope, round_to=8), _calibration(32))
+        kept = count_macs(model) / base
+        assert 0.48 <= kept <= 0.5, (scope, seed, kept)
+        assert result.config.round_to == 8 and all(w % 8 == 0 for w in layer_widths(model).values() if w != 10)
+
+
 @pytest.mark.parametrize("attention, importance, normalization, exponent", [
     ("nam", "nam", "none", 0.5), ("none", "l1", "mean", 0.0)])
 def test_auto_importance_follows_the_model_and_the_report_says_which(attention, importance, normalization, exponent):

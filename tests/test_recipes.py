@@ -23,7 +23,8 @@ def test_the_required_recipes_ship_and_are_packaged():
 def _training_settings(recipe: Recipe) -> dict:
     """Every training value of a recipe, under the name TrainConfig gives it."""
     return {**recipe.train.model_dump(), "batch_size": recipe.data.batch_size,
-            "sparsity": recipe.sparsity.strength, "sparsity_targets": recipe.sparsity.targets}
+            "sparsity": recipe.sparsity.strength, "sparsity_targets": recipe.sparsity.targets,
+            "shrink_scope": recipe.prune.scope}  # shrinking plans with the allocation the recipe prunes with
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)

@@ -19,10 +19,11 @@ from namprune.core.settings import PruneConfig
 from namprune.core.training.optim import lr_factor
 
 
-def test_a_model_whose_planned_channels_are_zero_prunes_without_changing_its_outputs():
+@pytest.mark.parametrize("scope", ["global", "blocks"])
+def test_a_model_whose_planned_channels_are_zero_prunes_without_changing_its_outputs(scope):
     model = digits_model("resnet20")
     calibration = random_batches(16)
-    shrink = PlannedShrink(model, 0.5, 1.0, calibration)
+    shrink = PlannedShrink(model, 0.5, 1.0, calibration, scope)
     assert shrink.active and shrink.channels > 0
     with torch.no_grad():
         for bn, idxs in shrink.targets:
@@ -31,7 +32,7 @@ def test_a_model_whose_planned_channels_are_zero_prunes_without_changing_its_out
     x = torch.randn(8, 1, 16, 16)
     before = model(x)
     pruned = copy.deepcopy(model)
-    prune(pruned, PruneConfig(target_macs=0.5, recalibrate=False), calibration)
+    prune(pruned, PruneConfig(target_macs=0.5, scope=scope, recalibrate=False), calibration)
     assert sum(p.numel() for p in pruned.parameters()) < sum(p.numel() for p in model.parameters())
     torch.testing.assert_close(pruned(x), before, rtol=1e-4, atol=1e-4)
 

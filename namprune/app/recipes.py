@@ -157,7 +157,7 @@ class Recipe(Section):
             shrink = self.prune.target_macs or DEFAULT_SHRINK_MACS
         return TrainConfig(**self.train.model_dump(), batch_size=self.data.batch_size, sparsity=self.sparsity.strength,
                            sparsity_targets=self.sparsity.targets, shrink_macs=shrink,
-                           shrink_start=self.sparsity.shrink_start, device=device)
+                           shrink_start=self.sparsity.shrink_start, shrink_scope=self.prune.scope, device=device)
 
 
 def packaged_recipes() -> dict[str, Path]:

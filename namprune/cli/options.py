@@ -35,7 +35,9 @@ Recalibrate = Annotated[bool, typer.Option("--recalibrate/--no-recalibrate", hel
                                            "calibration images right after pruning.")]
 Distill = Annotated[float, typer.Option("--distill", help="Fine-tune with distillation from the unpruned "
                                         "model: the weight of its soft targets in the loss (0: plain fine-tuning).")]
-Scope = Annotated[str, typer.Option("--scope", help=f"{' or '.join(SCOPES)}: rank all channels together, or remove the same fraction of every layer.")]
+SCOPE_HELP = ("global: rank all channels together; local: remove the same fraction of every layer; blocks: remove "
+              "--round-to channels at a time from the layer whose weakest remaining channel is weakest.")
+Scope = Annotated[str, typer.Option("--scope", help=f"One of {', '.join(SCOPES)}. " + SCOPE_HELP)]
 RoundTo = Annotated[Optional[str], typer.Option("--round-to", help="Keep channel counts that are multiples of N (default 8: widths onnxruntime's CPU kernels run fast; 1: any width); auto: the multiple of 1, 4, 8, 16 whose pruned model times fastest on --latency-runtime.")]
 MaxLayerRatio = Annotated[float, typer.Option("--max-layer-ratio", help="No layer loses more than this fraction of its channels.")]
 CostExponent = Annotated[Optional[float], typer.Option("--cost-exponent", help="With --target-macs or --target-latency, channels go in order of score^2 / cost^q, q in [0, 1]: 0 ranks by score alone, 1 is the greedy score-per-cost trade-off (default: the importance's own, 0.5 for the NAM scores, 0 for l1).")]

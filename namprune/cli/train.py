@@ -67,6 +67,7 @@ def train(
     sparsity_targets: Annotated[str, typer.Option("--sparsity-targets", help="all: every scale factor; bn: the network's own BatchNorms (Network Slimming); nam: NAM's gamma and lambda only (the paper).")] = TRAIN.sparsity_targets,
     shrink_macs: Annotated[float, typer.Option("--shrink-macs", help="Planned shrinking: from --shrink-start of the run on, pull towards zero the channels that pruning to keep this fraction of the MACs would remove, and no others; `namprune prune` then defaults to this amount (0 turns it off).")] = TRAIN.shrink_macs,
     shrink_start: Annotated[float, typer.Option("--shrink-start", help="Fraction of the run after which planned shrinking starts, in [0, 1).")] = TRAIN.shrink_start,
+    shrink_scope: Annotated[str, typer.Option("--shrink-scope", help="The allocation planned shrinking plans with: what `namprune prune --scope` will prune with.")] = TRAIN.shrink_scope,
     seed: Annotated[int, typer.Option("--seed", help="Random seed (weights, data order, augmentation).")] = TRAIN.seed,
     device: Device = "auto",
     amp: Annotated[str, typer.Option("--amp", help=f"One of {', '.join(AMP_MODES)}: auto is bf16 on CUDA, off on CPU; fp16 uses loss scaling.")] = TRAIN.amp,
@@ -91,7 +92,8 @@ def train(
         cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, momentum=momentum,
                           nesterov=nesterov, weight_decay=weight_decay, bn_weight_decay=bn_weight_decay, schedule=schedule, milestones=_milestones(milestones),
                           lr_decay=lr_decay, warmup_epochs=warmup_epochs, label_smoothing=label_smoothing, sparsity=sparsity,
-                          sparsity_targets=sparsity_targets, shrink_macs=shrink_macs, shrink_start=shrink_start, seed=seed,
+                          sparsity_targets=sparsity_targets, shrink_macs=shrink_macs, shrink_start=shrink_start,
+                          shrink_scope=shrink_scope, seed=seed,
                           device=device, amp=amp, channels_last=channels_last, compile=compile_, sync_bn=sync_bn,
                           threads=threads)
         check_paths(dataset, data_dir, weights)

@@ -352,11 +352,15 @@ def _removal_for_budget(model: nn.Module, ranked: list, cfg: PruneConfig, costs:
     """
     groups = [s for _, s in ranked]
 
-    def miss(value: float) -> float:
-        """How far ``value`` is from the goal; with ``at_most``, a value over the goal ranks
-        behind every one within the tolerance under it."""
-        over = value > goal * (1 + 1e-9)
-        return abs(value - goal) + (tolerance if at_most and over else 0.0)
+    def miss(value: float) -> tuple[int, float]:
+        """How far ``value`` is from the goal, as a sort key: within the tolerance first (with
+        ``at_most``, those at or under the goal before those over it), then the distance."""
+        distance = abs(value - goal)
+        over = at_most and value > goal * (1 + 1e-9)
+        return (2 if distance > tolerance else int(over)), distance
+
+    def good_enough(key: tuple[int, float]) -> bool:
+        return key[0] == 0 and key[1] <= tolerance / 4
 
     def kept(budget: float) -> tuple[list[int], float]:
         removed = allocate_macs(groups, costs, cfg, budget)
@@ -368,18 +372,18 @@ def _removal_for_budget(model: nn.Module, ranked: list, cfg: PruneConfig, costs:
     for _ in range(attempts):
         removed, value = kept(budget)
         tried.append((miss(value), budget, removed, value))
-        if miss(value) <= tolerance / 4:
+        if good_enough(tried[-1][0]):
             break
         if len(tried) > 1 and tried[-1][3] != tried[-2][3]:  # secant through the last two attempts
             (_, b0, _, v0), (_, b1, _, v1) = tried[-2], tried[-1]
             budget = b1 + (goal - v1) * (b1 - b0) / (v1 - v0)
             step = 0.0
         else:  # the first attempt, or a flat step of the budget -> value curve: go twice as far each time
-            step = 2 * step if step else value - goal
+            step = 2 * step if step else math.copysign(max(abs(value - goal), tolerance / 2), value - goal)
             budget += step
         budget = min(max(budget, 0.0), everything)
     for _ in range(bisections):  # the secant can jump over a step of the budget -> value curve
-        if min(t[0] for t in tried) <= tolerance / 4:
+        if good_enough(min(t[0] for t in tried)):
             break
         low = max((t[1] for t in tried if t[3] > goal), default=None)  # removed too little
         high = min((t[1] for t in tried if t[3] < goal), default=None)  # removed too much
