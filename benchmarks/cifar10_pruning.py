@@ -82,6 +82,8 @@ BASES = {
     # the same, shrinking planned with the allocation in blocks (--scope blocks)
     "namprune-shrink-blocks": ("none", dict(sparsity=0.0, shrink_macs=0.5, shrink_start=0.5, bn_weight_decay=True,
                                             shrink_scope="blocks"), None),
+    # the same, shrinking from three quarters of the run instead of half
+    "namprune-shrink-late": ("none", dict(sparsity=0.0, shrink_macs=0.5, shrink_start=0.75, bn_weight_decay=True), None),
     "tp-plain": ("none", TP_TRAINING, None),
     "tp-slim": ("none", TP_TRAINING, ("slim", 1e-4)),
     "tp-group": ("none", TP_TRAINING, ("group", 5e-4)),
@@ -115,6 +117,8 @@ METHODS = {
     # a model without NAM), fine-tuning at 0.4 x the training learning rate
     "namprune defaults (no attention, l1 shrinking), fine-tuning lr 0.04":
         Method("namprune-shrink", "namprune", "l1", options=PLAIN_DEFAULT, finetune_lr=0.04),
+    "namprune defaults, shrinking from 0.75 of the run, fine-tuning lr 0.04":
+        Method("namprune-shrink-late", "namprune", "l1", options=PLAIN_DEFAULT, finetune_lr=0.04),
     # the same with the allocation in blocks, for shrinking and pruning alike
     "namprune blocks (shrinking and pruning in blocks), fine-tuning lr 0.04":
         Method("namprune-shrink-blocks", "namprune", "l1", options={**PLAIN_DEFAULT, "scope": "blocks"}, finetune_lr=0.04),
@@ -374,7 +378,8 @@ def _mean(rows: list[dict], key: str) -> str:
 
 def _describe(row: dict) -> str:
     how = f"namprune {row['importance']}" if row["pruner"] == "namprune" else f"torch-pruning {row['importance']}"
-    options = "".join(f", {key.replace('_', ' ')} {value:g}" if isinstance(value, float) else f", {value} normalization"
+    options = "".join(f", {value} normalization" if key == "normalization"
+                      else f", {key.replace('_', ' ')} {value:g}" if isinstance(value, float) else f", {key} {value}"
                       for key, value in row.get("options", {}).items())
     lr = f", fine-tuning lr {row['finetune_lr']:g}" if row.get("finetune_lr", 0.01) != 0.01 else ""
     return (how + options + (", distilled" if row["distill"] else "") + lr

@@ -401,8 +401,11 @@ def _removal_for_macs(model: nn.Module, ranked: list, cfg: PruneConfig) -> list[
     """Channels to remove per group so that a pruned copy keeps ``cfg.target_macs`` of the MACs."""
     base = count_macs(model)
     goal, tolerance = cfg.target_macs * base, MACS_TOLERANCE * base
+    # In blocks a larger budget only ever removes more, so the plan can be held at or under the
+    # target; a global cut rounds every group to its nearest multiple and jumps around it, and
+    # holding it under made it fall back to finer, slower multiples (BENCHMARKS.md, "Allocation in blocks").
     removed, macs, least = _removal_for_budget(model, ranked, cfg, channel_macs(model, [g for g, _ in ranked]),
-                                               count_macs, goal, base, tolerance, at_most=True)
+                                               count_macs, goal, base, tolerance, at_most=cfg.scope == "blocks")
     if abs(macs - goal) > tolerance:
         if least > goal + tolerance:
             raise NampruneError(f"--target-macs {cfg.target_macs} cannot be reached: pruning as far as "
