@@ -162,9 +162,10 @@ def _take_in_blocks(groups: list[GroupSaliency], floors: list[int], costs: list[
     ``allocate_macs``), its widths stepping down one multiple each time.
 
     Unlike one global cut, this re-weighs a group after each step on the channels it still
-    has, so a group whose channels all carry signal (a residual stream read by every block)
-    keeps its width while groups with a weak tail give it up; it is the allocation
-    torch-pruning's stepped global pruning arrives at (BENCHMARKS.md, "Allocation in blocks").
+    has, so a group whose channels all carry signal (on a plainly trained model, a residual
+    stream read by every block) keeps its width while groups with a weak tail give it up. It
+    arrives at the widths of torch-pruning's stepped global pruning; measured, it bought no
+    accuracy after fine-tuning (BENCHMARKS.md, "Allocation in blocks, and shrinking later").
     """
     multiple = cfg.round_to if isinstance(cfg.round_to, int) and cfg.round_to > 1 else 1
     remaining = [torch.sort(g.scores).values for g in groups]
@@ -403,7 +404,8 @@ def _removal_for_macs(model: nn.Module, ranked: list, cfg: PruneConfig) -> list[
     goal, tolerance = cfg.target_macs * base, MACS_TOLERANCE * base
     # In blocks a larger budget only ever removes more, so the plan can be held at or under the
     # target; a global cut rounds every group to its nearest multiple and jumps around it, and
-    # holding it under made it fall back to finer, slower multiples (BENCHMARKS.md, "Allocation in blocks").
+    # holding it under made it fall back to finer, slower multiples (BENCHMARKS.md, "Allocation
+    # in blocks, and shrinking later").
     removed, macs, least = _removal_for_budget(model, ranked, cfg, channel_macs(model, [g for g, _ in ranked]),
                                                count_macs, goal, base, tolerance, at_most=cfg.scope == "blocks")
     if abs(macs - goal) > tolerance:
