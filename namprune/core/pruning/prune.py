@@ -379,8 +379,11 @@ def _removal_for_budget(model: nn.Module, ranked: list, cfg: PruneConfig, costs:
             (_, b0, _, v0), (_, b1, _, v1) = tried[-2], tried[-1]
             budget = b1 + (goal - v1) * (b1 - b0) / (v1 - v0)
             step = 0.0
-        else:  # the first attempt, or a flat step of the budget -> value curve: go twice as far each time
-            step = 2 * step if step else math.copysign(max(abs(value - goal), tolerance / 2), value - goal)
+        elif len(tried) == 1:
+            step = value - goal
+            budget += step
+        else:  # a flat stretch of the budget -> value curve: go further each time until the plan changes
+            step = math.copysign(max(2 * abs(step), tolerance / 2), value - goal)
             budget += step
         budget = min(max(budget, 0.0), everything)
     for _ in range(bisections):  # the secant can jump over a step of the budget -> value curve
