@@ -448,15 +448,18 @@ def plot(results: list[dict], latency: dict, args, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
-    for method in dict.fromkeys(r["method"] for r in results):
+    fig, ax = plt.subplots(figsize=(8, 7))
+    # points sit close together: each is numbered, and the key below the axes names it
+    for number, method in enumerate(dict.fromkeys(r["method"] for r in results), 1):
         rows = [r for r in results if r["method"] == method]
         first = next(r for r in rows if r["seed"] == args.seeds[0])
         record = latency["records"][first["folder"]][32]
         top1 = statistics.mean(r["top1_finetuned"] for r in rows)
         colour = "tab:blue" if first["pruner"] == "namprune" else "tab:orange"
-        ax.scatter(record["median_ms"], top1, s=40, color=colour if record["trusted"] else "none", edgecolors=colour)
-        ax.annotate(method, (record["median_ms"], top1), fontsize=7, xytext=(4, 2), textcoords="offset points")
+        ax.scatter(record["median_ms"], top1, s=40, color=colour if record["trusted"] else "none", edgecolors=colour,
+                   label=f"{number}. {method}")
+        ax.annotate(str(number), (record["median_ms"], top1), fontsize=8, xytext=(4, 2), textcoords="offset points")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), fontsize=7, ncol=1, frameon=False)
     ax.set_xlabel("onnxruntime latency, batch 32, 1 thread (ms)")
     ax.set_ylabel("top-1 after fine-tuning (%)")
     ax.set_title(f"ResNet-20, CIFAR-10 (JPEG q75), {args.target_macs:.0%} of the MACs: blue namprune, orange "
@@ -464,7 +467,7 @@ def plot(results: list[dict], latency: dict, args, path: Path) -> None:
     ax.grid(alpha=0.3)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
 
 
