@@ -10,12 +10,13 @@ file run faster than the unpruned one in onnxruntime?
 
 Variants (training flags on top of the defaults): ``defaults`` none; ``nam`` the earlier
 default, NAM attention with planned shrinking and no weight decay on the scale factors;
-``plain`` no planned shrinking (plain training, what torch-pruning's examples do).
+``plain`` no planned shrinking (plain training, what torch-pruning's examples do); ``late``
+planned shrinking from three quarters of the run.
 Training runs on one thread, as a CI test worker does (the thread count changes the
 floating-point sums and so the trained model). The defaults' models are exported with
 `namprune export` defaults and timed side by side (interleaved rounds, one thread, batch 1
 and 32). With ``--work DIR`` the runs are kept there and a second call skips the finished
-ones. Writes benchmarks/results/digits_defaults.{json,md}.
+ones. Writes benchmarks/results/digits_defaults.{json,md} (``--results NAME``: NAME.{json,md}).
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ from namprune.core.store.files import read_json
 
 from _results import save
 
-VARIANTS = {"defaults": [], "nam": ["--attention", "nam", "--no-bn-weight-decay"], "plain": ["--shrink-macs", "0"]}
+VARIANTS = {"defaults": [], "nam": ["--attention", "nam", "--no-bn-weight-decay"], "plain": ["--shrink-macs", "0"],
+            "late": ["--shrink-start", "0.75"]}
 
 
 def one_run(variant: str, seed: int, epochs: int, work: Path, finetune_epochs: list[int]) -> dict:
@@ -117,13 +119,14 @@ def main() -> None:
     parser.add_argument("--finetune-epochs", type=int, nargs="*", default=[2, 4],
                         help="also fine-tune the prune for each of these numbers of epochs")
     parser.add_argument("--work", type=Path, help="keep the runs here (a second call skips the finished ones)")
+    parser.add_argument("--results", default="digits_defaults", help="name of the results files in benchmarks/results")
     args = parser.parse_args()
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as scratch:
         work = args.work or Path(scratch)
         rows = [one_run(variant, seed, args.epochs, work, args.finetune_epochs)
                 for variant in args.variants for seed in args.seeds]
-    save("digits_defaults", markdown(rows, args), {"rows": rows, "epochs": args.epochs,
+    save(args.results, markdown(rows, args), {"rows": rows, "epochs": args.epochs,
                                                    "finetune_epochs": args.finetune_epochs, "variants": VARIANTS})
 
 

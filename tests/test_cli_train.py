@@ -53,6 +53,7 @@ def test_existing_output_is_kept_without_overwrite(trained, capsys):
     (["train", "--model", "resnet21"], "unknown model 'resnet21'"),
     (["train", "--attention", "cbam"], "unknown attention"),
     (["train", "--optimizer", "lamb"], "unknown --optimizer 'lamb'"),
+    (["train", "--shrink-scope", "layer"], "unknown --shrink-scope 'layer'"),
     (["train", "--epochs", "0"], "--epochs"),
     (["train", "--bogus"], "No such option"),
     (["eval", "/nonexistent/model.pt"], "no checkpoint"),

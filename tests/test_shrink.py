@@ -3,12 +3,14 @@ leaves a model that pruning barely changes. torch-pruning's own regularizers plu
 same training loop after each backward pass."""
 
 import copy
+import json
 
 import pytest
 import torch
 import torch.nn as nn
 import torch_pruning as tp
 
+from cli_helpers import run_subprocess
 from model_helpers import digits_model, random_batches
 from tiny_data import tiny_digits
 from namprune import TrainConfig, fit
@@ -83,3 +85,18 @@ def test_torch_prunings_regularizer_runs_after_each_backward_pass():
         (m for m in plain.modules() if isinstance(m, nn.BatchNorm2d)),
         (m for m in regularized.modules() if isinstance(m, nn.BatchNorm2d)), signs)])
     assert pulled.median().item() == pytest.approx(2 * 0.1 * 0.05, rel=0.2)
+
+
+def test_shrinking_planned_in_blocks_from_the_command_line_then_pruned_in_blocks(tmp_path):
+    """`train --shrink-scope blocks` records the allocation it planned with, and `prune --scope
+    blocks` removes whole multiples of 8 to about half the MACs (docs/cli.md)."""
+    run, pruned = tmp_path / "run", tmp_path / "pruned"
+    proc = run_subprocess("train", "--epochs", "2", "-b", "32", "--shrink-scope", "blocks", "--out", run, "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((run / "summary.json").read_text())["config"]["shrink_scope"] == "blocks"
+    proc = run_subprocess("prune", run, "--scope", "blocks", "--out", pruned, "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((pruned / "report.json").read_text())
+    assert report["scope"] == "blocks" and report["target_macs"] == 0.5  # the amount shrinking planned for
+    assert abs(report["macs_kept"] - 0.5) <= 0.02
+    assert all(layer["after"] % 8 == 0 for layer in report["layers"] if layer["after"] != layer["before"])

@@ -379,11 +379,8 @@ def _removal_for_budget(model: nn.Module, ranked: list, cfg: PruneConfig, costs:
             (_, b0, _, v0), (_, b1, _, v1) = tried[-2], tried[-1]
             budget = b1 + (goal - v1) * (b1 - b0) / (v1 - v0)
             step = 0.0
-        elif len(tried) == 1:
-            step = value - goal
-            budget += step
-        else:  # a flat stretch of the budget -> value curve: go further each time until the plan changes
-            step = math.copysign(max(2 * abs(step), tolerance / 2), value - goal)
+        else:  # the first correction; then, across a flat stretch of the budget -> value curve, further each time
+            step = value - goal if len(tried) == 1 else math.copysign(max(2 * abs(step), tolerance / 2), value - goal)
             budget += step
         budget = min(max(budget, 0.0), everything)
     for _ in range(bisections):  # the secant can jump over a step of the budget -> value curve
